@@ -1,0 +1,94 @@
+//! The exit-time report.
+//!
+//! Registered with `atexit` when tracking first turns on, so it runs when
+//! `main` returns and when the program calls `std::process::exit`, after
+//! Rust's runtime has flushed stdout and run the main thread's TLS
+//! destructors. It runs once. It prints the text report to stderr, writes
+//! the JSON report to `DEBUG_MEMORY_REPORT`, and ends the process with
+//! `DEBUG_MEMORY_EXITCODE` when something is definitely lost (or the report
+//! could not be written).
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::scan::{self, Caveats};
+use crate::state;
+
+static DONE: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn register() {
+    // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
+    let rc = unsafe { libc::atexit(at_exit) };
+    if rc != 0 {
+        crate::sys::write_stderr(b"memwarden: warning: atexit failed; no leak report at exit\n");
+    }
+}
+
+extern "C" fn at_exit() {
+    let marker = 0u8;
+    let entry_sp = std::hint::black_box(&marker) as *const u8 as usize;
+    if DONE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let status = scan::guarded(|| {
+        std::panic::catch_unwind(|| report_at_exit(entry_sp)).unwrap_or_else(|_| {
+            crate::sys::write_stderr(b"memwarden: internal error while making the leak report\n");
+            None
+        })
+    })
+    .flatten();
+    if let Some(code) = status {
+        // SAFETY: fflush(NULL) flushes every C stdio stream; no preconditions.
+        unsafe { libc::fflush(std::ptr::null_mut()) };
+        // SAFETY: _exit ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(code) };
+    }
+}
+
+/// Makes and writes the report; returns the exit status to force, if any.
+fn report_at_exit(entry_sp: usize) -> Option<i32> {
+    // Allocations made by other threads from now on are not leaks of
+    // interest, and the report must not chase a moving target.
+    state::disable();
+    let mut caveats = Caveats::default();
+    let report = scan::scan(entry_sp, &mut caveats);
+    let mut err = std::io::stderr().lock();
+    for line in scan::caveat_lines(&caveats) {
+        let _ = writeln!(err, "{line}");
+    }
+    let _ = write!(err, "{report}");
+    let mut write_failed = false;
+    if let Some(path) = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty()) {
+        let json = report.to_json();
+        match std::fs::write(&path, json.as_bytes()) {
+            Ok(()) => {
+                let _ = writeln!(
+                    err,
+                    "memwarden: JSON report written to {}",
+                    path.to_string_lossy()
+                );
+            }
+            Err(e) => {
+                write_failed = true;
+                let _ = writeln!(
+                    err,
+                    "memwarden: error: cannot write the JSON report to {}: {e}",
+                    path.to_string_lossy()
+                );
+            }
+        }
+    }
+    let _ = err.flush();
+    let code = state::exitcode();
+    if write_failed {
+        Some(if code != 0 { code } else { 1 })
+    } else if report.has_definite_leaks() && code != 0 {
+        let _ = writeln!(
+            err,
+            "memwarden: {} bytes definitely lost: exiting with status {code} (DEBUG_MEMORY_EXITCODE)",
+            report.summary.definitely_lost.bytes
+        );
+        Some(code)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,95 @@
+//! Per-thread state: the re-entrancy guard and the thread number.
+//!
+//! Both are `const`-initialised thread-locals of types without `Drop`, so
+//! touching them never allocates, never registers a destructor, and works
+//! during thread teardown too (such thread-locals are never destroyed).
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+thread_local! {
+    /// True while this thread runs memwarden's own code: allocations made
+    /// then are memwarden's, not the program's, and are not tracked.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// This thread's number, 0 until first needed.
+    static THREAD: Cell<u32> = const { Cell::new(0) };
+}
+
+static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
+
+/// Marks this thread as running memwarden code until dropped.
+///
+/// Every piece of memwarden that can allocate (the report, symbolization,
+/// reading `/proc`) runs under a `Reentry`, so that its allocations pass
+/// through untracked instead of recursing into the tracker.
+#[derive(Debug)]
+pub(crate) struct Reentry {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Reentry {
+    /// Enters memwarden code; `None` if this thread already is inside it.
+    #[inline]
+    pub(crate) fn enter() -> Option<Reentry> {
+        let was = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
+        if was {
+            None
+        } else {
+            Some(Reentry {
+                _not_send: std::marker::PhantomData,
+            })
+        }
+    }
+}
+
+impl Drop for Reentry {
+    #[inline]
+    fn drop(&mut self) {
+        let _ = BUSY.try_with(|b| b.set(false));
+    }
+}
+
+/// True while this thread is inside memwarden code.
+#[inline]
+pub(crate) fn busy() -> bool {
+    BUSY.try_with(|b| b.get()).unwrap_or(true)
+}
+
+/// A small number naming the calling thread (1 is the first thread that
+/// allocated while tracking was on).
+#[inline]
+pub(crate) fn thread_id() -> u32 {
+    THREAD
+        .try_with(|t| {
+            let id = t.get();
+            if id != 0 {
+                return id;
+            }
+            let id = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+            t.set(id);
+            id
+        })
+        .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reentry_is_exclusive_per_thread_and_released_on_drop() {
+        let outer = Reentry::enter().expect("not inside yet");
+        assert!(busy());
+        assert!(Reentry::enter().is_none());
+        drop(outer);
+        assert!(!busy());
+        assert!(Reentry::enter().is_some());
+    }
+
+    #[test]
+    fn thread_ids_are_stable_and_distinct() {
+        let here = thread_id();
+        assert_eq!(here, thread_id());
+        let there = std::thread::spawn(thread_id).join().unwrap();
+        assert_ne!(here, there);
+    }
+}

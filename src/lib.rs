@@ -1,0 +1,149 @@
+//! memwarden: a `#[global_allocator]` wrapper with a leak-tracking debug mode.
+//!
+//! Register it with one line:
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+//! # fn main() {}
+//! ```
+//!
+//! and run the program with `DEBUG_MEMORY=1`. At exit memwarden prints every
+//! allocation still alive that nothing points to any more, grouped by call
+//! stack, largest first, each naming the file and line of *your* code that
+//! allocated it; it classifies leaks as Valgrind's memcheck does
+//! (definitely, indirectly and possibly lost, still reachable), writes JSON
+//! with `DEBUG_MEMORY_REPORT=path`, and ends the process with status 23 when
+//! anything is definitely lost, so that CI fails.
+//!
+//! Without `DEBUG_MEMORY`, `Warden` costs one relaxed atomic load per call.
+//! With the `tracking` cargo feature off (`default-features = false`) it is
+//! a plain pass-through and no tracking code is compiled.
+//!
+//! See `docs/guide.md` for reading reports and using memwarden in CI, and
+//! `docs/architecture.md` for how it works.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod warden;
+
+#[cfg(feature = "tracking")]
+mod env;
+#[cfg(feature = "tracking")]
+mod exit;
+#[cfg(feature = "tracking")]
+mod guard;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+mod reach;
+#[cfg(feature = "tracking")]
+mod registry;
+#[cfg(feature = "tracking")]
+mod report;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+mod roots;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+mod scan;
+#[cfg(feature = "tracking")]
+mod stack;
+#[cfg(feature = "tracking")]
+mod state;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+mod stw;
+#[cfg(feature = "tracking")]
+mod sync;
+#[cfg(feature = "tracking")]
+mod sys;
+
+#[cfg(feature = "tracking")]
+pub use report::{Amount, Frame, HeapErrorKind, HeapErrorReport, Leak, LeakKind, Report, Summary};
+pub use warden::Warden;
+
+/// Live heap figures of the tracked allocations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Bytes in tracked blocks alive now.
+    pub live_bytes: u64,
+    /// Tracked blocks alive now.
+    pub live_blocks: u64,
+    /// Most bytes alive at once.
+    pub peak_bytes: u64,
+    /// Tracked allocations so far (`alloc`, `alloc_zeroed`, `realloc`).
+    pub total_allocs: u64,
+    /// Bytes asked for by those allocations.
+    pub total_bytes: u64,
+}
+
+/// Turns tracking on from now on, as `DEBUG_MEMORY=1` does from the start.
+///
+/// Blocks allocated before are not tracked (and not reported); freeing them
+/// later is fine. The exit report is registered on the first call. Does
+/// nothing with the `tracking` feature off.
+pub fn enable() {
+    #[cfg(feature = "tracking")]
+    state::enable();
+}
+
+/// Stops tracking new allocations. Blocks already tracked stay tracked
+/// until freed, and the exit report still covers them.
+pub fn disable() {
+    #[cfg(feature = "tracking")]
+    state::disable();
+}
+
+/// True while new allocations are being tracked.
+pub fn is_enabled() -> bool {
+    #[cfg(feature = "tracking")]
+    {
+        state::is_enabled()
+    }
+    #[cfg(not(feature = "tracking"))]
+    {
+        false
+    }
+}
+
+/// Turns tracking on if `args` hold `--debug-memory`; returns whether
+/// tracking is on afterwards.
+///
+/// ```no_run
+/// #[global_allocator]
+/// static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+///
+/// fn main() {
+///     memwarden::init_from_args(std::env::args_os());
+///     // ...
+/// }
+/// ```
+pub fn init_from_args<I>(args: I) -> bool
+where
+    I: IntoIterator,
+    I::Item: AsRef<std::ffi::OsStr>,
+{
+    if args.into_iter().any(|a| a.as_ref() == "--debug-memory") {
+        enable();
+    }
+    is_enabled()
+}
+
+/// The live heap figures of tracked allocations (all zero while tracking
+/// has never been on).
+pub fn stats() -> Stats {
+    #[cfg(feature = "tracking")]
+    {
+        if !state::ever_enabled() {
+            return Stats::default();
+        }
+        let (total_allocs, total_bytes, live_bytes, peak_bytes, _) = registry::counters();
+        Stats {
+            live_bytes,
+            live_blocks: registry::live_blocks() as u64,
+            peak_bytes,
+            total_allocs,
+            total_bytes,
+        }
+    }
+    #[cfg(not(feature = "tracking"))]
+    {
+        Stats::default()
+    }
+}

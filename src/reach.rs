@@ -1,0 +1,437 @@
+//! Leak classification by reachability, the way Valgrind's memcheck does it.
+//!
+//! Input: the live blocks sorted by address, the root ranges (globals,
+//! thread stacks, thread-local storage) and the process's mappings. Output:
+//! a [`Kind`] per block, plus for each definitely lost block the bytes it
+//! keeps alive indirectly.
+//!
+//! 1. **Mark.** Every aligned word of every root is a candidate pointer. A
+//!    word equal to a block's start, found in a root or in a block that is
+//!    itself definitely reachable, makes the block `Reachable`; any other
+//!    hit (an interior pointer, or a start pointer from a `Possible` block)
+//!    makes it at least `Possible`. Interior pointers that match one of
+//!    memcheck's default heuristics (stdstring, length64, newarray,
+//!    multipleinheritance) count as start pointers. Blocks whose state
+//!    rises are (re)scanned.
+//! 2. **Cliques.** Every block still `Unreached`, in address order, becomes
+//!    the leader of a clique: the not-yet-claimed `Unreached` blocks it
+//!    reaches (through any pointer, start or interior) become
+//!    `IndirectLeak`, and their bytes are added to the leader's. A leader
+//!    absorbed by a later clique passes its indirect bytes on. The leaders
+//!    left are definitely lost; so in a cycle nothing else points to, one
+//!    block is definitely lost and the others indirectly lost.
+//!
+//! Everything here works in `mmap` memory ([`MapVec`]) and never calls the
+//! allocator: it runs while the other threads are stopped, and one of them
+//! may hold the `malloc` lock. Callers guarantee that every block and every
+//! root range is readable for the whole scan.
+use crate::registry::Record;
+use crate::sys::MapVec;
+
+/// How a block ended up, in memcheck's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// A pointer to its start is held by a root or a reachable block.
+    Reachable = 0,
+    /// Only interior pointers (or pointers from possibly lost blocks).
+    Possible = 1,
+    /// Reachable only from definitely lost blocks.
+    IndirectLeak = 2,
+    /// Nothing points to it.
+    Unreached = 3,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Kind {
+        match v {
+            0 => Kind::Reachable,
+            1 => Kind::Possible,
+            2 => Kind::IndirectLeak,
+            _ => Kind::Unreached,
+        }
+    }
+}
+
+/// A readable address range `[start, end)` of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// What the multipleinheritance heuristic needs to know about mappings.
+pub(crate) trait Mappings {
+    /// True if `addr` lies in a readable file-backed mapping; returns its end.
+    fn file_readable(&self, addr: usize) -> Option<usize>;
+    /// True if `addr` lies in an executable file-backed mapping.
+    fn file_exec(&self, addr: usize) -> bool;
+}
+
+const W: usize = size_of::<usize>();
+
+/// Result of a scan: one [`Kind`] per block (same order as the input) and
+/// the indirect bytes of each clique leader.
+pub(crate) struct Classified {
+    state: MapVec<u8>,
+    indirect: MapVec<u64>,
+}
+
+impl Classified {
+    pub(crate) fn kind(&self, i: usize) -> Kind {
+        Kind::from_u8(self.state.as_slice()[i])
+    }
+
+    /// Bytes of the blocks that block `i` keeps alive indirectly (for a
+    /// definitely lost block).
+    pub(crate) fn indirect_bytes(&self, i: usize) -> u64 {
+        self.indirect.as_slice()[i]
+    }
+}
+
+struct Scan<'a, M> {
+    blocks: &'a [Record],
+    state: MapVec<u8>,
+    indirect: MapVec<u64>,
+    stack: MapVec<u32>,
+    lo: usize,
+    hi: usize,
+    maps: &'a M,
+}
+
+/// Classifies `blocks` (sorted by address, non-overlapping) against `roots`.
+/// `None` if scan memory could not be mapped.
+pub(crate) fn classify<M: Mappings>(
+    blocks: &[Record],
+    roots: &[Region],
+    maps: &M,
+) -> Option<Classified> {
+    let n = blocks.len();
+    let mut s = Scan {
+        blocks,
+        state: MapVec::new(),
+        indirect: MapVec::new(),
+        stack: MapVec::new(),
+        lo: blocks.first().map_or(0, |b| b.addr),
+        hi: blocks.last().map_or(0, |b| b.addr + b.size().max(1)),
+        maps,
+    };
+    if !s.state.fill(Kind::Unreached as u8, n) || !s.indirect.fill(0, n) || !s.stack.reserve(1024) {
+        return None;
+    }
+    // 1. Mark from the roots.
+    for r in roots {
+        s.scan(r.start, r.end, true, None);
+    }
+    s.drain(None);
+    // 2. Cliques of unreached blocks.
+    for i in 0..n {
+        if s.state.as_slice()[i] == Kind::Unreached as u8 {
+            s.stack.push(i as u32);
+            s.drain(Some(i));
+        }
+    }
+    Some(Classified {
+        state: s.state,
+        indirect: s.indirect,
+    })
+}
+
+impl<M: Mappings> Scan<'_, M> {
+    /// The block containing `p`, if any.
+    #[inline]
+    fn find(&self, p: usize) -> Option<usize> {
+        if p < self.lo || p >= self.hi {
+            return None;
+        }
+        let i = self
+            .blocks
+            .partition_point(|b| b.addr <= p)
+            .checked_sub(1)?;
+        let b = &self.blocks[i];
+        // A zero-sized block still owns its start address (as in memcheck).
+        (p < b.addr + b.size().max(1)).then_some(i)
+    }
+
+    fn drain(&mut self, clique: Option<usize>) {
+        while let Some(i) = self.stack.pop() {
+            let i = i as usize;
+            let b = self.blocks[i];
+            let definite = self.state.as_slice()[i] != Kind::Possible as u8;
+            self.scan(b.addr, b.addr + b.size(), definite, clique);
+        }
+    }
+
+    fn scan(&mut self, start: usize, end: usize, prior_definite: bool, clique: Option<usize>) {
+        let mut p = start.next_multiple_of(W);
+        while p + W <= end {
+            // SAFETY: the caller of `classify` guarantees [start, end) is
+            // readable for the whole scan, and `p` is aligned. A volatile
+            // read, because other code may own this memory.
+            let word = unsafe { (p as *const usize).read_volatile() };
+            if let Some(k) = self.find(word) {
+                match clique {
+                    None => self.mark(k, word, prior_definite),
+                    Some(leader) => self.claim(k, leader),
+                }
+            }
+            p += W;
+        }
+    }
+
+    fn mark(&mut self, k: usize, ptr: usize, prior_definite: bool) {
+        let state = self.state.as_slice()[k];
+        if state == Kind::Reachable as u8 {
+            return;
+        }
+        let b = self.blocks[k];
+        let via_start = ptr == b.addr || heuristic(&b, ptr, self.maps);
+        if via_start && prior_definite {
+            self.state.as_mut_slice()[k] = Kind::Reachable as u8;
+            self.push(k);
+        } else if state == Kind::Unreached as u8 {
+            self.state.as_mut_slice()[k] = Kind::Possible as u8;
+            self.push(k);
+        }
+    }
+
+    fn claim(&mut self, k: usize, leader: usize) {
+        if k == leader || self.state.as_slice()[k] != Kind::Unreached as u8 {
+            return;
+        }
+        let add = self.blocks[k].size() as u64 + self.indirect.as_slice()[k];
+        self.indirect.as_mut_slice()[leader] += add;
+        self.indirect.as_mut_slice()[k] = 0;
+        self.state.as_mut_slice()[k] = Kind::IndirectLeak as u8;
+        self.push(k);
+    }
+
+    fn push(&mut self, k: usize) {
+        // If mmap fails here the block is simply not rescanned: the result
+        // errs towards "lost", never towards a crash.
+        let _ = self.stack.push(k as u32);
+    }
+}
+
+/// Reads the word at `addr` if `[addr, addr + 8)` lies inside block `b`.
+fn word_in(b: &Record, addr: usize) -> Option<usize> {
+    if addr % W != 0 || addr < b.addr || addr + W > b.addr + b.size() {
+        return None;
+    }
+    // SAFETY: the word lies inside a live block, readable per `classify`.
+    Some(unsafe { (addr as *const usize).read_volatile() })
+}
+
+/// memcheck's default leak-check heuristics: an interior pointer that
+/// matches one of these patterns counts as a pointer to the start.
+fn heuristic<M: Mappings>(b: &Record, ptr: usize, maps: &M) -> bool {
+    let size = b.size();
+    // stdstring: | length | capacity | refcount | chars... \0 |
+    if ptr == b.addr + 3 * W {
+        if let (Some(len), Some(cap)) = (word_in(b, b.addr), word_in(b, b.addr + W)) {
+            if cap.checked_add(3 * W + 1) == Some(size) && len <= cap {
+                return true;
+            }
+        }
+    }
+    // length64 and newarray: | n | n-divisible payload... |
+    if ptr == b.addr + W {
+        if let Some(n) = word_in(b, b.addr) {
+            if n > 0 && (size - W == n || (size - W) % n == 0) {
+                return true;
+            }
+        }
+    }
+    // multipleinheritance: both the first word and the pointed-to word are
+    // vtable pointers.
+    if let (Some(inner), Some(first)) = (word_in(b, ptr), word_in(b, b.addr)) {
+        let page = 4096;
+        if inner % W == 0
+            && inner >= page
+            && first % W == 0
+            && first >= page
+            && is_vtable(inner, maps)
+            && is_vtable(first, maps)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// memcheck's vtable test: `ptr` is in a readable file mapping, and among
+/// the first 20 words there are two non-null pointers into executable file
+/// mappings (and no other non-null word before them).
+fn is_vtable<M: Mappings>(ptr: usize, maps: &M) -> bool {
+    let Some(end) = maps.file_readable(ptr) else {
+        return false;
+    };
+    let mut found = 0;
+    let mut p = ptr;
+    let last = (ptr + 20 * W).min(end.saturating_sub(W));
+    while p <= last {
+        // SAFETY: `p` is aligned and inside a readable file mapping.
+        let f = unsafe { (p as *const usize).read_volatile() };
+        p += W;
+        if f == 0 {
+            continue;
+        }
+        if !maps.file_exec(f) {
+            return false;
+        }
+        found += 1;
+        if found == 2 {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoMaps;
+    impl Mappings for NoMaps {
+        fn file_readable(&self, _: usize) -> Option<usize> {
+            None
+        }
+        fn file_exec(&self, _: usize) -> bool {
+            false
+        }
+    }
+
+    /// Synthetic heap: word buffers standing in for blocks.
+    struct Heap {
+        bufs: Vec<Box<[usize]>>,
+    }
+
+    impl Heap {
+        fn new(n: usize, words: usize) -> Heap {
+            Heap {
+                bufs: (0..n)
+                    .map(|_| vec![0usize; words].into_boxed_slice())
+                    .collect(),
+            }
+        }
+        fn addr(&self, i: usize) -> usize {
+            self.bufs[i].as_ptr() as usize
+        }
+        fn set(&mut self, i: usize, word: usize, v: usize) {
+            self.bufs[i][word] = v;
+        }
+        fn classify(&self, roots: &[usize]) -> Vec<(Kind, u64)> {
+            let mut recs: Vec<(usize, Record)> = self
+                .bufs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    (
+                        i,
+                        Record::new(b.as_ptr() as usize, b.len() * W, W, i as u64, 0, 0),
+                    )
+                })
+                .collect();
+            recs.sort_by_key(|(_, r)| r.addr);
+            let sorted: Vec<Record> = recs.iter().map(|(_, r)| *r).collect();
+            let root = [Region {
+                start: roots.as_ptr() as usize,
+                end: roots.as_ptr() as usize + roots.len() * W,
+            }];
+            let c = classify(&sorted, &root, &NoMaps).unwrap();
+            let mut out = vec![(Kind::Reachable, 0); self.bufs.len()];
+            for (pos, (orig, _)) in recs.iter().enumerate() {
+                out[*orig] = (c.kind(pos), c.indirect_bytes(pos));
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn root_start_pointer_is_reachable_and_unpointed_is_lost() {
+        let h = Heap::new(2, 4);
+        let roots = [h.addr(0)];
+        let k = h.classify(&roots);
+        assert_eq!(k[0].0, Kind::Reachable);
+        assert_eq!(k[1].0, Kind::Unreached);
+    }
+
+    #[test]
+    fn interior_pointer_is_possible_and_propagates_possible() {
+        let mut h = Heap::new(2, 4);
+        let b1 = h.addr(1);
+        h.set(0, 1, b1); // block 0 points to block 1's start
+        let roots = [h.addr(0) + 2 * W]; // but block 0 only by interior
+        let k = h.classify(&roots);
+        assert_eq!(k[0].0, Kind::Possible);
+        assert_eq!(k[1].0, Kind::Possible);
+    }
+
+    #[test]
+    fn chain_from_a_lost_block_is_indirect_with_sizes_summed() {
+        let mut h = Heap::new(3, 4);
+        let (b1, b2) = (h.addr(1), h.addr(2));
+        h.set(0, 0, b1);
+        h.set(1, 3, b2 + W); // interior pointers count inside a clique
+        let k = h.classify(&[]);
+        assert_eq!(k[0], (Kind::Unreached, 64));
+        assert_eq!(k[1], (Kind::IndirectLeak, 0));
+        assert_eq!(k[2], (Kind::IndirectLeak, 0));
+    }
+
+    #[test]
+    fn cycle_has_exactly_one_definitely_lost_member() {
+        let mut h = Heap::new(3, 2);
+        let a: Vec<usize> = (0..3).map(|i| h.addr(i)).collect();
+        h.set(0, 0, a[1]);
+        h.set(1, 0, a[2]);
+        h.set(2, 0, a[0]);
+        let k = h.classify(&[]);
+        let lost = k.iter().filter(|x| x.0 == Kind::Unreached).count();
+        let ind = k.iter().filter(|x| x.0 == Kind::IndirectLeak).count();
+        assert_eq!((lost, ind), (1, 2));
+        let leader = k.iter().find(|x| x.0 == Kind::Unreached).unwrap();
+        assert_eq!(leader.1, 32, "the leader keeps the two others' bytes");
+    }
+
+    #[test]
+    fn later_leader_absorbs_an_earlier_clique() {
+        // Whatever the address order, a root-less chain X -> Y -> Z ends
+        // with X definitely lost carrying Y and Z.
+        let mut h = Heap::new(3, 2);
+        let a: Vec<usize> = (0..3).map(|i| h.addr(i)).collect();
+        h.set(0, 0, a[1]);
+        h.set(1, 0, a[2]);
+        let k = h.classify(&[]);
+        assert_eq!(k[0], (Kind::Unreached, 32));
+        assert_eq!(k[1].0, Kind::IndirectLeak);
+        assert_eq!(k[2].0, Kind::IndirectLeak);
+    }
+
+    #[test]
+    fn reachable_via_start_upgrades_possible() {
+        let mut h = Heap::new(2, 4);
+        let b1 = h.addr(1);
+        h.set(0, 0, b1 + W * 2); // interior from a reachable block
+        let roots = [h.addr(0), b1]; // and a start pointer from a root
+        let k = h.classify(&roots);
+        assert_eq!(k[1].0, Kind::Reachable);
+    }
+
+    #[test]
+    fn length64_heuristic_counts_as_start() {
+        let mut h = Heap::new(1, 4);
+        h.set(0, 0, 3 * W); // length of the rest of the block
+        let roots = [h.addr(0) + W];
+        assert_eq!(h.classify(&roots)[0].0, Kind::Reachable);
+    }
+
+    #[test]
+    fn pointers_past_the_end_do_not_count() {
+        let h = Heap::new(1, 4);
+        let roots = [h.addr(0) + 4 * W];
+        // A pointer one past the end may hit a neighbour, never this block.
+        let k = h.classify(&roots);
+        assert_ne!(k[0].0, Kind::Reachable);
+    }
+}

@@ -1,0 +1,219 @@
+//! Turning raw return addresses into the user's function, file and line.
+//!
+//! Runs only when a report is made. Each address may stand for several
+//! frames (inlined calls), innermost first. The top of every stack is
+//! memwarden, the global-allocator shims the compiler generates, and
+//! `alloc`/`core`/`std` code; [`user_frames`] drops those so that frame 0
+//! is the line of the program that allocated.
+use std::collections::HashMap;
+
+use super::Frame;
+
+/// Symbolizes `ips` (return addresses, innermost first), keeping inlined
+/// frames. `cache` avoids resolving an address twice.
+pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -> Vec<Frame> {
+    let mut out = Vec::new();
+    for &ip in ips {
+        let frames = cache.entry(ip).or_insert_with(|| resolve(ip));
+        out.extend(frames.iter().cloned());
+    }
+    out
+}
+
+fn resolve(ip: usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
+        frames.push(Frame {
+            function: sym.name().map(|n| format!("{n:#}")),
+            file: sym.filename().map(|p| p.to_string_lossy().into_owned()),
+            line: sym.lineno(),
+        });
+    });
+    if frames.is_empty() {
+        frames.push(Frame {
+            function: None,
+            file: None,
+            line: None,
+        });
+    }
+    frames
+}
+
+/// True for frames that belong to memwarden, the allocator shims, or the
+/// standard library, never to the program.
+pub(crate) fn is_internal(f: &Frame) -> bool {
+    if let Some(file) = &f.file {
+        let file = file.replace('\\', "/");
+        // Standard library sources, as rustc records them.
+        if file.contains("/rustc/") && file.contains("/library/") {
+            return true;
+        }
+        if file.starts_with("/rustc/") || file.contains("/lib/rustlib/src/rust/library/") {
+            return true;
+        }
+    }
+    let Some(name) = f.function.as_deref() else {
+        // No symbol: we cannot tell; treat as internal only while trimming
+        // the very top (see `user_frames`).
+        return true;
+    };
+    const SHIMS: [&str; 4] = [
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rust_dealloc",
+        "__rust_alloc_zeroed",
+    ];
+    if SHIMS.iter().any(|s| name.ends_with(s)) || name.contains("__rg_") || name.contains("__rdl_")
+    {
+        return true;
+    }
+    let bare = name
+        .trim_start_matches(['<', '&', '*', ' '])
+        .trim_start_matches("dyn ");
+    const PREFIXES: [&str; 6] = [
+        "memwarden::",
+        "alloc::",
+        "core::",
+        "std::",
+        "backtrace::",
+        "__rustc::",
+    ];
+    PREFIXES.iter().any(|p| bare.starts_with(p))
+}
+
+/// Drops the internal frames at the top of `frames`, then keeps at most
+/// `max`. If every frame is internal (an allocation made by the runtime
+/// itself), the stack is kept whole so that the report still says where.
+pub(crate) fn user_frames(mut frames: Vec<Frame>, max: usize) -> Vec<Frame> {
+    // The program's first frame: not internal, and with a source file (the
+    // compiler-generated C `main` and stripped libraries have none).
+    let first_user = frames
+        .iter()
+        .position(|f| f.file.is_some() && !is_internal(f));
+    match first_user {
+        Some(i) => {
+            frames.drain(..i);
+        }
+        None => {
+            // Keep the runtime's own stack, minus memwarden and the shims.
+            let i = frames
+                .iter()
+                .position(|f| {
+                    let n = f.function.as_deref().unwrap_or("");
+                    !(n.contains("memwarden::")
+                        || n.contains("__rust_")
+                        || n.contains("__rg_")
+                        || n.contains("__rdl_"))
+                })
+                .unwrap_or(0);
+            frames.drain(..i);
+        }
+    }
+    frames.truncate(max.max(1));
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(function: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: Some(function.to_owned()),
+            file: Some(file.to_owned()),
+            line: Some(line),
+        }
+    }
+
+    #[test]
+    fn trims_memwarden_shims_and_std_from_the_top() {
+        let frames = vec![
+            f(
+                "<memwarden::Warden as core::alloc::global::GlobalAlloc>::alloc",
+                "/src/warden.rs",
+                10,
+            ),
+            f("__rustc::__rust_alloc", "src/main.rs", 3),
+            f(
+                "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+                "/rustc/abc/library/alloc/src/raw_vec.rs",
+                1,
+            ),
+            f(
+                "<alloc::vec::Vec<T> as core::clone::Clone>::clone",
+                "/rustc/abc/library/alloc/src/vec/mod.rs",
+                2,
+            ),
+            f("leaky::make_buffer", "examples/leaky.rs", 12),
+            f("leaky::main", "examples/leaky.rs", 30),
+            f(
+                "core::ops::function::FnOnce::call_once",
+                "/rustc/abc/library/core/src/ops/function.rs",
+                250,
+            ),
+        ];
+        let out = user_frames(frames, 16);
+        assert_eq!(out[0].function.as_deref(), Some("leaky::make_buffer"));
+        assert_eq!(out[0].line, Some(12));
+        assert_eq!(out.len(), 3, "frames below the first user frame are kept");
+    }
+
+    #[test]
+    fn generic_std_code_is_recognised_by_its_source_path() {
+        let frame = f(
+            "<[T] as alloc::slice::hack::ConvertVec>::to_vec",
+            "/rustc/abc/library/alloc/src/slice.rs",
+            5,
+        );
+        assert!(is_internal(&frame));
+        assert!(!is_internal(&f(
+            "<mycrate::Foo as core::clone::Clone>::clone",
+            "src/lib.rs",
+            9
+        )));
+    }
+
+    #[test]
+    fn frames_without_a_file_are_not_the_users_line() {
+        let frames = vec![
+            f(
+                "std::rt::lang_start_internal",
+                "/rustc/abc/library/std/src/rt.rs",
+                2,
+            ),
+            Frame {
+                function: Some("main".into()),
+                file: None,
+                line: None,
+            },
+        ];
+        let out = user_frames(frames, 16);
+        assert_eq!(
+            out[0].function.as_deref(),
+            Some("std::rt::lang_start_internal")
+        );
+    }
+
+    #[test]
+    fn caps_at_max_frames() {
+        let frames: Vec<_> = (0..30).map(|i| f("app::f", "src/lib.rs", i)).collect();
+        assert_eq!(user_frames(frames, 4).len(), 4);
+    }
+
+    #[test]
+    fn all_internal_keeps_the_runtime_stack() {
+        let frames = vec![
+            f("memwarden::x", "/src/warden.rs", 1),
+            f(
+                "std::rt::lang_start_internal",
+                "/rustc/abc/library/std/src/rt.rs",
+                2,
+            ),
+        ];
+        let out = user_frames(frames, 16);
+        assert_eq!(
+            out[0].function.as_deref(),
+            Some("std::rt::lang_start_internal")
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Where the leak scan starts: the process's mappings, the writable data of
+//! every loaded object, static thread-local storage, and thread stacks.
+//!
+//! Everything here is gathered *before* the other threads are stopped
+//! (reading `/proc` and calling `dl_iterate_phdr` may allocate or take the
+//! loader lock, which a stopped thread could hold).
+use std::ffi::c_void;
+
+use crate::reach::{Mappings, Region};
+
+/// One line of `/proc/self/maps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) exec: bool,
+    /// Backed by a file (inode != 0).
+    pub(crate) file: bool,
+}
+
+/// The process's mappings, sorted by address.
+#[derive(Debug, Default)]
+pub(crate) struct Maps {
+    maps: Vec<Mapping>,
+}
+
+impl Maps {
+    /// Reads `/proc/self/maps` (empty where there is none).
+    pub(crate) fn read() -> Maps {
+        let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        Maps::parse(&text)
+    }
+
+    pub(crate) fn parse(text: &str) -> Maps {
+        let mut maps: Vec<Mapping> = text.lines().filter_map(parse_line).collect();
+        maps.sort_by_key(|m| m.start);
+        Maps { maps }
+    }
+
+    /// The mapping containing `addr`.
+    pub(crate) fn find(&self, addr: usize) -> Option<&Mapping> {
+        let i = self
+            .maps
+            .partition_point(|m| m.start <= addr)
+            .checked_sub(1)?;
+        let m = &self.maps[i];
+        (addr < m.end).then_some(m)
+    }
+
+    /// Calls `out` with each readable part of `[start, end)`. Allocates
+    /// nothing itself, so it may run while the world is stopped.
+    pub(crate) fn readable_parts(&self, start: usize, end: usize, mut out: impl FnMut(Region)) {
+        let first = self.maps.partition_point(|m| m.end <= start);
+        for m in &self.maps[first..] {
+            if m.start >= end {
+                break;
+            }
+            if m.read {
+                let s = start.max(m.start);
+                let e = end.min(m.end);
+                if s < e {
+                    out(Region { start: s, end: e });
+                }
+            }
+        }
+    }
+}
+
+impl Mappings for Maps {
+    fn file_readable(&self, addr: usize) -> Option<usize> {
+        self.find(addr).filter(|m| m.file && m.read).map(|m| m.end)
+    }
+
+    fn file_exec(&self, addr: usize) -> bool {
+        self.find(addr).is_some_and(|m| m.file && m.exec)
+    }
+}
+
+fn parse_line(line: &str) -> Option<Mapping> {
+    let mut it = line.split_ascii_whitespace();
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let _offset = it.next()?;
+    let _dev = it.next()?;
+    let inode = it.next()?;
+    let (s, e) = range.split_once('-')?;
+    Some(Mapping {
+        start: usize::from_str_radix(s, 16).ok()?,
+        end: usize::from_str_radix(e, 16).ok()?,
+        read: perms.first() == Some(&b'r'),
+        write: perms.get(1) == Some(&b'w'),
+        exec: perms.get(2) == Some(&b'x'),
+        file: inode != "0",
+    })
+}
+
+/// Static thread-local storage of each loaded module, as an offset from the
+/// thread pointer: the same for every thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TlsBlock {
+    pub(crate) offset: isize,
+    pub(crate) len: usize,
+}
+
+/// Writable segments of every loaded object (data, bss) and the calling
+/// thread's static TLS blocks.
+pub(crate) struct Images {
+    pub(crate) data: Vec<Region>,
+    pub(crate) tls: Vec<TlsBlock>,
+}
+
+/// Walks the loaded objects with `dl_iterate_phdr`.
+pub(crate) fn images() -> Images {
+    struct Acc {
+        data: Vec<Region>,
+        tls: Vec<TlsBlock>,
+        tp: usize,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        acc: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for this call, and
+        // `acc` is the `&mut Acc` passed below.
+        let (info, acc) = unsafe { (&*info, &mut *acc.cast::<Acc>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: dlpi_phdr points to dlpi_phnum program headers.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let base = info.dlpi_addr as usize;
+        for ph in phdrs {
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_W != 0 {
+                let start = base.wrapping_add(ph.p_vaddr as usize);
+                acc.data.push(Region {
+                    start,
+                    end: start + ph.p_memsz as usize,
+                });
+            }
+            if ph.p_type == libc::PT_TLS && !info.dlpi_tls_data.is_null() && acc.tp != 0 {
+                let addr = info.dlpi_tls_data as usize;
+                let offset = addr as isize - acc.tp as isize;
+                // Only static TLS lives at a fixed offset from the thread
+                // pointer; dynamically allocated blocks are elsewhere.
+                if offset.unsigned_abs() < 1 << 28 {
+                    acc.tls.push(TlsBlock {
+                        offset,
+                        len: ph.p_memsz as usize,
+                    });
+                }
+            }
+        }
+        0
+    }
+    let mut acc = Acc {
+        data: Vec::with_capacity(64),
+        tls: Vec::with_capacity(16),
+        tp: thread_pointer(),
+    };
+    // SAFETY: `each` matches the callback type and only touches `acc`.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut acc).cast()) };
+    Images {
+        data: acc.data,
+        tls: acc.tls,
+    }
+}
+
+/// The calling thread's thread pointer (0 where unknown).
+#[inline(always)]
+pub(crate) fn thread_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tp: usize;
+        // SAFETY: on x86_64 Linux the first word of the TCB, at %fs:0, is
+        // the thread pointer itself; reading it has no side effects.
+        unsafe {
+            std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let tp: usize;
+        // SAFETY: reading tpidr_el0 has no side effects.
+        unsafe {
+            std::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nostack, nomem, preserves_flags))
+        };
+        tp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        0
+    }
+}
+
+/// The thread ids of this process, from `/proc/self/task`.
+pub(crate) fn thread_ids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The calling thread's kernel thread id.
+pub(crate) fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+55d0c0a00000-55d0c0a20000 r--p 00000000 08:01 1234   /usr/bin/prog
+55d0c0a20000-55d0c0a80000 r-xp 00020000 08:01 1234   /usr/bin/prog
+55d0c0a80000-55d0c0a90000 rw-p 00080000 08:01 1234   /usr/bin/prog
+55d0c1000000-55d0c1021000 rw-p 00000000 00:00 0      [heap]
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0      [stack]
+7ffd00021000-7ffd00022000 ---p 00000000 00:00 0
+";
+
+    #[test]
+    fn parses_proc_maps() {
+        let m = Maps::parse(SAMPLE);
+        let text = m.find(0x55d0c0a30000).unwrap();
+        assert!(text.exec && text.file && text.read && !text.write);
+        let heap = m.find(0x55d0c1000010).unwrap();
+        assert!(heap.write && !heap.file);
+        assert!(m.find(0x1000).is_none());
+        assert!(m.file_exec(0x55d0c0a20000));
+        assert!(!m.file_exec(0x55d0c1000000));
+        assert_eq!(m.file_readable(0x55d0c0a00008), Some(0x55d0c0a20000));
+    }
+
+    #[test]
+    fn readable_parts_skip_unreadable_and_unmapped() {
+        let m = Maps::parse(SAMPLE);
+        let mut out = Vec::new();
+        m.readable_parts(0x7ffd00010000, 0x7ffd00030000, |r| out.push(r));
+        assert_eq!(
+            out,
+            [Region {
+                start: 0x7ffd00010000,
+                end: 0x7ffd00021000
+            }]
+        );
+    }
+
+    #[test]
+    fn images_find_this_programs_data_and_tls() {
+        thread_local! { static T: std::cell::Cell<usize> = const { std::cell::Cell::new(5) }; }
+        static S: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let img = images();
+        let s = &S as *const _ as usize;
+        assert!(
+            img.data.iter().any(|r| r.start <= s && s < r.end),
+            "a static lies in a writable segment"
+        );
+        let t = T.with(|c| c as *const _ as usize);
+        let tp = thread_pointer();
+        if tp != 0 {
+            assert!(
+                img.tls.iter().any(|b| {
+                    let start = (tp as isize + b.offset) as usize;
+                    start <= t && t < start + b.len
+                }),
+                "a thread-local lies in a static TLS block"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_this_thread() {
+        assert!(thread_ids().contains(&gettid()));
+    }
+}

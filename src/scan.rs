@@ -1,0 +1,147 @@
+//! One whole leak scan: gather roots, stop the world, snapshot the
+//! registry, classify, let the world go, build the report.
+//!
+//! Between [`stw::stop`] and the drop of the stopped `World`, this code
+//! must not allocate or take a lock another thread could hold: everything
+//! it needs is gathered before (heap `Vec`s are fine then) and everything it
+//! produces while the world is stopped goes to `mmap` memory.
+use crate::guard::Reentry;
+use crate::reach::{self, Region};
+use crate::registry::{self, Record};
+use crate::report::{self, Classified, Counters, LeakKind, Report};
+use crate::roots::{self, Maps};
+use crate::state;
+use crate::stw;
+use crate::sys::MapVec;
+
+/// Why a scan could not be complete, for the report's warnings.
+#[derive(Debug, Default)]
+pub(crate) struct Caveats {
+    pub(crate) missed_threads: usize,
+    pub(crate) no_stop: bool,
+    pub(crate) out_of_memory: bool,
+}
+
+/// Scans the whole process and returns the report. `entry_sp` bounds the
+/// caller's stack: frames below it (the scanner's own) are not roots.
+///
+/// Must run under a [`Reentry`] guard.
+pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
+    debug_assert!(crate::guard::busy());
+    let blocks = classify_all(entry_sp, caveats);
+    let (total_allocs, total_bytes, _live, peak_bytes, _) = registry::counters();
+    report::build(
+        &blocks,
+        state::frames(),
+        Counters {
+            total_allocs,
+            total_bytes,
+            peak_bytes,
+        },
+    )
+}
+
+fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
+    // --- before the stop: anything goes ---
+    let maps = Maps::read();
+    let images = roots::images();
+    let tids = roots::thread_ids();
+    let mut fixed: Vec<Region> = Vec::new();
+    for r in &images.data {
+        maps.readable_parts(r.start, r.end, |r| fixed.push(r));
+    }
+    if let Some(m) = maps.find(entry_sp) {
+        maps.readable_parts(entry_sp, m.end, |r| fixed.push(r));
+    }
+    let tp = roots::thread_pointer();
+    if tp != 0 {
+        for b in &images.tls {
+            let start = tp.wrapping_add_signed(b.offset);
+            maps.readable_parts(start, start + b.len, |r| fixed.push(r));
+        }
+    }
+    let mut rootv: MapVec<Region> = MapVec::new();
+    let mut snap: MapVec<Record> = MapVec::new();
+    let expect = registry::live_blocks();
+    if !snap.reserve(expect + expect / 4 + 1024)
+        || !rootv.reserve(fixed.len() + tids.len() * (2 + images.tls.len()))
+    {
+        caveats.out_of_memory = true;
+        return Vec::new();
+    }
+    for r in &fixed {
+        rootv.push(*r);
+    }
+
+    // --- the world stops: no allocation, no foreign locks ---
+    let shards = registry::lock_all();
+    let world = stw::stop(&tids);
+    let ok = registry::snapshot(&shards, &mut snap);
+    drop(shards);
+    for t in world.threads() {
+        if let Some(m) = maps.find(t.sp) {
+            maps.readable_parts(t.sp, m.end, |r| {
+                rootv.push(r);
+            });
+        }
+        if t.tp != 0 {
+            for b in &images.tls {
+                let start = t.tp.wrapping_add_signed(b.offset);
+                maps.readable_parts(start, start + b.len, |r| {
+                    rootv.push(r);
+                });
+            }
+        }
+    }
+    snap.as_mut_slice().sort_unstable_by_key(|r| r.addr);
+    let classified = if ok {
+        reach::classify(snap.as_slice(), rootv.as_slice(), &maps)
+    } else {
+        None
+    };
+    caveats.missed_threads = world.missed;
+    caveats.no_stop = world.unsupported && tids.len() > 1;
+    drop(world);
+    // --- the world runs again ---
+
+    let Some(c) = classified else {
+        caveats.out_of_memory = true;
+        return Vec::new();
+    };
+    snap.as_slice()
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| Classified {
+            rec: *rec,
+            kind: LeakKind::from_reach(c.kind(i)),
+            indirect: c.indirect_bytes(i),
+        })
+        .collect()
+}
+
+/// Warnings about an incomplete scan, as report lines.
+pub(crate) fn caveat_lines(c: &Caveats) -> Vec<String> {
+    let mut out = Vec::new();
+    if c.missed_threads > 0 {
+        out.push(format!(
+            "memwarden: warning: {} thread(s) did not stop for the leak scan (they block SIGPWR); memory only they hold may be reported as lost",
+            c.missed_threads
+        ));
+    }
+    if c.no_stop {
+        out.push("memwarden: warning: the program handles SIGPWR itself, so other threads were scanned while running; memory only they hold may be reported as lost".to_owned());
+    }
+    if c.out_of_memory {
+        out.push(
+            "memwarden: warning: out of memory during the leak scan; no leak report".to_owned(),
+        );
+    }
+    out
+}
+
+/// Runs `f` under a re-entrancy guard (or not at all if this thread is
+/// already inside memwarden).
+pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
+    let _g = Reentry::enter()?;
+    Some(f())
+}

@@ -1,0 +1,251 @@
+//! Call stacks: capture on the allocation path, a table that stores each
+//! distinct stack once, and lookup at report time.
+//!
+//! Capture keeps raw return addresses only; symbolization (function, file,
+//! line, inlined frames) happens when a report is made, in `report::symbols`.
+//! [`capture`] is the one place that walks the stack, `#[inline(never)]`, so
+//! that every stack starts with the same memwarden frames; those frames are
+//! dropped right away by comparing each frame's canonical frame address with
+//! a stack address taken in `Warden`'s entry point.
+use crate::sync::SpinLock;
+use crate::sys::SysVec;
+
+/// Identifies a distinct call stack. 0 means "no stack".
+pub(crate) type StackId = u32;
+
+/// Frames captured beyond the user's budget, to make room for the
+/// allocator-internal frames (`__rust_alloc`, `RawVec`, ...) that the
+/// report trims off the top.
+pub(crate) const INTERNAL_FRAMES: usize = 8;
+/// Largest capture buffer.
+pub(crate) const MAX_CAPTURE: usize = crate::env::MAX_FRAMES as usize + INTERNAL_FRAMES;
+
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+const INDEX_BITS: u32 = 32 - SHARD_BITS;
+
+/// Captures up to `max` return addresses of the calling thread's stack,
+/// skipping every frame at or below `entry_sp` (memwarden's own).
+///
+/// Never allocates: the unwinder (`_Unwind_Backtrace`) walks the stack in
+/// place.
+#[inline(never)]
+pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usize) -> usize {
+    let max = max.min(MAX_CAPTURE);
+    if max == 0 {
+        return 0;
+    }
+    let mut n = 0;
+    // SAFETY: trace_unsynchronized is only unsafe because it does not take
+    // backtrace's global lock; the libunwind backend on Linux is thread
+    // safe, and the callback neither allocates nor panics.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            let sp = frame.sp() as usize;
+            if sp != 0 && sp <= entry_sp {
+                return true; // a memwarden frame
+            }
+            let ip = frame.ip() as usize;
+            if ip == 0 {
+                return false;
+            }
+            out[n] = ip;
+            n += 1;
+            n < max
+        });
+    }
+    n
+}
+
+struct Entry {
+    hash: u64,
+    start: u32,
+    len: u32,
+}
+
+// Entry is plain data.
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for Entry {}
+
+struct Shard {
+    /// Open-addressing index into `entries` (value = entry index + 1).
+    index: SysVec<u32>,
+    entries: SysVec<Entry>,
+    frames: SysVec<usize>,
+}
+
+impl Shard {
+    const fn new() -> Self {
+        Shard {
+            index: SysVec::new(),
+            entries: SysVec::new(),
+            frames: SysVec::new(),
+        }
+    }
+
+    fn frames_of(&self, e: Entry) -> &[usize] {
+        &self.frames.as_slice()[e.start as usize..(e.start + e.len) as usize]
+    }
+
+    fn find(&self, hash: u64, frames: &[usize]) -> Result<u32, usize> {
+        let slots = self.index.as_slice();
+        let mask = slots.len() - 1;
+        let mut i = (hash as usize) & mask;
+        loop {
+            let v = slots[i];
+            if v == 0 {
+                return Err(i);
+            }
+            let e = self.entries.as_slice()[(v - 1) as usize];
+            if e.hash == hash && self.frames_of(e) == frames {
+                return Ok(v);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow_index(&mut self) -> bool {
+        let new_len = (self.index.len() * 2).max(64);
+        let mut index = SysVec::new();
+        if !index.fill(0u32, new_len) {
+            return false;
+        }
+        let mask = new_len - 1;
+        for (k, e) in self.entries.as_slice().iter().enumerate() {
+            let mut i = (e.hash as usize) & mask;
+            while index.as_slice()[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            index.as_mut_slice()[i] = k as u32 + 1;
+        }
+        self.index = index;
+        true
+    }
+
+    fn intern(&mut self, hash: u64, frames: &[usize]) -> Option<u32> {
+        if (self.entries.len() + 1) * 2 > self.index.len() && !self.grow_index() {
+            return None;
+        }
+        match self.find(hash, frames) {
+            Ok(v) => Some(v),
+            Err(slot) => {
+                let v = self.entries.len() as u32 + 1;
+                if v >= 1 << INDEX_BITS || self.frames.len() + frames.len() > u32::MAX as usize {
+                    return None;
+                }
+                if !self.frames.reserve(frames.len()) || !self.entries.reserve(1) {
+                    return None;
+                }
+                let start = self.frames.len() as u32;
+                for &f in frames {
+                    self.frames.push(f);
+                }
+                self.entries.push(Entry {
+                    hash,
+                    start,
+                    len: frames.len() as u32,
+                });
+                self.index.as_mut_slice()[slot] = v;
+                Some(v)
+            }
+        }
+    }
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const SHARD_INIT: SpinLock<Shard> = SpinLock::new(Shard::new());
+static TABLE: [SpinLock<Shard>; SHARDS] = [SHARD_INIT; SHARDS];
+
+fn hash(frames: &[usize]) -> u64 {
+    // FxHash-style mixing of each address; good enough to spread return
+    // addresses and cheap on the hot path.
+    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ frames.len() as u64;
+    for &f in frames {
+        h = (h.rotate_left(5) ^ f as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    h ^ (h >> 29)
+}
+
+/// Stores `frames` once and returns its id (0 if memory ran out or the
+/// stack is empty).
+pub(crate) fn intern(frames: &[usize]) -> StackId {
+    if frames.is_empty() {
+        return 0;
+    }
+    let h = hash(frames);
+    let shard = (h >> (64 - SHARD_BITS)) as usize;
+    let local = TABLE[shard].lock().intern(h, frames);
+    match local {
+        Some(v) => ((shard as u32) << INDEX_BITS) | v,
+        None => 0,
+    }
+}
+
+/// The frames of stack `id` (empty for 0 or an unknown id).
+pub(crate) fn frames(id: StackId) -> Vec<usize> {
+    if id == 0 {
+        return Vec::new();
+    }
+    let shard = (id >> INDEX_BITS) as usize;
+    let v = (id & ((1 << INDEX_BITS) - 1)) as usize;
+    let guard = TABLE[shard].lock();
+    let Some(&e) = guard.entries.as_slice().get(v.wrapping_sub(1)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(e.len as usize);
+    // The copy must not allocate under the lock: `out` has room already.
+    out.extend_from_slice(guard.frames_of(e));
+    out
+}
+
+/// Number of distinct stacks stored.
+#[cfg(test)]
+fn distinct() -> usize {
+    TABLE.iter().map(|s| s.lock().entries.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_frames_same_id_and_round_trip() {
+        let a = [0x1000usize, 0x2000, 0x3000];
+        let b = [0x1000usize, 0x2000, 0x3001];
+        let ia = intern(&a);
+        let ib = intern(&b);
+        assert_ne!(ia, 0);
+        assert_ne!(ia, ib);
+        assert_eq!(intern(&a), ia);
+        assert_eq!(frames(ia), a);
+        assert_eq!(frames(ib), b);
+        assert_eq!(intern(&[]), 0);
+        assert!(frames(0).is_empty());
+    }
+
+    #[test]
+    fn many_distinct_stacks_survive_growth() {
+        let ids: Vec<_> = (0..5000usize)
+            .map(|i| intern(&[i * 16 + 8, 77, i]))
+            .collect();
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(frames(id), [i * 16 + 8, 77, i]);
+        }
+        assert!(distinct() >= 5000);
+    }
+
+    #[test]
+    fn capture_sees_this_function_and_skips_deeper_frames() {
+        let mut buf = [0usize; MAX_CAPTURE];
+        let n = capture(&mut buf, 10, 0);
+        assert!(n > 2, "expected a real stack, got {n} frames");
+        let marker = 0u8;
+        let sp = std::hint::black_box(&marker) as *const u8 as usize;
+        let m = capture(&mut buf, 10, sp);
+        assert!(m < n, "frames at or below {sp:#x} must be skipped");
+    }
+}

@@ -1,0 +1,388 @@
+//! Raw memory for memwarden's own tables.
+//!
+//! Everything memwarden keeps for itself (the registry, the stack table, the
+//! scan buffers) lives in memory from this module, never from the global
+//! allocator, so that bookkeeping can never re-enter `Warden`. Two sources:
+//!
+//! * [`SysVec`] grows through [`System`] (`malloc`). It is used on the hot
+//!   path, under a shard lock; `malloc` never calls back into Rust's global
+//!   allocator, so that lock cannot be taken again underneath.
+//! * [`MapVec`] grows through `mmap`/`mremap`. It is used while the other
+//!   threads are stopped for a leak scan: one of them may be stopped inside
+//!   `malloc` holding its arena lock, so the scanner must not call `malloc`.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+/// A growable array of `Copy` values in memory from `System`.
+///
+/// Growth that fails leaves the vector unchanged and reports `false`: the
+/// allocation path never panics.
+pub(crate) struct SysVec<T: Copy> {
+    ptr: NonNull<T>,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: a SysVec owns its buffer exclusively, like a Vec<T>.
+unsafe impl<T: Copy + Send> Send for SysVec<T> {}
+
+impl<T: Copy> SysVec<T> {
+    pub(crate) const fn new() -> Self {
+        SysVec {
+            ptr: NonNull::dangling(),
+            len: 0,
+            cap: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        // SAFETY: `ptr` is valid for `len` initialised values (or dangling
+        // and well aligned with len 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Makes room for `extra` more values; `false` if memory ran out.
+    pub(crate) fn reserve(&mut self, extra: usize) -> bool {
+        let Some(need) = self.len.checked_add(extra) else {
+            return false;
+        };
+        if need <= self.cap {
+            return true;
+        }
+        let new_cap = need.max(self.cap.saturating_mul(2)).max(8);
+        let Ok(new_layout) = Layout::array::<T>(new_cap) else {
+            return false;
+        };
+        let new_ptr = if self.cap == 0 {
+            // SAFETY: `new_layout` has a non-zero size (new_cap >= 8, and
+            // zero-sized T is never used with SysVec).
+            unsafe { System.alloc(new_layout) }
+        } else {
+            // SAFETY: `ptr` was allocated by System with the layout of
+            // `cap` values, and the new size is non-zero.
+            unsafe {
+                System.realloc(
+                    self.ptr.as_ptr().cast(),
+                    Layout::array::<T>(self.cap).unwrap_unchecked(),
+                    new_layout.size(),
+                )
+            }
+        };
+        match NonNull::new(new_ptr.cast::<T>()) {
+            Some(p) => {
+                self.ptr = p;
+                self.cap = new_cap;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Appends `value`; `false` if memory ran out.
+    pub(crate) fn push(&mut self, value: T) -> bool {
+        if !self.reserve(1) {
+            return false;
+        }
+        // SAFETY: `reserve` made `len < cap`.
+        unsafe { self.ptr.as_ptr().add(self.len).write(value) };
+        self.len += 1;
+        true
+    }
+
+    /// Replaces the contents with `n` copies of `value`; `false` if memory ran out.
+    pub(crate) fn fill(&mut self, value: T, n: usize) -> bool {
+        self.len = 0;
+        if !self.reserve(n) {
+            return false;
+        }
+        for i in 0..n {
+            // SAFETY: `reserve` made `n <= cap`.
+            unsafe { self.ptr.as_ptr().add(i).write(value) };
+        }
+        self.len = n;
+        true
+    }
+}
+
+impl<T: Copy> Drop for SysVec<T> {
+    fn drop(&mut self) {
+        if self.cap != 0 {
+            // SAFETY: allocated by System with this layout in `reserve`.
+            unsafe {
+                System.dealloc(
+                    self.ptr.as_ptr().cast(),
+                    Layout::array::<T>(self.cap).unwrap_unchecked(),
+                )
+            }
+        }
+    }
+}
+
+/// A growable array of `Copy` values in anonymous `mmap` memory.
+///
+/// Used while the world is stopped: it takes no lock that a stopped thread
+/// could hold.
+pub(crate) struct MapVec<T: Copy> {
+    ptr: *mut T,
+    len: usize,
+    /// Capacity in values; the mapping is `cap * size_of::<T>()` bytes
+    /// rounded up to a page.
+    cap: usize,
+    bytes: usize,
+    _own: PhantomData<T>,
+}
+
+impl<T: Copy> MapVec<T> {
+    pub(crate) const fn new() -> Self {
+        MapVec {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            cap: 0,
+            bytes: 0,
+            _own: PhantomData,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: `ptr` maps at least `len` initialised values.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        if self.ptr.is_null() {
+            return &mut [];
+        }
+        // SAFETY: as in `as_slice`; `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Makes room for `extra` more values; `false` if the kernel said no.
+    pub(crate) fn reserve(&mut self, extra: usize) -> bool {
+        let Some(need) = self.len.checked_add(extra) else {
+            return false;
+        };
+        if need <= self.cap {
+            return true;
+        }
+        let want = need.max(self.cap.saturating_mul(2)).max(512);
+        let Some(bytes) = want
+            .checked_mul(size_of::<T>())
+            .and_then(|b| b.checked_next_multiple_of(page_size()))
+        else {
+            return false;
+        };
+        let p = if self.ptr.is_null() {
+            // SAFETY: a fresh private anonymous mapping; no existing memory
+            // is touched.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    bytes,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            }
+        } else {
+            remap(self.ptr.cast(), self.bytes, bytes)
+        };
+        if p == libc::MAP_FAILED || p.is_null() {
+            return false;
+        }
+        self.ptr = p.cast();
+        self.bytes = bytes;
+        self.cap = bytes / size_of::<T>();
+        true
+    }
+
+    pub(crate) fn push(&mut self, value: T) -> bool {
+        if !self.reserve(1) {
+            return false;
+        }
+        // SAFETY: `reserve` made `len < cap`.
+        unsafe { self.ptr.add(self.len).write(value) };
+        self.len += 1;
+        true
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: index `len` (the old `len - 1`) is initialised.
+        Some(unsafe { self.ptr.add(self.len).read() })
+    }
+
+    /// Replaces the contents with `n` copies of `value`; `false` if memory ran out.
+    pub(crate) fn fill(&mut self, value: T, n: usize) -> bool {
+        self.len = 0;
+        if !self.reserve(n) {
+            return false;
+        }
+        for i in 0..n {
+            // SAFETY: `reserve` made `n <= cap`.
+            unsafe { self.ptr.add(i).write(value) };
+        }
+        self.len = n;
+        true
+    }
+}
+
+impl<T: Copy> Drop for MapVec<T> {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: `ptr`/`bytes` is exactly the mapping made in `reserve`.
+            unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn remap(old: *mut libc::c_void, old_bytes: usize, new_bytes: usize) -> *mut libc::c_void {
+    // SAFETY: `old`/`old_bytes` is a mapping this module made; MREMAP_MAYMOVE
+    // lets the kernel move it, and the caller takes the new address.
+    unsafe { libc::mremap(old, old_bytes, new_bytes, libc::MREMAP_MAYMOVE) }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn remap(old: *mut libc::c_void, old_bytes: usize, new_bytes: usize) -> *mut libc::c_void {
+    // SAFETY: a fresh private anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            new_bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p != libc::MAP_FAILED {
+        // SAFETY: both mappings are at least `old_bytes` long and distinct;
+        // the old one is ours to unmap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(old.cast::<u8>(), p.cast::<u8>(), old_bytes);
+            libc::munmap(old, old_bytes);
+        }
+    }
+    p
+}
+
+/// The page size, read once.
+pub(crate) fn page_size() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let p = PAGE.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let p = if p > 0 { p as usize } else { 4096 };
+    PAGE.store(p, Ordering::Relaxed);
+    p
+}
+
+/// Writes `bytes` to stderr with `write(2)`: no allocation, no lock, safe
+/// to call from the allocation path and from a signal handler.
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            // EINTR: try again; anything else: give up quietly.
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+/// A fixed-size text buffer for messages built on the allocation path.
+pub(crate) struct StackBuf<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuf<N> {
+    pub(crate) const fn new() -> Self {
+        StackBuf {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackBuf<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = N - self.len;
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        if n < s.len() {
+            Err(std::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysvec_grows_and_keeps_values() {
+        let mut v = SysVec::<u64>::new();
+        for i in 0..10_000 {
+            assert!(v.push(i));
+        }
+        assert_eq!(v.len(), 10_000);
+        assert!(v.as_slice().iter().copied().eq(0..10_000));
+        assert!(v.fill(7, 3));
+        assert_eq!(v.as_slice(), &[7, 7, 7]);
+    }
+
+    #[test]
+    fn mapvec_grows_across_remaps() {
+        let mut v = MapVec::<usize>::new();
+        for i in 0..100_000 {
+            assert!(v.push(i));
+        }
+        assert!(v.as_slice().iter().copied().eq(0..100_000));
+        assert_eq!(v.pop(), Some(99_999));
+        assert_eq!(v.as_slice().len(), 99_999);
+        assert!(v.fill(1, 5));
+        assert_eq!(v.as_slice(), &[1; 5]);
+    }
+
+    #[test]
+    fn stackbuf_truncates_instead_of_overflowing() {
+        use std::fmt::Write;
+        let mut b = StackBuf::<8>::new();
+        assert!(write!(b, "memwarden: too long").is_err());
+        assert_eq!(b.as_bytes(), b"memwarde");
+    }
+}
