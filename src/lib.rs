@@ -26,34 +26,34 @@
 
 mod warden;
 
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod env;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod exit;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod guard;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod reach;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod registry;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod report;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod roots;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod scan;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod stack;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod state;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod stw;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod sync;
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod sys;
 
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 pub use report::{Amount, Frame, HeapErrorKind, HeapErrorReport, Leak, LeakKind, Report, Summary};
 pub use warden::Warden;
 
@@ -79,24 +79,24 @@ pub struct Stats {
 /// later is fine. The exit report is registered on the first call. Does
 /// nothing with the `tracking` feature off.
 pub fn enable() {
-    #[cfg(feature = "tracking")]
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
     state::enable();
 }
 
 /// Stops tracking new allocations. Blocks already tracked stay tracked
 /// until freed, and the exit report still covers them.
 pub fn disable() {
-    #[cfg(feature = "tracking")]
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
     state::disable();
 }
 
 /// True while new allocations are being tracked.
 pub fn is_enabled() -> bool {
-    #[cfg(feature = "tracking")]
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
     {
         state::is_enabled()
     }
-    #[cfg(not(feature = "tracking"))]
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
     {
         false
     }
@@ -128,7 +128,7 @@ where
 /// The live heap figures of tracked allocations (all zero while tracking
 /// has never been on).
 pub fn stats() -> Stats {
-    #[cfg(feature = "tracking")]
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
     {
         if !state::ever_enabled() {
             return Stats::default();
@@ -142,7 +142,7 @@ pub fn stats() -> Stats {
             total_bytes,
         }
     }
-    #[cfg(not(feature = "tracking"))]
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
     {
         Stats::default()
     }

@@ -53,7 +53,7 @@ impl<A> Warden<A> {
     }
 }
 
-#[cfg(not(feature = "tracking"))]
+#[cfg(not(all(feature = "tracking", target_os = "linux")))]
 // SAFETY: every method forwards to the inner allocator with the caller's
 // arguments unchanged, so the inner allocator's guarantees carry over.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Warden<A> {
@@ -82,7 +82,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Warden<A> {
     }
 }
 
-#[cfg(feature = "tracking")]
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod tracked {
     use super::*;
     use crate::guard::{self, Reentry};

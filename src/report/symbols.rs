@@ -44,17 +44,22 @@ fn resolve(ip: usize) -> Vec<Frame> {
 pub(crate) fn is_internal(f: &Frame) -> bool {
     if let Some(file) = &f.file {
         let file = file.replace('\\', "/");
-        // Standard library sources, as rustc records them.
-        if file.contains("/rustc/") && file.contains("/library/") {
-            return true;
-        }
-        if file.starts_with("/rustc/") || file.contains("/lib/rustlib/src/rust/library/") {
+        // Standard library sources as rustc records them (`/rustc/<hash>/
+        // library/...`), std's vendored dependencies such as hashbrown
+        // (`/rust/deps/...`), a local rust-src, and the C runtime's start-up
+        // code (glibc's `csu/` and `sysdeps/`).
+        const STD: [&str; 5] = [
+            "/rustc/",
+            "/rust/deps/",
+            "/lib/rustlib/src/rust/library/",
+            "/csu/",
+            "/sysdeps/",
+        ];
+        if STD.iter().any(|p| file.contains(p)) {
             return true;
         }
     }
     let Some(name) = f.function.as_deref() else {
-        // No symbol: we cannot tell; treat as internal only while trimming
-        // the very top (see `user_frames`).
         return true;
     };
     const SHIMS: [&str; 4] = [
@@ -65,6 +70,18 @@ pub(crate) fn is_internal(f: &Frame) -> bool {
     ];
     if SHIMS.iter().any(|s| name.ends_with(s)) || name.contains("__rg_") || name.contains("__rdl_")
     {
+        return true;
+    }
+    // Process and thread entry points, with or without debug info.
+    const ENTRY: [&str; 6] = [
+        "main",
+        "_start",
+        "__libc_start_main",
+        "__libc_start_call_main",
+        "start_thread",
+        "clone3",
+    ];
+    if ENTRY.contains(&name) {
         return true;
     }
     let bare = name
@@ -95,15 +112,15 @@ pub(crate) fn user_frames(mut frames: Vec<Frame>, max: usize) -> Vec<Frame> {
             frames.drain(..i);
         }
         None => {
-            // Keep the runtime's own stack, minus memwarden and the shims.
+            // An allocation of the runtime itself: start at the first std
+            // frame (the std function that allocated), past memwarden, the
+            // shims and the alloc/core plumbing.
             let i = frames
                 .iter()
                 .position(|f| {
-                    let n = f.function.as_deref().unwrap_or("");
-                    !(n.contains("memwarden::")
-                        || n.contains("__rust_")
-                        || n.contains("__rg_")
-                        || n.contains("__rdl_"))
+                    f.function
+                        .as_deref()
+                        .is_some_and(|n| n.trim_start_matches('<').starts_with("std::"))
                 })
                 .unwrap_or(0);
             frames.drain(..i);
@@ -192,6 +209,26 @@ mod tests {
             out[0].function.as_deref(),
             Some("std::rt::lang_start_internal")
         );
+    }
+
+    #[test]
+    fn std_vendored_crates_and_libc_start_up_are_internal() {
+        assert!(is_internal(&f(
+            "hashbrown::raw::alloc::inner::do_alloc",
+            "/rust/deps/hashbrown-0.16.1/src/raw/alloc.rs",
+            19
+        )));
+        assert!(is_internal(&f(
+            "__libc_start_call_main",
+            "./csu/../sysdeps/nptl/libc_start_call_main.h",
+            58
+        )));
+        // A program's own use of the hashbrown crate is the program's.
+        assert!(!is_internal(&f(
+            "hashbrown::map::HashMap<K,V>::insert",
+            "/home/u/.cargo/registry/src/index.crates.io-1/hashbrown-0.15.0/src/map.rs",
+            1
+        )));
     }
 
     #[test]
