@@ -16,6 +16,17 @@ pub(crate) const DEFAULT_FRAMES: u32 = 16;
 pub(crate) const MAX_FRAMES: u32 = 64;
 /// Default exit status when something is definitely lost (LeakSanitizer's).
 pub(crate) const DEFAULT_EXITCODE: i32 = 23;
+/// Default quarantine size in bytes.
+pub(crate) const DEFAULT_QUARANTINE: usize = 64 << 20;
+
+/// What to do when a heap error is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnError {
+    /// Print the report and abort (like AddressSanitizer).
+    Abort,
+    /// Print the report, count it, and go on.
+    Continue,
+}
 
 /// What the environment asked for at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +34,10 @@ pub(crate) struct Config {
     pub(crate) enabled: bool,
     pub(crate) frames: u32,
     pub(crate) exitcode: i32,
+    pub(crate) on_error: OnError,
+    pub(crate) quarantine: usize,
+    pub(crate) redzones: bool,
+    pub(crate) poison: bool,
 }
 
 impl Default for Config {
@@ -31,6 +46,10 @@ impl Default for Config {
             enabled: false,
             frames: DEFAULT_FRAMES,
             exitcode: DEFAULT_EXITCODE,
+            on_error: OnError::Abort,
+            quarantine: DEFAULT_QUARANTINE,
+            redzones: true,
+            poison: true,
         }
     }
 }
@@ -47,6 +66,71 @@ pub(crate) fn read() -> Config {
         exitcode: getenv(c"DEBUG_MEMORY_EXITCODE")
             .map(|v| parse_exitcode(v).unwrap_or(DEFAULT_EXITCODE))
             .unwrap_or(DEFAULT_EXITCODE),
+        on_error: getenv(c"DEBUG_MEMORY_ON_ERROR")
+            .map(|v| parse_on_error(v).unwrap_or(OnError::Abort))
+            .unwrap_or(OnError::Abort),
+        quarantine: getenv(c"DEBUG_MEMORY_QUARANTINE")
+            .map(|v| parse_bytes("DEBUG_MEMORY_QUARANTINE", v).unwrap_or(DEFAULT_QUARANTINE))
+            .unwrap_or(DEFAULT_QUARANTINE),
+        redzones: getenv(c"DEBUG_MEMORY_REDZONES")
+            .map(|v| parse_flag("DEBUG_MEMORY_REDZONES", v).unwrap_or(true))
+            .unwrap_or(true),
+        poison: getenv(c"DEBUG_MEMORY_POISON")
+            .map(|v| parse_flag("DEBUG_MEMORY_POISON", v).unwrap_or(true))
+            .unwrap_or(true),
+    }
+}
+
+/// `abort` or `continue`.
+pub(crate) fn parse_on_error(v: &[u8]) -> Option<OnError> {
+    let t = trim(v);
+    if t.eq_ignore_ascii_case(b"abort") {
+        Some(OnError::Abort)
+    } else if t.eq_ignore_ascii_case(b"continue") {
+        Some(OnError::Continue)
+    } else {
+        warn(
+            "DEBUG_MEMORY_ON_ERROR",
+            v,
+            "is not abort or continue; using abort",
+        );
+        None
+    }
+}
+
+/// A byte count, with an optional K, M or G suffix (powers of 1024).
+pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
+    let t = trim(v);
+    let (digits, shift) = match t.last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&t[..t.len() - 1], 10),
+        Some(b'M') => (&t[..t.len() - 1], 20),
+        Some(b'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    match parse_u32(digits).and_then(|n| (n as usize).checked_mul(1 << shift)) {
+        Some(n) => Some(n),
+        None => {
+            warn(
+                var,
+                v,
+                "is not a byte count (like 1048576, 64M or 1G); using the default",
+            );
+            None
+        }
+    }
+}
+
+/// An on/off switch for a feature that is on by default.
+pub(crate) fn parse_flag(var: &str, v: &[u8]) -> Option<bool> {
+    let t = trim(v);
+    let is = |w: &str| t.eq_ignore_ascii_case(w.as_bytes());
+    if is("1") || is("true") || is("yes") || is("on") {
+        Some(true)
+    } else if is("0") || is("false") || is("no") || is("off") {
+        Some(false)
+    } else {
+        warn(var, v, "is not 1 or 0; keeping it on");
+        None
     }
 }
 
@@ -167,6 +251,21 @@ mod tests {
         assert_eq!(parse_frames(b"abc"), None);
         assert_eq!(parse_frames(b"-1"), None);
         assert_eq!(parse_frames(b"99999999999"), None);
+    }
+
+    #[test]
+    fn error_policy_and_sizes() {
+        assert_eq!(parse_on_error(b"continue"), Some(OnError::Continue));
+        assert_eq!(parse_on_error(b"ABORT"), Some(OnError::Abort));
+        assert_eq!(parse_on_error(b"explode"), None);
+        assert_eq!(parse_bytes("X", b"4096"), Some(4096));
+        assert_eq!(parse_bytes("X", b"64M"), Some(64 << 20));
+        assert_eq!(parse_bytes("X", b"2k"), Some(2048));
+        assert_eq!(parse_bytes("X", b"0"), Some(0));
+        assert_eq!(parse_bytes("X", b"lots"), None);
+        assert_eq!(parse_flag("X", b"0"), Some(false));
+        assert_eq!(parse_flag("X", b"on"), Some(true));
+        assert_eq!(parse_flag("X", b"maybe"), None);
     }
 
     #[test]

@@ -49,8 +49,10 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     // Allocations made by other threads from now on are not leaks of
     // interest, and the report must not chase a moving target.
     state::disable();
+    let heap_errors = crate::check::check_all(crate::stack::here(entry_sp), false);
     let mut caveats = Caveats::default();
-    let report = scan::scan(entry_sp, &mut caveats);
+    let mut report = scan::scan(entry_sp, &mut caveats);
+    report.errors = crate::check::errors();
     let mut err = std::io::stderr().lock();
     for line in scan::caveat_lines(&caveats) {
         let _ = writeln!(err, "{line}");
@@ -79,8 +81,16 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     }
     let _ = err.flush();
     let code = state::exitcode();
-    if write_failed {
-        Some(if code != 0 { code } else { 1 })
+    let failing = if code != 0 { code } else { 1 };
+    let errors = crate::check::error_count();
+    if errors > 0 {
+        let _ = writeln!(
+            err,
+            "memwarden: ERROR SUMMARY: {errors} heap error(s) ({heap_errors} found at exit): exiting with status {failing}"
+        );
+        Some(failing)
+    } else if write_failed {
+        Some(failing)
     } else if report.has_definite_leaks() && code != 0 {
         let _ = writeln!(
             err,
@@ -90,5 +100,33 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
         Some(code)
     } else {
         None
+    }
+}
+
+/// Called just before a heap error aborts the process: writes the JSON
+/// report (the error, the counters; no leak scan) if one was asked for.
+pub(crate) fn write_json_on_abort() {
+    let Some(path) = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let (total_allocs, total_bytes, _, peak_bytes, _) = crate::registry::counters();
+    let mut report = crate::report::build(
+        &[],
+        0,
+        crate::report::Counters {
+            total_allocs,
+            total_bytes,
+            peak_bytes,
+        },
+    );
+    report.errors = crate::check::errors();
+    if let Err(e) = std::fs::write(&path, report.to_json()) {
+        crate::sys::write_stderr(
+            format!(
+                "memwarden: error: cannot write the JSON report to {}: {e}\n",
+                path.to_string_lossy()
+            )
+            .as_bytes(),
+        );
     }
 }

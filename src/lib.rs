@@ -27,6 +27,8 @@
 mod warden;
 
 #[cfg(all(feature = "tracking", target_os = "linux"))]
+mod check;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod env;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod exit;
@@ -123,6 +125,33 @@ where
         enable();
     }
     is_enabled()
+}
+
+/// Checks the red zones of every live tracked block and the poison of every
+/// quarantined (recently freed) block now, and reports what it finds as
+/// heap errors (an overrun, a use after free), as a free would. Returns the
+/// number of errors found (0 with tracking off).
+///
+/// Under `DEBUG_MEMORY_ON_ERROR=abort` (the default) the first error ends
+/// the process after its report.
+#[inline(never)]
+pub fn check_heap() -> usize {
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    {
+        if !state::ever_enabled() {
+            return 0;
+        }
+        let marker = 0u8;
+        let entry_sp = std::hint::black_box(&marker) as *const u8 as usize;
+        let Some(_busy) = guard::Reentry::enter() else {
+            return 0;
+        };
+        check::check_all(stack::here(entry_sp), true)
+    }
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+    {
+        0
+    }
 }
 
 /// The live heap figures of tracked allocations (all zero while tracking

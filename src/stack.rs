@@ -57,6 +57,19 @@ pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usiz
     n
 }
 
+/// Captures and stores the calling thread's stack; frames at or below
+/// `entry_sp` (memwarden's own) are left out.
+#[inline(always)]
+pub(crate) fn here(entry_sp: usize) -> StackId {
+    let mut frames = [0usize; MAX_CAPTURE];
+    let n = capture(
+        &mut frames,
+        crate::state::frames() + INTERNAL_FRAMES,
+        entry_sp,
+    );
+    intern(&frames[..n])
+}
+
 struct Entry {
     hash: u64,
     start: u32,

@@ -20,7 +20,7 @@
 //!
 //! Once tracking has been on, the mode never returns to `OFF`, and the exit
 //! report is registered (once).
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use crate::env;
 
@@ -36,6 +36,14 @@ static INITIALIZING: AtomicBool = AtomicBool::new(false);
 static FRAMES: AtomicU32 = AtomicU32::new(env::DEFAULT_FRAMES);
 static EXITCODE: AtomicI32 = AtomicI32::new(env::DEFAULT_EXITCODE);
 static EXIT_HOOKED: AtomicBool = AtomicBool::new(false);
+static ABORT_ON_ERROR: AtomicBool = AtomicBool::new(true);
+static QUARANTINE: AtomicUsize = AtomicUsize::new(env::DEFAULT_QUARANTINE);
+static REDZONES: AtomicBool = AtomicBool::new(true);
+static POISON: AtomicBool = AtomicBool::new(true);
+/// True once an allocation may have been served untracked by the program
+/// (tracking switched on late, or paused): an unknown pointer is then not
+/// necessarily an invalid free.
+static UNTRACKED_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// The current mode, reading the environment first if nobody has yet.
 #[inline]
@@ -62,6 +70,10 @@ fn init() -> u8 {
     let cfg = env::read();
     FRAMES.store(cfg.frames, Ordering::Relaxed);
     EXITCODE.store(cfg.exitcode, Ordering::Relaxed);
+    ABORT_ON_ERROR.store(cfg.on_error == env::OnError::Abort, Ordering::Relaxed);
+    QUARANTINE.store(cfg.quarantine, Ordering::Relaxed);
+    REDZONES.store(cfg.redzones, Ordering::Relaxed);
+    POISON.store(cfg.poison, Ordering::Relaxed);
     let m = if cfg.enabled {
         hook_exit();
         ON
@@ -92,7 +104,10 @@ fn hook_exit() {
 
 /// Turns tracking on (see `memwarden::enable`).
 pub(crate) fn enable() {
-    mode();
+    if mode() != ON {
+        // The program has been allocating untracked until now.
+        UNTRACKED_SEEN.store(true, Ordering::Relaxed);
+    }
     hook_exit();
     MODE.store(ON, Ordering::Release);
 }
@@ -100,8 +115,41 @@ pub(crate) fn enable() {
 /// Stops recording new allocations (see `memwarden::disable`).
 pub(crate) fn disable() {
     if mode() == ON {
+        UNTRACKED_SEEN.store(true, Ordering::Relaxed);
         MODE.store(PAUSED, Ordering::Release);
     }
+}
+
+/// Abort on a heap error (`DEBUG_MEMORY_ON_ERROR=abort`, the default)?
+pub(crate) fn abort_on_error() -> bool {
+    ABORT_ON_ERROR.load(Ordering::Relaxed)
+}
+
+/// Quarantine bytes (`DEBUG_MEMORY_QUARANTINE`).
+pub(crate) fn quarantine() -> usize {
+    QUARANTINE.load(Ordering::Relaxed)
+}
+
+/// Red zones around tracked blocks (`DEBUG_MEMORY_REDZONES`)? Fixed once
+/// tracking has started: every tracked block has the same layout.
+pub(crate) fn redzones() -> bool {
+    REDZONES.load(Ordering::Relaxed)
+}
+
+/// Poison freed blocks (`DEBUG_MEMORY_POISON`)?
+pub(crate) fn poison() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
+
+/// Notes that a block of the program went untracked (tables out of memory).
+pub(crate) fn note_untracked() {
+    UNTRACKED_SEEN.store(true, Ordering::Relaxed);
+}
+
+/// True if every block the program allocated so far was tracked, so an
+/// unknown pointer handed to `dealloc` is an invalid free.
+pub(crate) fn all_tracked() -> bool {
+    !UNTRACKED_SEEN.load(Ordering::Relaxed)
 }
 
 /// True when allocations are being recorded.

@@ -85,9 +85,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Warden<A> {
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod tracked {
     use super::*;
+    use crate::check::{self, Found};
     use crate::guard::{self, Reentry};
-    use crate::registry::{self, Record};
-    use crate::stack::{self, MAX_CAPTURE};
+    use crate::registry::{self, Evicted, Freed, INTERNAL, Lookup, Record, SHARDS};
+    use crate::report::HeapErrorKind;
+    use crate::stack::here;
     use crate::state::{self, MODE, OFF, ON};
     use std::sync::atomic::Ordering;
 
@@ -101,7 +103,7 @@ mod tracked {
     pub(crate) const JUNK: u8 = 0xbe;
 
     /// An address in the caller's stack frame: every frame at or below it
-    /// belongs to memwarden and is left out of the captured stack.
+    /// belongs to memwarden and is left out of captured stacks.
     macro_rules! entry_sp {
         () => {{
             let marker = 0u8;
@@ -109,10 +111,14 @@ mod tracked {
         }};
     }
 
-    // SAFETY: blocks come from the inner allocator with the caller's layout
-    // unchanged; `dealloc`/`realloc` forward the caller's pointer and layout
-    // to the inner allocator exactly once, and only after the registry
-    // dropped its record. Bookkeeping never allocates through `self`.
+    // SAFETY: a tracked block is the middle of an inner block allocated with
+    // `check::inner_layout`, aligned as the caller asked; `dealloc` and
+    // `realloc` find the inner block again from the registry's record (never
+    // from the caller's possibly wrong layout) and hand it to the inner
+    // allocator exactly once. Pointers the registry does not know are
+    // forwarded unchanged only when they may be untracked blocks, and
+    // refused (reported) otherwise. Bookkeeping never allocates through
+    // `self`.
     unsafe impl<A: GlobalAlloc> GlobalAlloc for Warden<A> {
         #[inline]
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -138,7 +144,7 @@ mod tracked {
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             if MODE.load(Ordering::Relaxed) != OFF {
                 // SAFETY: forwarded contract of `GlobalAlloc::dealloc`.
-                return unsafe { self.dealloc_tracked(ptr, layout) };
+                return unsafe { self.dealloc_tracked(ptr, layout, entry_sp!()) };
             }
             // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
             unsafe { self.inner.dealloc(ptr, layout) }
@@ -160,42 +166,198 @@ mod tracked {
         /// The contract of `GlobalAlloc::alloc` (or `alloc_zeroed`).
         #[inline(never)]
         unsafe fn alloc_tracked(&self, layout: Layout, zeroed: bool, entry_sp: usize) -> *mut u8 {
-            // SAFETY: the caller upholds the `alloc`/`alloc_zeroed` contract.
-            let ptr = unsafe {
+            if state::mode() != ON {
+                // SAFETY: the caller upholds the `alloc` contract.
+                return unsafe { self.alloc_inner(layout, zeroed) };
+            }
+            let Some(_busy) = Reentry::enter() else {
+                // memwarden's own allocation: untracked, but recorded so that
+                // its free is not mistaken for an invalid one.
+                // SAFETY: the caller upholds the `alloc` contract.
+                let p = unsafe { self.alloc_inner(layout, zeroed) };
+                if !p.is_null() {
+                    let rec =
+                        Record::new(p as usize, layout.size(), layout.align(), 0, INTERNAL, 0);
+                    if !registry::insert(rec) {
+                        state::note_untracked();
+                    }
+                }
+                return p;
+            };
+            let (size, align) = (layout.size(), layout.align());
+            let Some(il) = check::inner_layout(size, align) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: `il` has a non-zero size (it includes the caller's
+            // non-zero size).
+            let inner = unsafe { self.alloc_inner(il, zeroed) };
+            if inner.is_null() {
+                return inner;
+            }
+            // SAFETY: the front red zone lies inside the inner block.
+            let user = unsafe { inner.add(check::front(align)) };
+            if !zeroed {
+                // SAFETY: `user` starts `size` fresh bytes of the inner block.
+                unsafe { user.write_bytes(JUNK, size.min(FILL_LIMIT)) };
+            }
+            if state::redzones() {
+                // SAFETY: `user` was allocated with `inner_layout(size, align)`.
+                unsafe { check::paint(user, size, align) };
+            }
+            track(user as usize, size, align, entry_sp);
+            user
+        }
+
+        /// # Safety
+        /// The contract of `GlobalAlloc::alloc`.
+        #[inline]
+        unsafe fn alloc_inner(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+            // SAFETY: per the contract.
+            unsafe {
                 if zeroed {
                     self.inner.alloc_zeroed(layout)
                 } else {
                     self.inner.alloc(layout)
                 }
-            };
-            if ptr.is_null() || state::mode() != ON {
-                return ptr;
             }
-            // Memwarden's own allocations (under a Reentry) stay untracked.
-            let Some(_busy) = Reentry::enter() else {
-                return ptr;
-            };
-            if !zeroed {
-                // SAFETY: `ptr` is a fresh block of `layout.size()` bytes.
-                unsafe { ptr.write_bytes(JUNK, layout.size().min(FILL_LIMIT)) };
-            }
-            track(ptr as usize, layout.size(), layout.align(), entry_sp);
-            ptr
         }
 
         /// # Safety
-        /// The contract of `GlobalAlloc::dealloc`.
+        /// The contract of `GlobalAlloc::dealloc`, except that a pointer this
+        /// allocator does not know, or a wrong layout, is reported rather
+        /// than undefined behaviour.
         #[inline(never)]
-        unsafe fn dealloc_tracked(&self, ptr: *mut u8, layout: Layout) {
-            if let Some(rec) = registry::remove(ptr as usize) {
-                registry::count_free(rec.size());
+        unsafe fn dealloc_tracked(&self, ptr: *mut u8, layout: Layout, entry_sp: usize) {
+            let addr = ptr as usize;
+            match registry::remove(addr) {
+                Lookup::Live(rec) if rec.is_internal() => {
+                    // SAFETY: an internal block, allocated with exactly this
+                    // layout by memwarden's own code.
+                    unsafe { self.inner.dealloc(ptr, layout) }
+                }
+                Lookup::Live(rec) => {
+                    registry::count_free(rec.size());
+                    let busy = Reentry::enter();
+                    let mut found = [None, None];
+                    if (rec.size(), rec.align()) != (layout.size(), layout.align()) {
+                        let mut f = Found::new(HeapErrorKind::LayoutMismatch, addr, here(entry_sp));
+                        f.block = Some(rec);
+                        f.passed = Some((layout.size(), layout.align()));
+                        found[0] = Some(f);
+                    }
+                    // SAFETY: `rec` is a live tracked block we just took
+                    // out of the registry; nobody else frees it.
+                    if let Some(o) = unsafe { check::check_redzones(ptr, rec.size(), rec.align()) }
+                    {
+                        let mut f = Found::new(HeapErrorKind::Overrun, addr, here(entry_sp));
+                        f.block = Some(rec);
+                        f.overrun = Some(o);
+                        found[1] = Some(f);
+                    }
+                    // SAFETY: as above; the block is released exactly once.
+                    let evicted_errors = unsafe { self.release(rec, entry_sp) };
+                    if busy.is_some() {
+                        for f in found
+                            .into_iter()
+                            .flatten()
+                            .chain(evicted_errors.into_iter().flatten())
+                        {
+                            check::report(f);
+                        }
+                    }
+                }
+                Lookup::Freed(f) => {
+                    let _busy = Reentry::enter();
+                    check::report(
+                        Found::new(HeapErrorKind::DoubleFree, addr, here(entry_sp)).freed(&f),
+                    );
+                }
+                Lookup::Unknown => {
+                    if state::all_tracked() {
+                        let _busy = Reentry::enter();
+                        check::report(Found::new(HeapErrorKind::InvalidFree, addr, here(entry_sp)));
+                    } else {
+                        // Allocated while tracking was off: not ours to judge.
+                        // SAFETY: the caller upholds the `dealloc` contract.
+                        unsafe { self.inner.dealloc(ptr, layout) }
+                    }
+                }
             }
-            // SAFETY: the caller upholds the `dealloc` contract.
-            unsafe { self.inner.dealloc(ptr, layout) }
+        }
+
+        /// Gives a tracked block back: into quarantine (poisoned) if it is
+        /// on, else to the inner allocator. Returns use-after-free errors of
+        /// the blocks that left quarantine to make room.
+        ///
+        /// # Safety
+        /// `rec` must be a tracked block just removed from the registry.
+        unsafe fn release(
+            &self,
+            rec: Record,
+            entry_sp: usize,
+        ) -> [Option<Found>; registry::MAX_EVICT] {
+            let mut errors = [None; registry::MAX_EVICT];
+            let budget = state::quarantine() / SHARDS;
+            if budget > 0 && rec.size() <= budget / 2 {
+                let user = rec.addr as *mut u8;
+                if state::poison() {
+                    // SAFETY: the block is ours now (see the contract).
+                    unsafe { check::poison(user, rec.size()) };
+                }
+                let freed = Freed {
+                    rec,
+                    free_stack: here(entry_sp),
+                    free_thread: guard::thread_id(),
+                };
+                let mut evicted = Evicted::new();
+                if registry::quarantine(freed, budget, &mut evicted) {
+                    for (i, old) in evicted.as_slice().iter().enumerate() {
+                        if state::poison() {
+                            // SAFETY: a quarantined block is still allocated
+                            // and no longer the program's.
+                            if let Some(off) = unsafe {
+                                check::check_poison(old.rec.addr as *const u8, old.rec.size())
+                            } {
+                                let mut f = Found::new(
+                                    HeapErrorKind::UseAfterFree,
+                                    old.rec.addr,
+                                    here(entry_sp),
+                                )
+                                .freed(old);
+                                f.offset = Some(off);
+                                errors[i] = Some(f);
+                            }
+                        }
+                        // SAFETY: the evicted block left the quarantine
+                        // and is freed exactly once, here.
+                        unsafe { self.free_inner(old.rec) };
+                    }
+                    return errors;
+                }
+            }
+            // SAFETY: per the contract.
+            unsafe { self.free_inner(rec) };
+            errors
         }
 
         /// # Safety
-        /// The contract of `GlobalAlloc::realloc`.
+        /// `rec` must be a tracked block no longer in the registry or the
+        /// quarantine, not freed yet.
+        unsafe fn free_inner(&self, rec: Record) {
+            let Some(il) = check::inner_layout(rec.size(), rec.align()) else {
+                return;
+            };
+            // SAFETY: the block was allocated as `il` at `addr - front`.
+            unsafe {
+                self.inner
+                    .dealloc((rec.addr as *mut u8).sub(check::front(rec.align())), il)
+            }
+        }
+
+        /// # Safety
+        /// The contract of `GlobalAlloc::realloc`, except that an unknown or
+        /// freed pointer, or a wrong layout, is reported rather than
+        /// undefined behaviour (an unknown or freed pointer gives null).
         #[inline(never)]
         unsafe fn realloc_tracked(
             &self,
@@ -204,64 +366,121 @@ mod tracked {
             new_size: usize,
             entry_sp: usize,
         ) -> *mut u8 {
+            let addr = ptr as usize;
             // Remove the record before the inner allocator may free the old
             // block: otherwise another thread could be handed the same
             // address and record it before we drop the old record.
-            let Some(old) = registry::remove(ptr as usize) else {
-                // Not ours to track (allocated while tracking was off, or by
-                // memwarden itself): the new block stays untracked too.
-                // SAFETY: the caller upholds the `realloc` contract.
-                return unsafe { self.inner.realloc(ptr, layout, new_size) };
+            let old = match registry::remove(addr) {
+                Lookup::Live(rec) => rec,
+                Lookup::Freed(f) => {
+                    let _busy = Reentry::enter();
+                    check::report(
+                        Found::new(HeapErrorKind::DoubleFree, addr, here(entry_sp)).freed(&f),
+                    );
+                    return std::ptr::null_mut();
+                }
+                Lookup::Unknown => {
+                    if state::all_tracked() {
+                        let _busy = Reentry::enter();
+                        check::report(Found::new(HeapErrorKind::InvalidFree, addr, here(entry_sp)));
+                        return std::ptr::null_mut();
+                    }
+                    // Allocated while tracking was off: the new block stays
+                    // untracked too.
+                    // SAFETY: the caller upholds the `realloc` contract.
+                    return unsafe { self.inner.realloc(ptr, layout, new_size) };
+                }
             };
+            if old.is_internal() {
+                // SAFETY: an internal block with exactly this layout.
+                let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+                let rec = if new.is_null() {
+                    old
+                } else {
+                    Record::new(new as usize, new_size, layout.align(), 0, INTERNAL, 0)
+                };
+                if !registry::insert(rec) {
+                    state::note_untracked();
+                }
+                return new;
+            }
             registry::count_free(old.size());
-            // SAFETY: the caller upholds the `realloc` contract.
-            let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+            let busy = Reentry::enter();
+            let mut found = [None, None];
+            if (old.size(), old.align()) != (layout.size(), layout.align()) {
+                let mut f = Found::new(HeapErrorKind::LayoutMismatch, addr, here(entry_sp));
+                f.block = Some(old);
+                f.passed = Some((layout.size(), layout.align()));
+                found[0] = Some(f);
+            }
+            // SAFETY: a live tracked block, ours until we put it back.
+            if let Some(o) = unsafe { check::check_redzones(ptr, old.size(), old.align()) } {
+                let mut f = Found::new(HeapErrorKind::Overrun, addr, here(entry_sp));
+                f.block = Some(old);
+                f.overrun = Some(o);
+                found[1] = Some(f);
+            }
+            let align = old.align();
+            let front = check::front(align);
+            let new = match (
+                check::inner_layout(old.size(), align),
+                check::inner_layout(new_size, align),
+            ) {
+                // SAFETY: the old block was allocated as `il` at `ptr -
+                // front`; `nl` has a non-zero size and the same alignment.
+                (Some(il), Some(nl)) => unsafe {
+                    self.inner.realloc(ptr.sub(front), il, nl.size())
+                },
+                _ => std::ptr::null_mut(),
+            };
             if new.is_null() {
                 // The old block is still the program's: put its record back.
                 registry::restore(old);
-                return new;
-            }
-            match Reentry::enter() {
-                Some(_busy) if state::mode() == ON => {
-                    if new_size > old.size() {
-                        let grown = (new_size - old.size()).min(FILL_LIMIT);
-                        // SAFETY: bytes old.size()..new_size of the new block
-                        // are fresh and belong to it.
-                        unsafe { new.add(old.size()).write_bytes(JUNK, grown) };
-                    }
-                    track(new as usize, new_size, layout.align(), entry_sp);
+            } else {
+                // SAFETY: the new inner block has room for the front red
+                // zone, `new_size` bytes and the back red zone.
+                let user = unsafe { new.add(front) };
+                if new_size > old.size() {
+                    let grown = (new_size - old.size()).min(FILL_LIMIT);
+                    // SAFETY: bytes old.size()..new_size are the block's.
+                    unsafe { user.add(old.size()).write_bytes(JUNK, grown) };
                 }
-                _ => {
-                    // Tracking paused (or memwarden's own realloc): keep the
-                    // block tracked under its original stack.
+                if state::redzones() {
+                    // SAFETY: `user` has the inner layout of `new_size`.
+                    unsafe { check::paint(user, new_size, align) };
+                }
+                if busy.is_some() && state::mode() == ON {
+                    track(user as usize, new_size, align, entry_sp);
+                } else {
+                    // Tracking paused: keep the block tracked under its
+                    // original stack.
                     let seq = registry::count_alloc(new_size);
-                    let rec = Record::new(
-                        new as usize,
-                        new_size,
-                        layout.align(),
-                        seq,
-                        old.stack,
-                        old.thread,
-                    );
+                    let rec =
+                        Record::new(user as usize, new_size, align, seq, old.stack, old.thread);
                     if !registry::insert(rec) {
                         registry::count_free(new_size);
+                        state::note_untracked();
                     }
                 }
             }
-            new
+            if busy.is_some() {
+                for f in found.into_iter().flatten() {
+                    check::report(f);
+                }
+            }
+            if new.is_null() {
+                new
+            } else {
+                // SAFETY: as above.
+                unsafe { new.add(front) }
+            }
         }
     }
 
     /// Records a new tracked block with the current call stack.
     #[inline(always)]
     fn track(addr: usize, size: usize, align: usize, entry_sp: usize) {
-        let mut frames = [0usize; MAX_CAPTURE];
-        let n = stack::capture(
-            &mut frames,
-            state::frames() + stack::INTERNAL_FRAMES,
-            entry_sp,
-        );
-        let stack = stack::intern(&frames[..n]);
+        let stack = here(entry_sp);
         let seq = registry::count_alloc(size);
         if !registry::insert(Record::new(
             addr,
@@ -272,6 +491,7 @@ mod tracked {
             guard::thread_id(),
         )) {
             registry::count_free(size);
+            state::note_untracked();
         }
     }
 }

@@ -1,0 +1,398 @@
+//! Heap-misuse detection: red zones, poison, and the error reports.
+//!
+//! With red zones on, a tracked block sits inside a bigger inner block:
+//!
+//! ```text
+//!  inner ptr                user ptr (aligned as asked)
+//!  │                        │
+//!  ▼                        ▼
+//!  [ front red zone: F bytes ][ user: size bytes ][ back red zone: 16 bytes ]
+//!    F = max(16, align)
+//! ```
+//!
+//! Both red zones are filled with [`REDZONE`] and checked when the block is
+//! freed or reallocated, by `memwarden::check_heap()`, and at exit. A freed
+//! block is filled with [`FREED`] and kept in quarantine (see `registry`);
+//! a changed byte found when it leaves quarantine, at `check_heap()` or at
+//! exit is a use after free.
+//!
+//! Errors are reported when found: symbolized stacks on stderr, then the
+//! process aborts (`DEBUG_MEMORY_ON_ERROR=abort`, the default) or the error
+//! is kept for the exit report (`continue`). Reporting allocates, so it
+//! runs with no registry lock held and under the re-entrancy guard.
+use std::alloc::Layout;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::registry::{self, Freed, Record};
+use crate::report::{Frame, HeapErrorKind, HeapErrorReport, symbols};
+use crate::stack::{self, StackId};
+use crate::state;
+
+/// Fill byte of red zones.
+pub(crate) const REDZONE: u8 = 0xfa;
+/// Fill byte of freed (quarantined) memory.
+pub(crate) const FREED: u8 = 0xdd;
+/// Back red zone size, and the least front red zone.
+pub(crate) const BACK: usize = 16;
+/// Most bytes of a freed block poisoned and checked.
+pub(crate) const POISON_LIMIT: usize = 1 << 16;
+
+/// Front red zone size for a block of alignment `align` (0 without red zones).
+#[inline]
+pub(crate) fn front(align: usize) -> usize {
+    if state::redzones() {
+        align.max(BACK)
+    } else {
+        0
+    }
+}
+
+/// The inner allocator's layout for a tracked block of `size`/`align`.
+#[inline]
+pub(crate) fn inner_layout(size: usize, align: usize) -> Option<Layout> {
+    if !state::redzones() {
+        return Layout::from_size_align(size, align).ok();
+    }
+    let total = front(align).checked_add(size)?.checked_add(BACK)?;
+    Layout::from_size_align(total, align.max(BACK)).ok()
+}
+
+/// Fills both red zones of the block at `user`.
+///
+/// # Safety
+/// `user` must be a tracked block of `size` bytes with alignment `align`,
+/// allocated with [`inner_layout`] (red zones on).
+pub(crate) unsafe fn paint(user: *mut u8, size: usize, align: usize) {
+    let f = front(align);
+    // SAFETY: per the contract, [user - f, user + size + BACK) is the inner
+    // block.
+    unsafe {
+        user.sub(f).write_bytes(REDZONE, f);
+        user.add(size).write_bytes(REDZONE, BACK);
+    }
+}
+
+/// Where a red zone was found written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Overrun {
+    /// True if bytes after the block were written, false if before it.
+    pub(crate) after: bool,
+    /// How far from the block's edge the farthest written byte is (1 = the
+    /// first byte past the edge).
+    pub(crate) distance: usize,
+}
+
+/// Checks both red zones of a tracked block.
+///
+/// # Safety
+/// As for [`paint`], and the block must not be freed meanwhile.
+pub(crate) unsafe fn check_redzones(user: *const u8, size: usize, align: usize) -> Option<Overrun> {
+    if !state::redzones() {
+        return None;
+    }
+    let f = front(align);
+    // SAFETY: the back red zone is BACK bytes right after the block.
+    let back = unsafe { std::slice::from_raw_parts(user.add(size), BACK) };
+    if let Some(i) = back.iter().rposition(|&b| b != REDZONE) {
+        return Some(Overrun {
+            after: true,
+            distance: i + 1,
+        });
+    }
+    // SAFETY: the front red zone is `f` bytes right before the block.
+    let before = unsafe { std::slice::from_raw_parts(user.sub(f), f) };
+    before.iter().position(|&b| b != REDZONE).map(|i| Overrun {
+        after: false,
+        distance: f - i,
+    })
+}
+
+/// Fills a freed block with [`FREED`].
+///
+/// # Safety
+/// `user` must point to `size` bytes the caller owns.
+pub(crate) unsafe fn poison(user: *mut u8, size: usize) {
+    // SAFETY: per the contract.
+    unsafe { user.write_bytes(FREED, size.min(POISON_LIMIT)) };
+}
+
+/// Offset of the first byte of a poisoned block that changed.
+///
+/// # Safety
+/// As for [`poison`], on a block poisoned by it.
+pub(crate) unsafe fn check_poison(user: *const u8, size: usize) -> Option<usize> {
+    // SAFETY: per the contract.
+    let bytes = unsafe { std::slice::from_raw_parts(user, size.min(POISON_LIMIT)) };
+    bytes.iter().position(|&b| b != FREED)
+}
+
+// === error reports ===
+
+static ERRORS: Mutex<Vec<HeapErrorReport>> = Mutex::new(Vec::new());
+static ERROR_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// A heap error found on the allocation path, before it is reported.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub(crate) kind: HeapErrorKind,
+    pub(crate) addr: usize,
+    /// Stack where it was found (0: unknown).
+    pub(crate) here: StackId,
+    /// The block, if known.
+    pub(crate) block: Option<Record>,
+    pub(crate) free_stack: StackId,
+    /// Layout the program passed, for layout mismatches.
+    pub(crate) passed: Option<(usize, usize)>,
+    pub(crate) overrun: Option<Overrun>,
+    /// Offset of the first changed byte, for use after free.
+    pub(crate) offset: Option<usize>,
+}
+
+impl Found {
+    pub(crate) fn new(kind: HeapErrorKind, addr: usize, here: StackId) -> Self {
+        Found {
+            kind,
+            addr,
+            here,
+            block: None,
+            free_stack: 0,
+            passed: None,
+            overrun: None,
+            offset: None,
+        }
+    }
+
+    pub(crate) fn freed(mut self, f: &Freed) -> Self {
+        self.block = Some(f.rec);
+        self.free_stack = f.free_stack;
+        self
+    }
+}
+
+/// Heap errors reported so far.
+pub(crate) fn error_count() -> usize {
+    ERROR_COUNT.load(Ordering::Relaxed)
+}
+
+/// The heap errors kept so far (under `continue`).
+pub(crate) fn errors() -> Vec<HeapErrorReport> {
+    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Checks the red zones of every live block and the poison of every
+/// quarantined one now, reports what it finds, and returns how many
+/// errors that was. Damage found is repaired so it is reported once.
+pub(crate) fn check_all(here: StackId, may_abort: bool) -> usize {
+    let mut bad: crate::sys::SysVec<Found> = crate::sys::SysVec::new();
+    // Under each shard lock: reads and repairs only; `bad` grows through
+    // `System`, never through the global allocator.
+    registry::for_each_shard(|shard| {
+        for r in shard.records().filter(|r| !r.is_internal()) {
+            // SAFETY: a live tracked block cannot be freed while we hold
+            // its shard's lock.
+            if let Some(o) = unsafe { check_redzones(r.addr as *const u8, r.size(), r.align()) } {
+                let mut f = Found::new(HeapErrorKind::Overrun, r.addr, here);
+                f.block = Some(*r);
+                f.overrun = Some(o);
+                let _ = bad.push(f);
+                // SAFETY: as above; repainting only touches red zones.
+                unsafe { paint(r.addr as *mut u8, r.size(), r.align()) };
+            }
+        }
+        if state::poison() {
+            for q in shard.freed() {
+                // SAFETY: a quarantined block stays allocated while in
+                // the quarantine, which we hold locked.
+                if let Some(off) = unsafe { check_poison(q.rec.addr as *const u8, q.rec.size()) } {
+                    let mut f = Found::new(HeapErrorKind::UseAfterFree, q.rec.addr, here).freed(q);
+                    f.offset = Some(off);
+                    let _ = bad.push(f);
+                    // SAFETY: as above.
+                    unsafe { poison(q.rec.addr as *mut u8, q.rec.size()) };
+                }
+            }
+        }
+    });
+    for f in bad.as_slice() {
+        report_with(*f, may_abort);
+    }
+    bad.as_slice().len()
+}
+
+fn frames_of(id: StackId) -> Vec<Frame> {
+    if id == 0 || id == crate::registry::INTERNAL {
+        return Vec::new();
+    }
+    let mut cache = std::collections::HashMap::new();
+    symbols::user_frames(
+        symbols::symbolize(&stack::frames(id), &mut cache),
+        state::frames(),
+    )
+}
+
+/// Reports `found`: prints it, keeps it, and aborts under the `abort`
+/// policy. Must run under the re-entrancy guard with no registry lock held.
+pub(crate) fn report(found: Found) {
+    report_with(found, true);
+}
+
+/// As [`report`]; `may_abort` false keeps going whatever the policy (the
+/// exit-time check, which still has a report to write).
+pub(crate) fn report_with(found: Found, may_abort: bool) {
+    let err = HeapErrorReport {
+        kind: found.kind,
+        address: format!("{:#x}", found.addr),
+        frames: frames_of(found.here),
+        alloc_frames: found.block.map(|b| frames_of(b.stack)).unwrap_or_default(),
+        free_frames: frames_of(found.free_stack),
+    };
+    let text = render(&found, &err);
+    crate::sys::write_stderr(text.as_bytes());
+    ERROR_COUNT.fetch_add(1, Ordering::Relaxed);
+    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).push(err);
+    if may_abort && state::abort_on_error() {
+        crate::sys::write_stderr(
+            b"memwarden: aborting (DEBUG_MEMORY_ON_ERROR=abort; set it to continue to go on)\n",
+        );
+        crate::exit::write_json_on_abort();
+        std::process::abort();
+    }
+}
+
+fn render(found: &Found, err: &HeapErrorReport) -> String {
+    const P: &str = "memwarden: ";
+    let mut s = String::new();
+    let what = match found.kind {
+        HeapErrorKind::DoubleFree => "double free",
+        HeapErrorKind::InvalidFree => "invalid free",
+        HeapErrorKind::LayoutMismatch => "layout mismatch",
+        HeapErrorKind::Overrun => "heap block overrun",
+        HeapErrorKind::UseAfterFree => "use after free",
+    };
+    let _ = write!(s, "{P}ERROR: {what} at {}", err.address);
+    if let Some(b) = found.block {
+        let _ = write!(s, " (block of {} bytes, align {})", b.size(), b.align());
+    }
+    s.push('\n');
+    match found.kind {
+        HeapErrorKind::InvalidFree => {
+            let _ = writeln!(
+                s,
+                "{P}   this address was never handed out by the allocator (or was freed long ago)"
+            );
+        }
+        HeapErrorKind::LayoutMismatch => {
+            if let (Some((size, align)), Some(b)) = (found.passed, found.block) {
+                let _ = writeln!(
+                    s,
+                    "{P}   freed with size {size}, align {align}; allocated with size {}, align {}",
+                    b.size(),
+                    b.align()
+                );
+            }
+        }
+        HeapErrorKind::Overrun => {
+            if let Some(o) = found.overrun {
+                let _ = writeln!(
+                    s,
+                    "{P}   {} byte(s) {} the block were written",
+                    o.distance,
+                    if o.after {
+                        "past the end of"
+                    } else {
+                        "before the start of"
+                    }
+                );
+            }
+        }
+        HeapErrorKind::UseAfterFree => {
+            if let Some(off) = found.offset {
+                let _ = writeln!(
+                    s,
+                    "{P}   byte {off} of the block was written after it was freed"
+                );
+            }
+        }
+        _ => {}
+    }
+    let stack = |s: &mut String, title: &str, frames: &[Frame]| {
+        if frames.is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "{P}  {title}");
+        for (i, f) in frames.iter().enumerate() {
+            if i > 0
+                && f.function
+                    .as_deref()
+                    .is_some_and(|n| n.contains("__rust_begin_short_backtrace"))
+            {
+                break;
+            }
+            let _ = writeln!(s, "{P}    {} {f}", if i == 0 { "at" } else { "by" });
+        }
+    };
+    stack(&mut s, "found here:", &err.frames);
+    stack(&mut s, "the block was allocated here:", &err.alloc_frames);
+    stack(&mut s, "and freed here:", &err.free_frames);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_layout_keeps_alignment_and_room_for_red_zones() {
+        for align in [1, 8, 16, 64, 4096, 1 << 16] {
+            let l = inner_layout(100, align).unwrap();
+            assert_eq!(l.align() % align, 0);
+            assert!(l.size() >= front(align) + 100 + BACK);
+            assert_eq!(front(align) % align, 0, "user pointer stays aligned");
+        }
+        assert!(inner_layout(usize::MAX - 8, 8).is_none());
+    }
+
+    #[test]
+    fn red_zones_find_overruns_on_both_sides() {
+        let layout = inner_layout(24, 8).unwrap();
+        let mut buf = vec![0u8; layout.size()];
+        let user = buf.as_mut_ptr().wrapping_add(front(8));
+        // SAFETY: `buf` has the inner layout's size; the block is its middle.
+        unsafe {
+            paint(user, 24, 8);
+            assert_eq!(check_redzones(user, 24, 8), None);
+            *user.add(24 + 2) = 1;
+            assert_eq!(
+                check_redzones(user, 24, 8),
+                Some(Overrun {
+                    after: true,
+                    distance: 3
+                })
+            );
+            paint(user, 24, 8);
+            *user.sub(1) = 0;
+            assert_eq!(
+                check_redzones(user, 24, 8),
+                Some(Overrun {
+                    after: false,
+                    distance: 1
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn poison_finds_the_first_changed_byte() {
+        let mut buf = vec![0u8; 64];
+        // SAFETY: `buf` is 64 bytes we own.
+        unsafe {
+            poison(buf.as_mut_ptr(), 64);
+            assert_eq!(check_poison(buf.as_ptr(), 64), None);
+        }
+        buf[40] = 7;
+        // SAFETY: as above.
+        assert_eq!(unsafe { check_poison(buf.as_ptr(), 64) }, Some(40));
+    }
+}

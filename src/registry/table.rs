@@ -1,0 +1,178 @@
+//! An open-addressing hash table keyed by address: linear probing,
+//! backward-shift deletion (no tombstones), at most half full. Its memory
+//! comes from `System` through [`SysVec`], never from the global allocator.
+use crate::sys::SysVec;
+
+/// A value stored in a [`Table`]: plain data with a non-zero key.
+pub(crate) trait Slot: Copy {
+    /// The empty slot.
+    const EMPTY: Self;
+    /// The address this value is keyed by; 0 only for [`Slot::EMPTY`].
+    fn key(&self) -> usize;
+}
+
+#[inline]
+pub(crate) fn mix(addr: usize) -> u64 {
+    let mut h = addr as u64;
+    h ^= h >> 31;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// See the module docs.
+pub(crate) struct Table<R: Slot> {
+    slots: SysVec<R>,
+    len: usize,
+}
+
+impl<R: Slot> Table<R> {
+    pub(crate) const fn new() -> Self {
+        Table {
+            slots: SysVec::new(),
+            len: 0,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    fn grow(&mut self) -> bool {
+        let new_len = (self.slots.len() * 2).max(256);
+        let mut slots = SysVec::new();
+        if !slots.fill(R::EMPTY, new_len) {
+            return false;
+        }
+        let mask = new_len - 1;
+        for r in self.slots.as_slice() {
+            if r.key() != 0 {
+                let mut i = (mix(r.key()) as usize) & mask;
+                while slots.as_slice()[i].key() != 0 {
+                    i = (i + 1) & mask;
+                }
+                slots.as_mut_slice()[i] = *r;
+            }
+        }
+        self.slots = slots;
+        true
+    }
+
+    /// Inserts or replaces; `false` if the table could not grow.
+    pub(crate) fn insert(&mut self, rec: R) -> bool {
+        if (self.len + 1) * 2 > self.slots.len() && !self.grow() {
+            return false;
+        }
+        let mask = self.mask();
+        let slots = self.slots.as_mut_slice();
+        let mut i = (mix(rec.key()) as usize) & mask;
+        loop {
+            let k = slots[i].key();
+            if k == 0 {
+                slots[i] = rec;
+                self.len += 1;
+                return true;
+            }
+            if k == rec.key() {
+                slots[i] = rec;
+                return true;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn find(&self, addr: usize) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.mask();
+        let slots = self.slots.as_slice();
+        let mut i = (mix(addr) as usize) & mask;
+        loop {
+            match slots[i].key() {
+                0 => return None,
+                k if k == addr => return Some(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, addr: usize) -> Option<R> {
+        self.find(addr).map(|i| self.slots.as_slice()[i])
+    }
+
+    pub(crate) fn remove(&mut self, addr: usize) -> Option<R> {
+        let mut hole = self.find(addr)?;
+        let mask = self.mask();
+        let slots = self.slots.as_mut_slice();
+        let removed = slots[hole];
+        // Backward-shift deletion: pull later members of the probe run into
+        // the hole so that lookups never need tombstones.
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let r = slots[j];
+            if r.key() == 0 {
+                break;
+            }
+            let home = (mix(r.key()) as usize) & mask;
+            // Move r into the hole unless its home lies cyclically in (hole, j].
+            let dist_home = j.wrapping_sub(home) & mask;
+            let dist_hole = j.wrapping_sub(hole) & mask;
+            if dist_home >= dist_hole {
+                slots[hole] = r;
+                hole = j;
+            }
+        }
+        slots[hole] = R::EMPTY;
+        self.len -= 1;
+        Some(removed)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &R> {
+        self.slots.as_slice().iter().filter(|r| r.key() != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct V(usize, u32);
+    impl Slot for V {
+        const EMPTY: V = V(0, 0);
+        fn key(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn insert_get_remove_against_a_model() {
+        let mut t = Table::<V>::new();
+        let mut model = std::collections::HashMap::new();
+        // A deterministic pseudo-random walk of inserts and removes that
+        // exercises growth, probe runs and backward-shift deletion.
+        let mut x: u64 = 0x1234_5678;
+        for step in 0..50_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let addr = ((x % 4096) as usize + 1) * 16;
+            if x & 1 == 0 {
+                assert!(t.insert(V(addr, step)));
+                model.insert(addr, V(addr, step));
+            } else {
+                assert_eq!(t.remove(addr), model.remove(&addr));
+            }
+            assert_eq!(t.len(), model.len());
+        }
+        for (&a, r) in &model {
+            assert_eq!(t.get(a), Some(*r));
+        }
+        assert_eq!(t.iter().count(), model.len());
+    }
+}
