@@ -66,6 +66,7 @@ pub(crate) fn thread_id() -> u32 {
             }
             let id = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
             t.set(id);
+            crate::scope::on_new_thread(id);
             id
         })
         .unwrap_or(u32::MAX)

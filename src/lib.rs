@@ -45,6 +45,8 @@ mod roots;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod scan;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
+mod scope;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod stack;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod state;
@@ -54,9 +56,14 @@ mod stw;
 mod sync;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod sys;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+mod unwind;
 
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 pub use report::{Amount, Frame, HeapErrorKind, HeapErrorReport, Leak, LeakKind, Report, Summary};
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+#[doc(hidden)]
+pub use unwind::__bench;
 pub use warden::Warden;
 
 /// Live heap figures of the tracked allocations.
@@ -125,6 +132,107 @@ where
         enable();
     }
     is_enabled()
+}
+
+/// Runs `f` and panics, with the leak report in the message, if what `f`
+/// allocated is still alive and unreachable (definitely or indirectly lost)
+/// when it returns. Returns what `f` returns.
+///
+/// Only allocations made by the calling thread during `f`, and by threads
+/// `f` started, count: tests running beside it under `cargo test`'s
+/// parallel runner cannot make it fail. Memory `f` stores somewhere still
+/// reachable (a static, a thread-local, a value it returns) is not a leak.
+///
+/// Tracking is switched on for the check if it is off (without arming the
+/// exit report). With the `tracking` feature off, this just runs `f`.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+/// let total = memwarden::assert_no_leaks(|| {
+///     let v: Vec<u64> = (1..=10).collect();
+///     v.iter().sum::<u64>()
+/// });
+/// assert_eq!(total, 55);
+/// ```
+#[track_caller]
+pub fn assert_no_leaks<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    {
+        let (value, report) = scope::check_leaks(f);
+        if scope::fails(&report) {
+            let report = scope::lost_only(report);
+            panic!(
+                "memwarden: leak found by assert_no_leaks at {}: {} bytes in {} blocks definitely lost, {} bytes in {} blocks indirectly lost\n{report}",
+                std::panic::Location::caller(),
+                report.summary.definitely_lost.bytes,
+                report.summary.definitely_lost.blocks,
+                report.summary.indirectly_lost.bytes,
+                report.summary.indirectly_lost.blocks,
+            );
+        }
+        value
+    }
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+    {
+        f()
+    }
+}
+
+/// Runs `f` and returns its value with the report of what it allocated
+/// that is still alive (every kind, still reachable included): the
+/// non-panicking form of [`assert_no_leaks`], with the same rules.
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+pub fn check_leaks<R>(f: impl FnOnce() -> R) -> (R, Report) {
+    scope::check_leaks(f)
+}
+
+/// A mark in the allocation history: what was allocated after it and is
+/// still alive can be reported, with its reachability. Cheap to take (one
+/// atomic load), so it can be taken per request in a long-running program.
+///
+/// ```
+/// # #[global_allocator]
+/// # static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+/// let mark = memwarden::checkpoint();
+/// let kept = Box::new([0u8; 32]);
+/// let report = mark.report();
+/// assert_eq!(report.summary.still_reachable.blocks, 1);
+/// drop(kept);
+/// ```
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    seq: u64,
+}
+
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+impl Checkpoint {
+    /// Everything allocated after this mark (on any thread) and still
+    /// alive, classified by reachability. Scanning stops the other threads
+    /// briefly.
+    // Always inlined: the caller's stack is scanned from the caller's own
+    // stack pointer, so that no dead frame below it counts as a root.
+    #[inline(always)]
+    pub fn report(&self) -> Report {
+        scope::report_since(roots::stack_pointer(), self.seq)
+    }
+
+    /// Like [`Checkpoint::report`], keeping only the lost blocks
+    /// (definitely, indirectly and possibly lost).
+    #[inline(always)]
+    pub fn leaks(&self) -> Report {
+        scope::lost_only(scope::report_since(roots::stack_pointer(), self.seq))
+    }
+}
+
+/// Takes a [`Checkpoint`] (switching tracking on if it is off, without
+/// arming the exit report).
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+pub fn checkpoint() -> Checkpoint {
+    Checkpoint {
+        seq: scope::checkpoint_seq(),
+    }
 }
 
 /// Checks the red zones of every live tracked block and the poison of every

@@ -75,6 +75,7 @@ const W: usize = size_of::<usize>();
 pub(crate) struct Classified {
     state: MapVec<u8>,
     indirect: MapVec<u64>,
+    referrer: MapVec<usize>,
 }
 
 impl Classified {
@@ -87,12 +88,18 @@ impl Classified {
     pub(crate) fn indirect_bytes(&self, i: usize) -> u64 {
         self.indirect.as_slice()[i]
     }
+
+    /// Address of the word that last raised block `i`'s state (0: none).
+    pub(crate) fn referrer(&self, i: usize) -> usize {
+        self.referrer.as_slice()[i]
+    }
 }
 
 struct Scan<'a, M> {
     blocks: &'a [Record],
     state: MapVec<u8>,
     indirect: MapVec<u64>,
+    referrer: MapVec<usize>,
     stack: MapVec<u32>,
     lo: usize,
     hi: usize,
@@ -111,12 +118,17 @@ pub(crate) fn classify<M: Mappings>(
         blocks,
         state: MapVec::new(),
         indirect: MapVec::new(),
+        referrer: MapVec::new(),
         stack: MapVec::new(),
         lo: blocks.first().map_or(0, |b| b.addr),
         hi: blocks.last().map_or(0, |b| b.addr + b.size().max(1)),
         maps,
     };
-    if !s.state.fill(Kind::Unreached as u8, n) || !s.indirect.fill(0, n) || !s.stack.reserve(1024) {
+    if !s.state.fill(Kind::Unreached as u8, n)
+        || !s.indirect.fill(0, n)
+        || !s.referrer.fill(0, n)
+        || !s.stack.reserve(1024)
+    {
         return None;
     }
     // 1. Mark from the roots.
@@ -134,6 +146,7 @@ pub(crate) fn classify<M: Mappings>(
     Some(Classified {
         state: s.state,
         indirect: s.indirect,
+        referrer: s.referrer,
     })
 }
 
@@ -171,15 +184,15 @@ impl<M: Mappings> Scan<'_, M> {
             let word = unsafe { (p as *const usize).read_volatile() };
             if let Some(k) = self.find(word) {
                 match clique {
-                    None => self.mark(k, word, prior_definite),
-                    Some(leader) => self.claim(k, leader),
+                    None => self.mark(k, word, prior_definite, p),
+                    Some(leader) => self.claim(k, leader, p),
                 }
             }
             p += W;
         }
     }
 
-    fn mark(&mut self, k: usize, ptr: usize, prior_definite: bool) {
+    fn mark(&mut self, k: usize, ptr: usize, prior_definite: bool, at: usize) {
         let state = self.state.as_slice()[k];
         if state == Kind::Reachable as u8 {
             return;
@@ -188,17 +201,20 @@ impl<M: Mappings> Scan<'_, M> {
         let via_start = ptr == b.addr || heuristic(&b, ptr, self.maps);
         if via_start && prior_definite {
             self.state.as_mut_slice()[k] = Kind::Reachable as u8;
+            self.referrer.as_mut_slice()[k] = at;
             self.push(k);
         } else if state == Kind::Unreached as u8 {
             self.state.as_mut_slice()[k] = Kind::Possible as u8;
+            self.referrer.as_mut_slice()[k] = at;
             self.push(k);
         }
     }
 
-    fn claim(&mut self, k: usize, leader: usize) {
+    fn claim(&mut self, k: usize, leader: usize, at: usize) {
         if k == leader || self.state.as_slice()[k] != Kind::Unreached as u8 {
             return;
         }
+        self.referrer.as_mut_slice()[k] = at;
         let add = self.blocks[k].size() as u64 + self.indirect.as_slice()[k];
         self.indirect.as_mut_slice()[leader] += add;
         self.indirect.as_mut_slice()[k] = 0;

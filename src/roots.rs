@@ -196,6 +196,35 @@ pub(crate) fn thread_pointer() -> usize {
     }
 }
 
+/// The calling function's stack pointer: every local of the caller lies
+/// at or above it, and everything below is dead or belongs to callees.
+#[inline(always)]
+pub(crate) fn stack_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sp: usize;
+        // SAFETY: reading rsp has no side effects.
+        unsafe {
+            std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let sp: usize;
+        // SAFETY: reading sp has no side effects.
+        unsafe {
+            std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        std::hint::black_box(&marker) as *const u8 as usize
+    }
+}
+
 /// The thread ids of this process, from `/proc/self/task`.
 pub(crate) fn thread_ids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {

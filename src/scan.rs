@@ -41,7 +41,7 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
     )
 }
 
-fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
+pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
     // --- before the stop: anything goes ---
     let maps = Maps::read();
     let images = roots::images();
@@ -115,6 +115,7 @@ fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
             rec: *rec,
             kind: LeakKind::from_reach(c.kind(i)),
             indirect: c.indirect_bytes(i),
+            referrer: c.referrer(i),
         })
         .collect()
 }

@@ -112,6 +112,16 @@ pub(crate) fn enable() {
     MODE.store(ON, Ordering::Release);
 }
 
+/// Turns tracking on without arming the exit report: for scoped checks
+/// (`assert_no_leaks`, checkpoints) in a process started without
+/// `DEBUG_MEMORY`, whose exit status must stay the program's.
+pub(crate) fn enable_quietly() {
+    if mode() != ON {
+        UNTRACKED_SEEN.store(true, Ordering::Relaxed);
+        MODE.store(ON, Ordering::Release);
+    }
+}
+
 /// Stops recording new allocations (see `memwarden::disable`).
 pub(crate) fn disable() {
     if mode() == ON {

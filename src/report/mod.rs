@@ -228,6 +228,8 @@ pub(crate) struct Classified {
     pub(crate) rec: Record,
     pub(crate) kind: LeakKind,
     pub(crate) indirect: u64,
+    /// Where the pointer that decided `kind` was found (0: none).
+    pub(crate) referrer: usize,
 }
 
 /// Heap counters for the summary.
@@ -402,21 +404,25 @@ mod tests {
                 rec: rec(0x100, 10, 0),
                 kind: LeakKind::DefinitelyLost,
                 indirect: 0,
+                referrer: 0,
             },
             Classified {
                 rec: rec(0x200, 10, 0),
                 kind: LeakKind::DefinitelyLost,
                 indirect: 5,
+                referrer: 0,
             },
             Classified {
                 rec: rec(0x300, 5, 0),
                 kind: LeakKind::IndirectlyLost,
                 indirect: 0,
+                referrer: 0,
             },
             Classified {
                 rec: rec(0x400, 100, 0),
                 kind: LeakKind::StillReachable,
                 indirect: 0,
+                referrer: 0,
             },
         ];
         let r = build(&blocks, 16, Counters::default());

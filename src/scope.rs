@@ -1,0 +1,195 @@
+//! Leak checks while the program runs: `assert_no_leaks`, `check_leaks`,
+//! checkpoints, and the live top allocation sites.
+//!
+//! A scoped check must count only what its closure allocated — on its own
+//! thread and on threads the closure started — so that tests running beside
+//! it under `cargo test` cannot make it fail. Sequence numbers give the
+//! "after the start" part. For "threads it started", memwarden tags the
+//! calling thread with a per-thread value the kernel copies into every
+//! thread it creates: the timer slack (`prctl(PR_SET_TIMERSLACK)`; the
+//! default is 50 µs, the tag changes it by less than 1 µs, which no timer
+//! can notice). When a thread is first seen by the allocator, its timer
+//! slack tells which scope, if any, it was born in (children of children
+//! too). Thread pools created before the check are not part of it.
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::guard::{self, Reentry};
+use crate::registry;
+use crate::report::{self, Classified, Counters, LeakKind, Report};
+use crate::scan::{self, Caveats};
+use crate::state;
+use crate::sync::SpinLock;
+use crate::sys::SysVec;
+
+/// Timer slack of a thread nobody changed (50 µs, in ns).
+const DEFAULT_SLACK: u64 = 50_000;
+/// Scope tags are `DEFAULT_SLACK + 1 ..= DEFAULT_SLACK + MAX_TAG`.
+const MAX_TAG: u32 = 999;
+
+static NEXT_TAG: AtomicU32 = AtomicU32::new(0);
+/// Scope tag of each memwarden thread number (0: none).
+static THREAD_TAG: SpinLock<SysVec<u16>> = SpinLock::new(SysVec::new());
+
+fn timer_slack() -> u64 {
+    // SAFETY: PR_GET_TIMERSLACK takes no pointer arguments.
+    let s = unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+    if s < 0 { DEFAULT_SLACK } else { s as u64 }
+}
+
+fn set_timer_slack(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes a value, no pointers.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Called once per thread when it gets its memwarden number: remembers
+/// the scope it was born in. Allocation-free (the table grows through
+/// `System`).
+pub(crate) fn on_new_thread(id: u32) {
+    let slack = timer_slack();
+    if slack <= DEFAULT_SLACK || slack > DEFAULT_SLACK + u64::from(MAX_TAG) {
+        return;
+    }
+    let tag = (slack - DEFAULT_SLACK) as u16;
+    let mut t = THREAD_TAG.lock();
+    let i = id as usize;
+    if t.len() <= i {
+        let mut grown = SysVec::new();
+        if !grown.fill(0u16, (i + 1).next_power_of_two().max(64)) {
+            return;
+        }
+        grown.as_mut_slice()[..t.len()].copy_from_slice(t.as_slice());
+        *t = grown;
+    }
+    t.as_mut_slice()[i] = tag;
+}
+
+fn tag_of(id: u32) -> u16 {
+    THREAD_TAG
+        .lock()
+        .as_slice()
+        .get(id as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A scope: the calling thread, the threads it starts, and a start point.
+struct Scope {
+    seq: u64,
+    thread: u32,
+    tag: u16,
+    old_slack: u64,
+}
+
+impl Scope {
+    fn open() -> Scope {
+        if !state::is_enabled() {
+            state::enable_quietly();
+        }
+        let tag = (NEXT_TAG.fetch_add(1, Ordering::Relaxed) % MAX_TAG + 1) as u16;
+        let old_slack = timer_slack();
+        set_timer_slack(DEFAULT_SLACK + u64::from(tag));
+        Scope {
+            seq: registry::counters().0,
+            thread: guard::thread_id(),
+            tag,
+            old_slack,
+        }
+    }
+
+    fn contains(&self, b: &Classified) -> bool {
+        b.rec.seq > self.seq && (b.rec.thread == self.thread || tag_of(b.rec.thread) == self.tag)
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        set_timer_slack(self.old_slack);
+    }
+}
+
+/// Scans the process and builds a report of the blocks `keep` selects.
+/// The calling thread's stack is scanned from `caller_sp` up: the caller's
+/// own frame and its callers, never the dead frames below it (nor this
+/// function's, which may hold stale pointers left there by the code that
+/// ran before).
+#[inline(never)]
+fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
+    let entry_sp = caller_sp;
+    let Some(_busy) = Reentry::enter() else {
+        return report::build(&[], 0, Counters::default());
+    };
+    let mut caveats = Caveats::default();
+    let blocks: Vec<Classified> = scan::classify_all(entry_sp, &mut caveats)
+        .into_iter()
+        .filter(|b| keep(b))
+        .collect();
+    for line in scan::caveat_lines(&caveats) {
+        eprintln!("{line}");
+    }
+    if std::env::var_os("MEMWARDEN_DEBUG_REACH").is_some() {
+        eprintln!("memwarden: debug: scan from {entry_sp:#x}");
+        for b in &blocks {
+            eprintln!(
+                "memwarden: debug: {:#x} ({} bytes, seq {}) {:?} via the word at {:#x}",
+                b.rec.addr,
+                b.rec.size(),
+                b.rec.seq,
+                b.kind,
+                b.referrer
+            );
+        }
+    }
+    let (total_allocs, total_bytes, _, peak_bytes, _) = registry::counters();
+    report::build(
+        &blocks,
+        state::frames(),
+        Counters {
+            total_allocs,
+            total_bytes,
+            peak_bytes,
+        },
+    )
+}
+
+/// Runs `f` in a frame of its own, so that its locals (and pointers they
+/// held) die with that frame instead of lingering in the caller's.
+#[inline(never)]
+fn isolated<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// See `memwarden::check_leaks`.
+#[inline(never)]
+pub(crate) fn check_leaks<R>(f: impl FnOnce() -> R) -> (R, Report) {
+    let scope = Scope::open();
+    let value = isolated(f);
+    let value = std::hint::black_box(value);
+    let report = scan_report(crate::roots::stack_pointer(), &|b| scope.contains(b));
+    drop(scope);
+    (value, report)
+}
+
+/// True if `report` has leaks a scoped check fails on.
+pub(crate) fn fails(report: &Report) -> bool {
+    report.summary.definitely_lost.blocks > 0 || report.summary.indirectly_lost.blocks > 0
+}
+
+/// See `memwarden::checkpoint`.
+pub(crate) fn checkpoint_seq() -> u64 {
+    if !state::is_enabled() {
+        state::enable_quietly();
+    }
+    registry::counters().0
+}
+
+/// Everything allocated after `seq`, still live, with its reachability;
+/// the calling thread's stack is scanned from `caller_sp` up.
+pub(crate) fn report_since(caller_sp: usize, seq: u64) -> Report {
+    scan_report(caller_sp, &|b| b.rec.seq > seq)
+}
+
+/// Keeps only the leak kinds a report of live data wants: lost ones.
+pub(crate) fn lost_only(mut r: Report) -> Report {
+    r.leaks.retain(|l| l.kind != LeakKind::StillReachable);
+    r
+}

@@ -1,0 +1,244 @@
+//! Fast stack capture: a cached DWARF CFI walker for x86_64 Linux.
+//!
+//! [`capture_fast`] returns the same return addresses as
+//! `backtrace::trace_unsynchronized` (libgcc's `_Unwind_Backtrace`) after the
+//! same `entry_sp` skipping, or `None`, and then the caller falls back to
+//! the slow path for the whole stack. It is correct by construction only
+//! for frames whose unwind rule fits the cached shapes, and it gives up on
+//! anything else rather than guess.
+//!
+//! # How it walks
+//!
+//! Inline assembly reads rip, rsp and rbp in this function. For each frame
+//! the rule for its code address is looked up in [`rules`], a lock-free
+//! direct-mapped cache of one `AtomicU64` per slot; on a miss, [`modules`]
+//! finds the loaded module holding the address and [`cfi`] runs its
+//! `.eh_frame` program with gimli, exactly as libgcc would, and caches the
+//! resulting rule. A rule gives the canonical frame address (CFA) as rsp or
+//! rbp plus an offset; the return address is read at `CFA - 8` and the
+//! caller's rbp, if this frame saved it, below the CFA; the caller's rsp is
+//! the CFA. A frame's reported stack pointer is this CFA, as
+//! `_Unwind_GetCFA` reports it for the caller's frame.
+//!
+//! Like libgcc, the rule of a return address `ra` is the one for `ra - 1`
+//! (the call instruction), and only the first frame (this function, at the
+//! address read by the assembly) uses its exact address.
+//!
+//! # When it gives up
+//!
+//! `None` comes back when this thread's stack bounds are unknown or the
+//! current stack pointer is outside them (an alternate signal stack, a
+//! coroutine), when `entry_sp` is not above this function's frame inside
+//! this thread's stack, for an address in no loaded module (JIT code), for
+//! a CFI rule not in the cached shapes (expressions, a CFA based on another
+//! register, a saved rsp, the return address elsewhere than `CFA - 8`, a
+//! signal frame), when a CFA does not increase or leaves the stack, when a
+//! saved rbp is outside the frame, when a library was unloaded during the
+//! capture, and after 1024 frames. Reading memory is therefore confined to
+//! this thread's stack between the current stack pointer and its top.
+//!
+//! # Never allocates, never blocks
+//!
+//! The cache is a static array, stack bounds are a `const` thread-local
+//! read once per thread from `pthread_getattr_np` (glibc reads
+//! `/proc/self/maps` with `malloc` for the main thread: libc's allocator,
+//! not the global one), module tables live in `mmap` memory, and gimli's
+//! unwind context has fixed-size storage on the miss path's stack. The
+//! only lock ever taken is the dynamic loader's, inside `dl_iterate_phdr`
+//! on a cache miss, with no memwarden lock held.
+//!
+//! Other architectures get `None` every time.
+
+#[cfg(target_arch = "x86_64")]
+mod cfi;
+#[cfg(target_arch = "x86_64")]
+mod modules;
+#[cfg(target_arch = "x86_64")]
+mod rules;
+
+/// Captures up to `max` return addresses of the calling thread's stack,
+/// innermost first, skipping every frame whose stack pointer (the CFA
+/// reported by `_Unwind_GetCFA`) is at or below `entry_sp`; returns how
+/// many were written to `out`.
+///
+/// `None` means "use the slow path": this function never returns a stack
+/// it is not sure of. Never allocates, never panics, never takes a lock
+/// of memwarden's.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Option<usize> {
+    use rules::Rule;
+
+    let max = max.min(out.len());
+    if max == 0 {
+        return Some(0);
+    }
+    let (pc, mut rsp, mut rbp) = registers();
+    let (lo, hi) = stack_bounds()?;
+    if rsp < lo || rsp >= entry_sp || entry_sp >= hi {
+        return None;
+    }
+    let epoch = rules::epoch();
+    let mut addr = pc;
+    let mut n = 0;
+    let mut walked = 0;
+    loop {
+        walked += 1;
+        if walked > MAX_WALK {
+            return None;
+        }
+        let rule = match rules::get(addr) {
+            Some(rule) => rule,
+            None => miss(addr)?,
+        };
+        let Some(cfa) = rule.cfa(rsp, rbp) else {
+            if rule == Rule::END {
+                break;
+            }
+            return None;
+        };
+        // The CFA only grows, stays in this thread's stack, and leaves room
+        // for the return address above the current stack pointer.
+        if cfa % 8 != 0 || cfa < rsp.saturating_add(8) || cfa > hi {
+            return None;
+        }
+        // SAFETY: `rsp <= cfa - 8` and `cfa <= hi`, so the word at `cfa - 8`
+        // lies in this thread's stack between the current stack pointer
+        // and its top: mapped, and part of a live caller frame.
+        let ra = unsafe { ((cfa - 8) as *const usize).read() };
+        let below = rule.rbp_below_cfa();
+        if below != 0 {
+            let at = cfa.wrapping_sub(below);
+            if at < rsp || at > cfa - 8 {
+                return None;
+            }
+            // SAFETY: `rsp <= at <= cfa - 8 < hi`, inside this thread's
+            // stack as above; `at` is 8-aligned since `cfa` and `below` are.
+            rbp = unsafe { (at as *const usize).read() };
+        }
+        rsp = cfa;
+        if ra == 0 {
+            break; // libgcc hands out a zero ip at the end: the slow path stops there
+        }
+        if cfa > entry_sp {
+            out[n] = ra;
+            n += 1;
+            if n == max {
+                break;
+            }
+        }
+        addr = ra - 1;
+    }
+    // A flush while we walked may have cleared a rule of an unloaded
+    // library that we had already used.
+    (rules::epoch() == epoch).then_some(n)
+}
+
+/// [`capture_fast`] elsewhere: always the slow path.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn capture_fast(_out: &mut [usize], _max: usize, _entry_sp: usize) -> Option<usize> {
+    None
+}
+
+/// Frames walked at most, memwarden's own included.
+#[cfg(target_arch = "x86_64")]
+const MAX_WALK: usize = 1024;
+
+/// The rule for `addr` on a cache miss, cached unless the address is in no
+/// module; `None` makes the capture give up.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+#[inline(never)]
+fn miss(addr: usize) -> Option<rules::Rule> {
+    let rule = match modules::find(addr) {
+        modules::Found::In(module) => cfi::rule_for(&module, addr),
+        modules::Found::Nowhere | modules::Found::Unloaded => return None,
+    };
+    rules::put(addr, rule);
+    Some(rule)
+}
+
+/// The address of the instruction right after the assembly, and rsp and
+/// rbp as they are there.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn registers() -> (usize, usize, usize) {
+    let (pc, sp, bp): (usize, usize, usize);
+    // SAFETY: reads three registers into outputs; touches no memory, no
+    // stack and no flags. `lea` gives the address of the next instruction,
+    // and the CFI row there describes the state right after the `mov`s:
+    // nothing in between moves rsp.
+    unsafe {
+        std::arch::asm!(
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            "lea {pc}, [rip]",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    (pc, sp, bp)
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// This thread's stack as `lo..hi`: (0, 0) until first asked, (1, 1)
+    /// when it could not be found out.
+    static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The calling thread's stack, `lo..hi`, if known.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn stack_bounds() -> Option<(usize, usize)> {
+    let known = STACK.try_with(std::cell::Cell::get).ok()?;
+    let bounds = if known.1 != 0 {
+        known
+    } else {
+        let found = query_stack_bounds().unwrap_or((1, 1));
+        let _ = STACK.try_with(|s| s.set(found));
+        found
+    };
+    (bounds.1 > 1).then_some(bounds)
+}
+
+/// Asks the thread library for the calling thread's stack.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+#[inline(never)]
+fn query_stack_bounds() -> Option<(usize, usize)> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::zeroed();
+    // SAFETY: `attr` is writable storage for an attribute object, filled
+    // in by the call (zeroed first, as std does on Linux).
+    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let mut addr = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: `attr` was initialised by pthread_getattr_np and is destroyed
+    // exactly once, after the read.
+    let ok = unsafe {
+        let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        ok
+    };
+    let lo = addr as usize;
+    let hi = lo.checked_add(size)?;
+    (ok && lo != 0 && size != 0).then_some((lo, hi))
+}
+
+/// Hooks for `benches/unwind.rs`; not part of the API.
+#[doc(hidden)]
+pub mod __bench {
+    /// Runs the fast capture (see `src/unwind.rs`): up to `max` return
+    /// addresses above `entry_sp`, or `None` where the slow path is needed.
+    #[inline(never)]
+    pub fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Option<usize> {
+        super::capture_fast(out, max, entry_sp)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests;

@@ -1,0 +1,162 @@
+//! The fast capture against the slow one (`stack::capture`, libgcc's
+//! unwinder), frame for frame.
+use super::*;
+use crate::stack::{self, MAX_CAPTURE};
+use std::hint::black_box;
+
+/// An address in the caller's frame, as `Warden` takes it.
+macro_rules! here {
+    () => {{
+        let marker = 0u8;
+        black_box(&marker) as *const u8 as usize
+    }};
+}
+
+/// Both captures, from the same frame and with the same `entry_sp`.
+#[inline(never)]
+fn both(max: usize, entry_sp: usize) -> (Option<Vec<usize>>, Vec<usize>) {
+    let mut fast = [0usize; MAX_CAPTURE];
+    let mut slow = [0usize; MAX_CAPTURE];
+    let n = capture_fast(&mut fast, max, entry_sp);
+    let m = stack::capture(&mut slow, max, entry_sp);
+    (n.map(|n| fast[..n].to_vec()), slow[..m].to_vec())
+}
+
+/// Asserts that both captures agree, skipping this function's frame and
+/// everything below it as `Warden` would; returns the stack.
+#[inline(never)]
+fn check(max: usize) -> Vec<usize> {
+    let entry_sp = here!();
+    let (fast, slow) = both(max, entry_sp);
+    let fast = fast.expect("the fast capture gave up");
+    assert_eq!(fast, slow, "fast and slow captures differ");
+    assert!(!fast.is_empty());
+    // Twice: the second walk runs from the cache only.
+    let (again, _) = both(max, entry_sp);
+    assert_eq!(again, Some(fast.clone()));
+    black_box(fast)
+}
+
+#[inline(never)]
+fn level3() -> usize {
+    black_box(check(MAX_CAPTURE)).len() + 1
+}
+
+#[inline(never)]
+fn level2() -> usize {
+    black_box(level3()) + 1
+}
+
+#[inline(never)]
+fn level1() -> usize {
+    black_box(level2()) + 1
+}
+
+#[inline(never)]
+fn recurse(depth: usize, max: usize) -> usize {
+    if depth == 0 {
+        return black_box(check(max)).len();
+    }
+    black_box(recurse(black_box(depth - 1), max)) + 1
+}
+
+#[inline(never)]
+fn call_dyn(f: &dyn Fn() -> usize) -> usize {
+    black_box(f()) + 1
+}
+
+#[inline(never)]
+fn call_generic<F: Fn() -> usize>(f: F) -> usize {
+    black_box(f()) + 1
+}
+
+#[test]
+fn nested_functions_match_the_slow_path() {
+    assert!(level1() > 3);
+}
+
+#[test]
+fn deep_recursion_matches_the_slow_path() {
+    recurse(50, 64);
+    recurse(50, MAX_CAPTURE);
+    recurse(50, 7);
+}
+
+#[test]
+fn dyn_fn_and_closures_match_the_slow_path() {
+    let f: &dyn Fn() -> usize = &|| black_box(level2());
+    assert!(call_dyn(f) > 0);
+    let captured = black_box(3usize);
+    assert!(call_generic(move || recurse(captured, MAX_CAPTURE)) > 0);
+}
+
+#[test]
+fn walks_to_the_end_of_the_stack_and_stops_there() {
+    // The test thread's stack is shallow: the walk reaches `clone` (or
+    // `_start`), whose return address is undefined.
+    let frames = check(MAX_CAPTURE);
+    assert!(frames.len() < MAX_CAPTURE, "{} frames", frames.len());
+}
+
+#[test]
+fn small_budgets_match_the_slow_path() {
+    for max in 1..6 {
+        assert_eq!(check(max).len(), max);
+    }
+}
+
+#[test]
+fn spawned_threads_match_the_slow_path() {
+    let big = std::thread::spawn(level1);
+    // An explicit small stack: its bounds come from the thread library too.
+    let small = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(|| recurse(20, MAX_CAPTURE))
+        .unwrap();
+    assert!(big.join().unwrap() > 3);
+    assert!(small.join().unwrap() > 20);
+}
+
+#[test]
+fn threads_racing_on_the_cache_agree() {
+    let threads: Vec<_> = (0..4)
+        .map(|i| std::thread::spawn(move || (0..200).map(|_| recurse(i * 3, 24)).sum::<usize>()))
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap() > 0);
+    }
+}
+
+#[test]
+fn bogus_entry_sp_gives_none_not_garbage() {
+    let mut out = [0usize; MAX_CAPTURE];
+    let heap = Box::new(0u64);
+    let heap_addr = &*heap as *const u64 as usize;
+    static SOMEWHERE: u64 = 0;
+    let bogus = [
+        0,
+        1,
+        usize::MAX,
+        heap_addr,
+        &SOMEWHERE as *const u64 as usize,
+        // Below this frame, where capture_fast's own frame will be.
+        here!() - 64 * 1024,
+    ];
+    for entry_sp in bogus {
+        assert_eq!(
+            capture_fast(&mut out, MAX_CAPTURE, entry_sp),
+            None,
+            "{entry_sp:#x}"
+        );
+    }
+    // A zero budget needs no stack at all.
+    assert_eq!(capture_fast(&mut out, 0, 0), Some(0));
+    assert_eq!(capture_fast(&mut [], 10, here!()), Some(0));
+}
+
+#[test]
+fn an_unknown_code_address_gives_none() {
+    assert_eq!(miss(0x10), None);
+    let on_stack = 0u8;
+    assert_eq!(miss(&on_stack as *const u8 as usize), None);
+}

@@ -1,0 +1,165 @@
+//! Programs that commit one heap bug each, chosen by the first argument,
+//! for tests/heap_errors.rs. Each buggy line ends with `// BUG: <tag>`
+//! and each allocation of the victim block with `// ALLOC: <tag>` (and its
+//! first free with `// FREE: <tag>`), so the tests find those lines by
+//! reading this file. After the bug, each program keeps allocating and
+//! checks what it gets, to show that the heap is still sound.
+use std::alloc::{Layout, alloc, dealloc, realloc};
+use std::hint::black_box;
+
+#[global_allocator]
+static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+
+#[inline(never)]
+fn double_free() {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: double_free
+    // SAFETY: `p` was allocated with `layout`.
+    unsafe { dealloc(p, layout) }; // FREE: double_free
+    // SAFETY: none: this is the bug under test.
+    unsafe { dealloc(black_box(p), layout) }; // BUG: double_free
+}
+
+#[inline(never)]
+fn invalid_free() {
+    let mut local = [0u8; 64];
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: none: a stack address was never allocated (the bug under test).
+    unsafe { dealloc(black_box(local.as_mut_ptr()), layout) }; // BUG: invalid_free
+    black_box(&local);
+}
+
+#[inline(never)]
+fn interior_free() {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: interior_free
+    // SAFETY: none: freeing an interior pointer is the bug under test.
+    unsafe { dealloc(black_box(p.add(16)), layout) }; // BUG: interior_free
+    // SAFETY: `p` is still live with `layout`.
+    unsafe { dealloc(p, layout) };
+}
+
+#[inline(never)]
+fn layout_mismatch() {
+    let layout = Layout::from_size_align(100, 8).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: layout_mismatch
+    let wrong = Layout::from_size_align(50, 8).unwrap();
+    // SAFETY: none: the wrong layout is the bug under test.
+    unsafe { dealloc(black_box(p), wrong) }; // BUG: layout_mismatch
+}
+
+#[inline(never)]
+fn realloc_mismatch() {
+    let layout = Layout::from_size_align(32, 16).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: realloc_mismatch
+    let wrong = Layout::from_size_align(32, 8).unwrap();
+    // SAFETY: none: the wrong alignment is the bug under test.
+    let q = unsafe { realloc(black_box(p), wrong, 64) }; // BUG: realloc_mismatch
+    assert!(!q.is_null());
+    assert_eq!(q as usize % 16, 0, "the block keeps its real alignment");
+    // SAFETY: `q` is live with size 64, align 16.
+    unsafe { dealloc(q, Layout::from_size_align(64, 16).unwrap()) };
+}
+
+#[inline(never)]
+fn overrun() {
+    let mut v: Vec<u8> = Vec::with_capacity(32); // ALLOC: overrun
+    let p = v.as_mut_ptr();
+    // SAFETY: none: writing 3 bytes past the end is the bug under test.
+    unsafe { p.add(34).write(0x41) }; // BUG: overrun
+    drop(v);
+}
+
+#[inline(never)]
+fn underrun() {
+    let b = Box::new([0u64; 4]); // ALLOC: underrun
+    let p = Box::into_raw(b) as *mut u8;
+    // SAFETY: none: writing before the start is the bug under test.
+    unsafe { p.sub(1).write(0x41) }; // BUG: underrun
+    // SAFETY: `p` came from Box::into_raw of a [u64; 4].
+    drop(unsafe { Box::from_raw(p as *mut [u64; 4]) });
+}
+
+#[inline(never)]
+fn overrun_check_heap() {
+    let v: Vec<u64> = vec![1, 2, 3]; // ALLOC: overrun_check_heap
+    let p = v.as_ptr() as *mut u8;
+    // SAFETY: none: writing past the end is the bug under test.
+    unsafe { p.add(24).write(0) };
+    let found = memwarden::check_heap(); // BUG: overrun_check_heap
+    println!("check_heap found {found}");
+    drop(v);
+}
+
+#[inline(never)]
+fn use_after_free() {
+    let b = Box::new([0u8; 40]); // ALLOC: use_after_free
+    let p = Box::into_raw(b) as *mut u8;
+    // SAFETY: `p` came from Box::into_raw of a [u8; 40].
+    drop(unsafe { Box::from_raw(p as *mut [u8; 40]) }); // FREE: use_after_free
+    // SAFETY: none: writing to freed memory is the bug under test.
+    unsafe { p.add(5).write(0x41) };
+    let found = memwarden::check_heap(); // BUG: use_after_free
+    println!("check_heap found {found}");
+}
+
+#[inline(never)]
+fn large_align() {
+    for align in [4096usize, 1 << 16] {
+        let layout = Layout::from_size_align(100, align).unwrap();
+        // SAFETY: a valid non-zero layout.
+        let p = unsafe { alloc(layout) };
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0, "alignment {align} kept");
+        // SAFETY: `p` is live with `layout`; writing inside it is fine.
+        unsafe {
+            p.write_bytes(1, 100);
+            dealloc(p, layout);
+        }
+    }
+    println!("large alignments ok");
+}
+
+/// Allocates and checks a lot after the bug: the heap must still work.
+fn keep_going() {
+    let mut all = Vec::new();
+    for i in 0..2000usize {
+        let v: Vec<usize> = (0..(i % 50)).collect();
+        all.push(v);
+    }
+    for (i, v) in all.iter().enumerate() {
+        assert_eq!(v.len(), i % 50);
+        assert!(v.iter().copied().eq(0..(i % 50)));
+    }
+    let s: String = (0..1000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    assert_eq!(s.len(), 1000);
+    println!("heap still sound");
+}
+
+fn main() {
+    let name = std::env::args().nth(1).unwrap_or_default();
+    match name.as_str() {
+        "double_free" => double_free(),
+        "invalid_free" => invalid_free(),
+        "interior_free" => interior_free(),
+        "layout_mismatch" => layout_mismatch(),
+        "realloc_mismatch" => realloc_mismatch(),
+        "overrun" => overrun(),
+        "underrun" => underrun(),
+        "overrun_check_heap" => overrun_check_heap(),
+        "use_after_free" => use_after_free(),
+        "large_align" => large_align(),
+        "clean" => {}
+        other => {
+            eprintln!("heap_errors: unknown program `{other}`");
+            std::process::exit(2);
+        }
+    }
+    keep_going();
+}

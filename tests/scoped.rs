@@ -1,0 +1,185 @@
+//! Scoped leak checks inside a `cargo test` binary that registers Warden:
+//! `assert_no_leaks`, `check_leaks` and checkpoints, with libtest running
+//! these tests in parallel threads beside each other.
+#![cfg(all(feature = "tracking", target_os = "linux"))]
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use memwarden::LeakKind;
+
+#[global_allocator]
+static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+
+/// Blocks leaked on purpose, kept as obfuscated addresses (not pointers,
+/// so the leak scan cannot see them) and freed after the check, so that a
+/// run with DEBUG_MEMORY=1 does not end with real leaks.
+static PLANTED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+const MASK: usize = 0x5a5a_5a5a_5a5a_5a5a;
+
+/// Leaks a `[u64; N]`-sized block; returns nothing that points to it.
+#[inline(never)]
+fn plant(words: usize) {
+    let v: Vec<u64> = vec![7; words]; // LEAK: plant
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let addr = v.as_mut_ptr() as usize;
+    PLANTED.lock().unwrap().push((addr ^ MASK, words));
+}
+
+fn reclaim() {
+    for (masked, words) in PLANTED.lock().unwrap().drain(..) {
+        let ptr = (masked ^ MASK) as *mut u64;
+        // SAFETY: `ptr` came from a Vec<u64> of capacity `words`, leaked
+        // by `plant` and never freed.
+        drop(unsafe { Vec::from_raw_parts(ptr, words, words) });
+    }
+}
+
+/// The line carrying `// LEAK: tag` in this file.
+fn line_of(tag: &str) -> u32 {
+    let marker = format!("// LEAK: {tag}");
+    include_str!("scoped.rs")
+        .lines()
+        .position(|l| l.trim_end().ends_with(&marker))
+        .map(|i| i as u32 + 1)
+        .unwrap_or_else(|| panic!("no line marked {marker}"))
+}
+
+fn panic_text(e: Box<dyn std::any::Any + Send>) -> String {
+    match e.downcast::<String>() {
+        Ok(s) => *s,
+        Err(e) => e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+#[test]
+fn a_clean_closure_passes_and_returns_its_value() {
+    let sum = memwarden::assert_no_leaks(|| {
+        let v: Vec<u64> = (1..=100).collect();
+        let s: String = v.iter().map(|n| n.to_string()).collect();
+        let m: std::collections::HashMap<u64, String> =
+            v.iter().map(|&n| (n, n.to_string())).collect();
+        assert_eq!(m.len(), 100);
+        s.len() as u64 + v.iter().sum::<u64>()
+    });
+    assert_eq!(sum, 192 + 5050);
+}
+
+#[test]
+fn a_leak_panics_and_names_its_line() {
+    let err = catch_unwind(AssertUnwindSafe(|| {
+        memwarden::assert_no_leaks(|| plant(8));
+    }))
+    .expect_err("a leaking closure must panic");
+    reclaim();
+    let text = panic_text(err);
+    assert!(
+        text.starts_with("memwarden: leak found by assert_no_leaks"),
+        "{text}"
+    );
+    assert!(
+        text.contains("64 bytes in 1 blocks definitely lost"),
+        "{text}"
+    );
+    let site = format!("scoped.rs:{}", line_of("plant"));
+    assert!(text.contains(&site), "the report names {site}:\n{text}");
+}
+
+#[test]
+fn check_leaks_reports_without_panicking() {
+    let ((), report) = memwarden::check_leaks(|| {
+        for _ in 0..2 {
+            plant(4);
+        }
+    });
+    reclaim();
+    let lost: Vec<_> = report.leaks_of(LeakKind::DefinitelyLost).collect();
+    assert_eq!(lost.len(), 1, "{report}");
+    assert_eq!((lost[0].bytes, lost[0].blocks), (64, 2));
+    assert_eq!(lost[0].frames[0].line, Some(line_of("plant")));
+    assert!(
+        lost[0].frames[0]
+            .file
+            .as_deref()
+            .unwrap()
+            .ends_with("tests/scoped.rs")
+    );
+}
+
+#[test]
+fn a_leak_in_a_joined_child_thread_counts() {
+    let ((), report) = memwarden::check_leaks(|| {
+        std::thread::spawn(|| plant(2)).join().unwrap();
+    });
+    reclaim();
+    assert_eq!(report.summary.definitely_lost.bytes, 16, "{report}");
+}
+
+static KEPT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[test]
+fn memory_kept_reachable_is_not_a_leak() {
+    let v = memwarden::assert_no_leaks(|| {
+        KEPT.lock().unwrap().push("kept in a static".to_owned());
+        vec![1u8; 100]
+    });
+    assert_eq!(v.len(), 100);
+    let ((), report) = memwarden::check_leaks(|| {
+        KEPT.lock().unwrap().push("again".to_owned());
+    });
+    assert_eq!(report.summary.definitely_lost.blocks, 0, "{report}");
+    assert!(report.summary.still_reachable.blocks >= 1, "{report}");
+}
+
+/// Leaks on other threads while checks run must not fail those checks.
+#[test]
+fn leaks_beside_a_check_are_not_blamed_on_it() {
+    static STOP: AtomicUsize = AtomicUsize::new(0);
+    let noisy = std::thread::spawn(|| {
+        let mut n = 0;
+        while STOP.load(Ordering::Relaxed) == 0 && n < 2000 {
+            plant(1);
+            n += 1;
+            std::thread::yield_now();
+        }
+    });
+    for _ in 0..5 {
+        memwarden::assert_no_leaks(|| {
+            let s: Vec<String> = (0..50).map(|i| format!("item {i}")).collect();
+            assert_eq!(s.len(), 50);
+        });
+    }
+    STOP.store(1, Ordering::Relaxed);
+    noisy.join().unwrap();
+    reclaim();
+}
+
+#[test]
+fn a_checkpoint_reports_what_came_after_it() {
+    let mark = memwarden::checkpoint();
+    let kept = Box::new([3u64; 6]);
+    plant(3);
+    let report = mark.leaks();
+    reclaim();
+    let mine: Vec<_> = report
+        .leaks
+        .iter()
+        .filter(|l| l.frames.first().and_then(|f| f.line) == Some(line_of("plant")))
+        .collect();
+    assert_eq!(mine.len(), 1, "{report}");
+    assert_eq!(
+        (mine[0].kind, mine[0].bytes),
+        (LeakKind::DefinitelyLost, 24)
+    );
+    assert!(
+        report
+            .leaks
+            .iter()
+            .all(|l| l.kind != LeakKind::StillReachable)
+    );
+    assert_eq!(kept[5], 3);
+}
