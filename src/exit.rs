@@ -10,12 +10,15 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::report::formats;
 use crate::scan::{self, Caveats};
 use crate::state;
 
 static DONE: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn register() {
+    // `Instant::now` reads the clock; it does not allocate.
+    START.get_or_init(std::time::Instant::now);
     // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
     let rc = unsafe { libc::atexit(at_exit) };
     if rc != 0 {
@@ -60,25 +63,44 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     }
     let _ = write!(err, "{report}");
     let mut write_failed = false;
-    if let Some(path) = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty()) {
-        let json = report.to_json();
-        match std::fs::write(&path, json.as_bytes()) {
+    let report_path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
+    let mut write =
+        |what: &str, path: &std::path::Path, data: &str| match std::fs::write(path, data) {
             Ok(()) => {
-                let _ = writeln!(
-                    err,
-                    "memwarden: JSON report written to {}",
-                    path.to_string_lossy()
-                );
+                let _ = writeln!(err, "memwarden: {what} written to {}", path.display());
             }
             Err(e) => {
                 write_failed = true;
                 let _ = writeln!(
                     err,
-                    "memwarden: error: cannot write the JSON report to {}: {e}",
-                    path.to_string_lossy()
+                    "memwarden: error: cannot write the {what} to {}: {e}",
+                    path.display()
                 );
             }
-        }
+        };
+    if let Some(path) = &report_path {
+        write("JSON report", path.as_ref(), &report.to_json());
+    }
+    let formats = Formats::from_env();
+    if formats.dhat {
+        let path = sibling(report_path.as_deref(), "dhat.json");
+        let cmd: Vec<String> = std::env::args().collect();
+        let data = formats::dhat(&report, &cmd.join(" "), std::process::id(), elapsed_us());
+        write("DHAT file", &path, &data);
+    }
+    if formats.folded {
+        let path = sibling(report_path.as_deref(), "folded");
+        write("folded stacks", &path, &formats::folded(&report));
+    }
+    if formats.github {
+        let root = std::env::var("GITHUB_WORKSPACE").ok().or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .map(|d| d.to_string_lossy().into_owned())
+        });
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(formats::github(&report, root.as_deref()).as_bytes());
+        let _ = out.flush();
     }
     let _ = err.flush();
     let code = state::exitcode();
@@ -119,6 +141,7 @@ pub(crate) fn write_json_on_abort() {
             total_bytes,
             peak_bytes,
         },
+        &crate::suppress::Suppressions::default(),
     );
     report.errors = crate::check::errors();
     if let Err(e) = std::fs::write(&path, report.to_json()) {
@@ -128,6 +151,98 @@ pub(crate) fn write_json_on_abort() {
                 path.to_string_lossy()
             )
             .as_bytes(),
+        );
+    }
+}
+
+/// Extra outputs asked for with `DEBUG_MEMORY_FORMAT` (a comma-separated
+/// list of `text`, `github`, `dhat`, `folded`; the text report on stderr is
+/// always written) and `GITHUB_ACTIONS=true`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Formats {
+    github: bool,
+    dhat: bool,
+    folded: bool,
+}
+
+impl Formats {
+    fn from_env() -> Formats {
+        let mut f = Formats::parse(
+            &std::env::var("DEBUG_MEMORY_FORMAT").unwrap_or_default(),
+            |bad| {
+                eprintln!(
+                    "memwarden: warning: DEBUG_MEMORY_FORMAT: unknown format `{bad}` (known: text, github, dhat, folded); ignored"
+                )
+            },
+        );
+        if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+            f.github = true;
+        }
+        f
+    }
+
+    fn parse(list: &str, mut unknown: impl FnMut(&str)) -> Formats {
+        let mut f = Formats::default();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.to_ascii_lowercase().as_str() {
+                "text" => {}
+                "github" => f.github = true,
+                "dhat" => f.dhat = true,
+                "folded" => f.folded = true,
+                _ => unknown(part),
+            }
+        }
+        f
+    }
+}
+
+/// `x.json` → `x.<ext>` next to the JSON report, or `memwarden.<ext>` in
+/// the current directory without one.
+fn sibling(report: Option<&std::ffi::OsStr>, ext: &str) -> std::path::PathBuf {
+    match report {
+        Some(p) => std::path::Path::new(p).with_extension(ext),
+        None => std::path::PathBuf::from(format!("memwarden.{ext}")),
+    }
+}
+
+static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Microseconds since tracking started (the DHAT file's end time).
+fn elapsed_us() -> u64 {
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_lists_and_report_unknown_parts() {
+        let mut bad = Vec::new();
+        let f = Formats::parse("text, DHAT,folded,xml", |b| bad.push(b.to_owned()));
+        assert_eq!(
+            f,
+            Formats {
+                github: false,
+                dhat: true,
+                folded: true
+            }
+        );
+        assert_eq!(bad, ["xml"]);
+    }
+
+    #[test]
+    fn side_files_sit_next_to_the_json_report() {
+        assert_eq!(
+            sibling(Some(std::ffi::OsStr::new("/tmp/r/leaks.json")), "dhat.json"),
+            std::path::PathBuf::from("/tmp/r/leaks.dhat.json")
+        );
+        assert_eq!(
+            sibling(None, "folded"),
+            std::path::PathBuf::from("memwarden.folded")
         );
     }
 }

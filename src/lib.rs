@@ -53,6 +53,8 @@ mod state;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod stw;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
+mod suppress;
+#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod sync;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod sys;

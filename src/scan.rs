@@ -12,6 +12,7 @@ use crate::report::{self, Classified, Counters, LeakKind, Report};
 use crate::roots::{self, Maps};
 use crate::state;
 use crate::stw;
+use crate::suppress::Suppressions;
 use crate::sys::MapVec;
 
 /// Why a scan could not be complete, for the report's warnings.
@@ -38,6 +39,7 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
             total_bytes,
             peak_bytes,
         },
+        &Suppressions::from_env(),
     )
 }
 

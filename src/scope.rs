@@ -18,6 +18,7 @@ use crate::registry;
 use crate::report::{self, Classified, Counters, LeakKind, Report};
 use crate::scan::{self, Caveats};
 use crate::state;
+use crate::suppress::Suppressions;
 use crate::sync::SpinLock;
 use crate::sys::SysVec;
 
@@ -116,7 +117,7 @@ impl Drop for Scope {
 fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
     let entry_sp = caller_sp;
     let Some(_busy) = Reentry::enter() else {
-        return report::build(&[], 0, Counters::default());
+        return report::build(&[], 0, Counters::default(), &Suppressions::default());
     };
     let mut caveats = Caveats::default();
     let blocks: Vec<Classified> = scan::classify_all(entry_sp, &mut caveats)
@@ -148,6 +149,7 @@ fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
             total_bytes,
             peak_bytes,
         },
+        &Suppressions::from_env(),
     )
 }
 

@@ -8,7 +8,9 @@ use serde::Serialize;
 use crate::reach::Kind;
 use crate::registry::Record;
 use crate::stack::{self, StackId};
+use crate::suppress::Suppressions;
 
+pub(crate) mod formats;
 pub(crate) mod symbols;
 mod text;
 
@@ -241,7 +243,12 @@ pub(crate) struct Counters {
 }
 
 /// Groups blocks by (kind, stack) and symbolizes each stack once.
-pub(crate) fn build(blocks: &[Classified], max_frames: usize, counters: Counters) -> Report {
+pub(crate) fn build(
+    blocks: &[Classified],
+    max_frames: usize,
+    counters: Counters,
+    suppressions: &Suppressions,
+) -> Report {
     let mut summary = Summary {
         total_allocs: counters.total_allocs,
         total_bytes: counters.total_bytes,
@@ -250,41 +257,45 @@ pub(crate) fn build(blocks: &[Classified], max_frames: usize, counters: Counters
     };
     let mut groups: HashMap<(LeakKind, StackId), (u64, u64, u64)> = HashMap::new();
     for b in blocks {
-        let size = b.rec.size() as u64;
         let g = groups.entry((b.kind, b.rec.stack)).or_default();
-        g.0 += size;
+        g.0 += b.rec.size() as u64;
         g.1 += 1;
         g.2 += b.indirect;
-        match b.kind {
-            LeakKind::DefinitelyLost => summary.definitely_lost.add(size, 1),
-            LeakKind::IndirectlyLost => summary.indirectly_lost.add(size, 1),
-            LeakKind::PossiblyLost => summary.possibly_lost.add(size, 1),
-            LeakKind::StillReachable => summary.still_reachable.add(size, 1),
-        }
     }
     // One entry per (kind, raw allocation stack), as Valgrind keeps one
     // loss record per (state, stack): two call sites on one line stay two
     // entries, as they do there.
     let mut cache = HashMap::new();
-    let mut stacks: HashMap<StackId, Vec<Frame>> = HashMap::new();
-    let mut leaks: Vec<Leak> = groups
-        .into_iter()
-        .map(|((kind, id), (bytes, blocks, indirect_bytes))| Leak {
+    let mut stacks: HashMap<StackId, (Vec<Frame>, bool)> = HashMap::new();
+    let mut leaks: Vec<Leak> = Vec::with_capacity(groups.len());
+    for ((kind, id), (bytes, count, indirect_bytes)) in groups {
+        let (frames, runtime) = stacks
+            .entry(id)
+            .or_insert_with(|| {
+                symbols::user_frames_and_origin(
+                    symbols::symbolize(&stack::frames(id), &mut cache),
+                    max_frames,
+                )
+            })
+            .clone();
+        if kind != LeakKind::StillReachable && suppressions.matches(&frames, runtime) {
+            summary.suppressed.add(bytes, count);
+            continue;
+        }
+        match kind {
+            LeakKind::DefinitelyLost => summary.definitely_lost.add(bytes, count),
+            LeakKind::IndirectlyLost => summary.indirectly_lost.add(bytes, count),
+            LeakKind::PossiblyLost => summary.possibly_lost.add(bytes, count),
+            LeakKind::StillReachable => summary.still_reachable.add(bytes, count),
+        }
+        leaks.push(Leak {
             kind,
             bytes,
-            blocks,
+            blocks: count,
             indirect_bytes,
-            frames: stacks
-                .entry(id)
-                .or_insert_with(|| {
-                    symbols::user_frames(
-                        symbols::symbolize(&stack::frames(id), &mut cache),
-                        max_frames,
-                    )
-                })
-                .clone(),
-        })
-        .collect();
+            frames,
+        });
+    }
     leaks.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
@@ -425,7 +436,7 @@ mod tests {
                 referrer: 0,
             },
         ];
-        let r = build(&blocks, 16, Counters::default());
+        let r = build(&blocks, 16, Counters::default(), &Suppressions::default());
         assert_eq!(
             r.summary.definitely_lost,
             Amount {

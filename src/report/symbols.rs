@@ -100,8 +100,20 @@ pub(crate) fn is_internal(f: &Frame) -> bool {
 
 /// Drops the internal frames at the top of `frames`, then keeps at most
 /// `max`. If every frame is internal (an allocation made by the runtime
-/// itself), the stack is kept whole so that the report still says where.
-pub(crate) fn user_frames(mut frames: Vec<Frame>, max: usize) -> Vec<Frame> {
+/// itself), the stack is kept from its first std frame so that the report
+/// still says where; [`is_runtime`] tells that case apart.
+pub(crate) fn user_frames(frames: Vec<Frame>, max: usize) -> Vec<Frame> {
+    user_frames_and_origin(frames, max).0
+}
+
+/// True if no frame of `frames` belongs to the program.
+pub(crate) fn is_runtime(frames: &[Frame]) -> bool {
+    !frames.iter().any(|f| f.file.is_some() && !is_internal(f))
+}
+
+/// [`user_frames`], and whether the stack had no frame of the program.
+pub(crate) fn user_frames_and_origin(mut frames: Vec<Frame>, max: usize) -> (Vec<Frame>, bool) {
+    let runtime = is_runtime(&frames);
     // The program's first frame: not internal, and with a source file (the
     // compiler-generated C `main` and stripped libraries have none).
     let first_user = frames
@@ -127,7 +139,7 @@ pub(crate) fn user_frames(mut frames: Vec<Frame>, max: usize) -> Vec<Frame> {
         }
     }
     frames.truncate(max.max(1));
-    frames
+    (frames, runtime)
 }
 
 #[cfg(test)]
