@@ -62,8 +62,9 @@ impl Suppressions {
             if line.is_empty() {
                 continue;
             }
+            // `type:pattern`, but not a Rust path (`a::b`) or a drive letter.
             let pat = match line.split_once(':') {
-                Some((kind, rest)) if is_word(kind) => {
+                Some((kind, rest)) if is_word(kind) && !rest.starts_with(':') && kind.len() > 1 => {
                     if kind != "leak" {
                         errors.push(SuppressError {
                             line: i + 1,
