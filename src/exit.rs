@@ -57,6 +57,8 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     let mut caveats = Caveats::default();
     let mut report = scan::scan(entry_sp, &mut caveats);
     report.errors = crate::check::errors();
+    #[cfg(feature = "tracing")]
+    crate::trace::emit_report(&report);
     let mut err = std::io::stderr().lock();
     for line in scan::caveat_lines(&caveats) {
         let _ = writeln!(err, "{line}");

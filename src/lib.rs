@@ -58,6 +58,10 @@ mod suppress;
 mod sync;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod sys;
+/// `tracing` events: see [`trace::spawn_stats_events`].
+#[cfg(all(feature = "tracing", target_os = "linux"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub mod trace;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod unwind;
 

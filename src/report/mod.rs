@@ -234,6 +234,13 @@ pub(crate) struct Classified {
     pub(crate) referrer: usize,
 }
 
+/// What the symbolized stack of a group says about it.
+struct Origin {
+    frames: Vec<Frame>,
+    suppressed: bool,
+    thread_name: bool,
+}
+
 /// Heap counters for the summary.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Counters {
@@ -266,22 +273,38 @@ pub(crate) fn build(
     // loss record per (state, stack): two call sites on one line stay two
     // entries, as they do there.
     let mut cache = HashMap::new();
-    let mut stacks: HashMap<StackId, (Vec<Frame>, bool)> = HashMap::new();
+    let mut stacks: HashMap<StackId, Origin> = HashMap::new();
+    let mut merged: HashMap<(LeakKind, StackId), (u64, u64, u64)> = HashMap::new();
     let mut leaks: Vec<Leak> = Vec::with_capacity(groups.len());
     for ((kind, id), (bytes, count, indirect_bytes)) in groups {
-        let (frames, runtime) = stacks
-            .entry(id)
-            .or_insert_with(|| {
-                symbols::user_frames_and_origin(
-                    symbols::symbolize(&stack::frames(id), &mut cache),
-                    max_frames,
-                )
-            })
-            .clone();
-        if kind != LeakKind::StillReachable && suppressions.matches(&frames, runtime) {
+        let origin = stacks.entry(id).or_insert_with(|| {
+            let full = symbols::symbolize(&stack::frames(id), &mut cache);
+            Origin {
+                suppressed: suppressions.matches(&full, symbols::is_runtime(&full)),
+                thread_name: symbols::is_thread_name(&full),
+                frames: symbols::user_frames(full, max_frames),
+            }
+        });
+        // std keeps a thread's record (`Thread`'s inner part) in memory
+        // from `System`, which memwarden cannot see: the thread's name,
+        // allocated through the global allocator and held only there, would
+        // look lost while the thread runs. Valgrind, which sees the record,
+        // calls the name still reachable; so does memwarden.
+        let kind = if origin.thread_name {
+            LeakKind::StillReachable
+        } else {
+            kind
+        };
+        if kind != LeakKind::StillReachable && origin.suppressed {
             summary.suppressed.add(bytes, count);
             continue;
         }
+        let m = merged.entry((kind, id)).or_default();
+        m.0 += bytes;
+        m.1 += count;
+        m.2 += indirect_bytes;
+    }
+    for ((kind, id), (bytes, count, indirect_bytes)) in merged {
         match kind {
             LeakKind::DefinitelyLost => summary.definitely_lost.add(bytes, count),
             LeakKind::IndirectlyLost => summary.indirectly_lost.add(bytes, count),
@@ -293,7 +316,7 @@ pub(crate) fn build(
             bytes,
             blocks: count,
             indirect_bytes,
-            frames,
+            frames: stacks[&id].frames.clone(),
         });
     }
     leaks.sort_by(|a, b| {

@@ -106,6 +106,16 @@ pub(crate) fn user_frames(frames: Vec<Frame>, max: usize) -> Vec<Frame> {
     user_frames_and_origin(frames, max).0
 }
 
+/// True for a thread's name as std stores it (`ThreadNameString`, made
+/// when the thread is spawned).
+pub(crate) fn is_thread_name(frames: &[Frame]) -> bool {
+    frames.iter().any(|f| {
+        f.function
+            .as_deref()
+            .is_some_and(|n| n.contains("ThreadNameString"))
+    })
+}
+
 /// True if no frame of `frames` belongs to the program.
 pub(crate) fn is_runtime(frames: &[Frame]) -> bool {
     !frames.iter().any(|f| f.file.is_some() && !is_internal(f))

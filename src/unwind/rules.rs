@@ -8,46 +8,50 @@
 //! [`Rule::GIVE_UP`] so that the next capture through that address falls back
 //! at once instead of parsing the CFI again.
 //!
-//! The cache is direct-mapped: one `AtomicU64` per slot holding the high bits
-//! of the address (the tag) and the rule, so a slot is read and written in
-//! one atomic access and a reader can never see a tag from one writer with
-//! the rule of another. The slot index mixes the low and high address bits;
-//! the tag and the index together give back the whole address, so a tag
-//! match is an exact address match. Rules depend only on the code, which
-//! does not change while it is mapped, so two threads filling the same slot
-//! write the same value and races are harmless. When a library is unloaded
-//! its addresses may be reused by another one: [`flush`] empties the cache
-//! then, and bumps [`epoch`] so that captures in flight give up.
+//! The cache is a static array of `AtomicU64` slots, each holding the high
+//! bits of an address (the tag) and its rule, so a slot is read and written
+//! in one atomic access and a reader can never pair the tag of one writer
+//! with the rule of another. An address lives in its home slot (its low
+//! bits) or in the home slot's neighbour, which shares its cache line; a
+//! bit of the rule says which, so tag, slot and that bit together give back
+//! the whole address and a match is an exact address match. Rules depend
+//! only on the code, which does not change while it is mapped, so threads
+//! filling slots at once write correct values whatever the interleaving.
+//! When a library is unloaded its addresses may be reused by another one:
+//! [`flush`] empties the cache then, and moves [`epoch`] so that captures
+//! in flight give up.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// log2 of the number of slots: 32768 slots, 256 KiB of zeroed memory that
 /// is only touched where return addresses land.
 const INDEX_BITS: u32 = 15;
 const SLOTS: usize = 1 << INDEX_BITS;
-/// Addresses the cache can hold: the 47-bit user half of x86_64.
+/// Addresses the cache can hold: the 47-bit user half of x86_64, above the
+/// first slot-table's worth (so that no tag is 0 and a zero slot is empty).
 const ADDR_BITS: u32 = 47;
 
 /// One frame's unwind rule, packed into 32 bits:
 ///
 /// ```text
-///  31            19 18             3  2   1 0
-/// +----------------+----------------+---+-----+
-/// | rbp slot / 8   | CFA offset / 8 | s | kind|
-/// +----------------+----------------+---+-----+
+///  31            19 18             3   2    1 0
+/// +----------------+----------------+-----+-----+
+/// | rbp slot / 8   | CFA offset / 8 | way | kind|
+/// +----------------+----------------+-----+-----+
 /// kind 1: CFA = rsp + offset     kind 2: CFA = rbp + offset
-/// kind 3: stop; s = 0 end of stack (return address undefined), s = 1 give up
+/// kind 3: stop; offset 0 end of stack (return address undefined), 8 give up
 /// rbp slot 0: rbp unchanged; j > 0: the caller's rbp is at CFA - 8j
+/// way: only in the cache, 1 when the rule sits in its neighbour slot
 /// ```
-///
-/// Kind 0 never occurs in a rule, so an all-zero cache slot reads as empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Rule(u32);
 
 const KIND_RSP: u32 = 1;
 const KIND_RBP: u32 = 2;
 const KIND_STOP: u32 = 3;
+const WAY: u32 = 4;
 const OFFSET_SHIFT: u32 = 3;
 const OFFSET_BITS: u32 = 16;
+const OFFSET_MASK: u32 = ((1 << OFFSET_BITS) - 1) << OFFSET_SHIFT;
 const SLOT_SHIFT: u32 = OFFSET_SHIFT + OFFSET_BITS;
 const SLOT_BITS: u32 = 32 - SLOT_SHIFT;
 
@@ -55,7 +59,7 @@ impl Rule {
     /// The outermost frame: its return address is undefined.
     pub(super) const END: Rule = Rule(KIND_STOP);
     /// A frame the fast walk does not handle.
-    pub(super) const GIVE_UP: Rule = Rule(KIND_STOP | 4);
+    pub(super) const GIVE_UP: Rule = Rule(KIND_STOP | 1 << OFFSET_SHIFT);
 
     /// The rule `CFA = (rbp if cfa_in_rbp else rsp) + cfa_offset`, with the
     /// caller's rbp at `CFA + rbp_at` (or unchanged for `None`), and the
@@ -73,7 +77,7 @@ impl Rule {
             Some(_) => return Rule::GIVE_UP,
         };
         let kind = if cfa_in_rbp { KIND_RBP } else { KIND_RSP };
-        Rule(kind | ((cfa_offset as u32 / 8) << OFFSET_SHIFT) | ((slot as u32) << SLOT_SHIFT))
+        Rule(kind | (cfa_offset as u32) | ((slot as u32) << SLOT_SHIFT))
     }
 
     /// The CFA from this frame's `rsp` and `rbp`; `None` for a stop rule.
@@ -84,8 +88,7 @@ impl Rule {
             KIND_RBP => rbp,
             _ => return None,
         };
-        let offset = ((self.0 >> OFFSET_SHIFT) & ((1 << OFFSET_BITS) - 1)) as usize * 8;
-        base.checked_add(offset)
+        base.checked_add((self.0 & OFFSET_MASK) as usize)
     }
 
     /// How far below the CFA the caller's rbp is saved (0: not saved).
@@ -98,33 +101,50 @@ impl Rule {
 static CACHE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
-#[inline(always)]
-fn slot_of(addr: usize) -> usize {
-    (addr ^ (addr >> INDEX_BITS)) & (SLOTS - 1)
-}
-
-/// The cached rule for the code address `addr`, if any.
+/// The cached rule for code address `addr`, if any.
+///
+/// The home slot is on the walk's critical path: its index is the plain
+/// low bits, one `and` after the return address is loaded.
 #[inline(always)]
 pub(super) fn get(addr: usize) -> Option<Rule> {
-    let tag = (addr >> INDEX_BITS) as u64;
-    let entry = CACHE[slot_of(addr)].load(Ordering::Relaxed);
-    let rule = entry as u32;
-    // `addr >> ADDR_BITS != 0` gives a tag of 33 bits or more, which never
+    // An address of 2^47 or more has a tag of 33 bits or more, which never
     // matches the 32 stored: such addresses are simply never cached.
-    if entry >> 32 == tag && rule != 0 {
-        Some(Rule(rule))
-    } else {
-        None
+    let tag = (addr >> INDEX_BITS) as u64;
+    let home = addr & (SLOTS - 1);
+    let entry = CACHE[home].load(Ordering::Relaxed);
+    if entry >> 32 == tag && entry as u32 & WAY == 0 && entry != 0 {
+        return Some(Rule(entry as u32));
     }
+    get_neighbour(home ^ 1, tag)
 }
 
-/// Caches `rule` for `addr` (addresses outside the user half are skipped).
+#[inline(never)]
+fn get_neighbour(slot: usize, tag: u64) -> Option<Rule> {
+    let entry = CACHE[slot].load(Ordering::Relaxed);
+    if entry >> 32 == tag && entry as u32 & WAY != 0 {
+        return Some(Rule(entry as u32 & !WAY));
+    }
+    None
+}
+
+/// Caches `rule` for `addr` (addresses outside the cached range are not).
 pub(super) fn put(addr: usize, rule: Rule) {
-    if addr >> ADDR_BITS != 0 {
+    if addr >> ADDR_BITS != 0 || addr >> INDEX_BITS == 0 {
         return;
     }
     let tag = (addr >> INDEX_BITS) as u64;
-    CACHE[slot_of(addr)].store(tag << 32 | rule.0 as u64, Ordering::Relaxed);
+    let home = addr & (SLOTS - 1);
+    // The home slot if it is free, else the neighbour if that is free,
+    // else evict one of the two, picked by another address bit.
+    let way = if CACHE[home].load(Ordering::Relaxed) == 0 {
+        0
+    } else if CACHE[home ^ 1].load(Ordering::Relaxed) == 0 {
+        1
+    } else {
+        (addr >> 4) & 1
+    };
+    let rule = rule.0 | if way == 1 { WAY } else { 0 };
+    CACHE[home ^ way].store(tag << 32 | rule as u64, Ordering::Relaxed);
 }
 
 /// A counter bumped by every [`flush`]: a capture that saw it change may
@@ -168,12 +188,26 @@ mod tests {
     #[test]
     fn cache_matches_exact_addresses_only() {
         let a = 0x5555_1234_5678usize;
-        let b = a + (1 << INDEX_BITS) + 1; // different tag, maybe same slot
+        assert_eq!(get(a ^ 1), None);
+        let b = a + (1 << INDEX_BITS); // same slot, different tag
+        let c = a + 2 * (1 << INDEX_BITS);
         let r = Rule::new(false, 24, None);
+        let q = Rule::new(true, 16, None);
         put(a, r);
         assert_eq!(get(a), Some(r));
-        assert_eq!(get(a ^ 1), None);
         assert_eq!(get(b), None);
+        // Two colliding addresses both stay; a third evicts one of them.
+        put(b, q);
+        assert_eq!((get(a), get(b)), (Some(r), Some(q)));
+        put(c, r);
+        assert_eq!(get(c), Some(r));
+        assert!(get(a).is_none() ^ get(b).is_none());
+        // The neighbour of a's home slot is a^1's home: a^1 must not see
+        // the rule of a, nor a that of a^1.
+        put(a ^ 1, Rule::END);
+        assert_eq!(get(a ^ 1), Some(Rule::END));
+        assert_ne!(get(a), Some(Rule::END));
+        assert_ne!(get(c), Some(Rule::END));
         put(1 << 50, r);
         assert_eq!(get(1 << 50), None);
     }
