@@ -86,6 +86,41 @@ pub struct Stats {
     pub total_allocs: u64,
     /// Bytes asked for by those allocations.
     pub total_bytes: u64,
+    /// When the peak happened: the number of tracked allocations made by
+    /// then (compare with `total_allocs`).
+    pub peak_at_alloc: u64,
+}
+
+/// An allocation site holding live memory: see [`top_sites`].
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Site {
+    /// Live bytes allocated here.
+    pub bytes: u64,
+    /// Live blocks allocated here.
+    pub blocks: u64,
+    /// The allocation stack; `frames[0]` is the program's own line.
+    pub frames: Vec<Frame>,
+}
+
+/// The `n` allocation sites holding the most live bytes now, largest first
+/// (the same stacks and sizes as the exit report; no reachability scan).
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+pub fn top_sites(n: usize) -> Vec<Site> {
+    let top = scope::top_stacks(n);
+    let _busy = guard::Reentry::enter();
+    let mut cache = std::collections::HashMap::new();
+    top.into_iter()
+        .map(|(bytes, blocks, id)| Site {
+            bytes,
+            blocks,
+            frames: report::symbols::user_frames(
+                report::symbols::symbolize(&stack::frames(id), &mut cache),
+                state::frames(),
+            ),
+        })
+        .collect()
 }
 
 /// Turns tracking on from now on, as `DEBUG_MEMORY=1` does from the start.
@@ -255,8 +290,7 @@ pub fn check_heap() -> usize {
         if !state::ever_enabled() {
             return 0;
         }
-        let marker = 0u8;
-        let entry_sp = std::hint::black_box(&marker) as *const u8 as usize;
+        let entry_sp = roots::stack_pointer();
         let Some(_busy) = guard::Reentry::enter() else {
             return 0;
         };
@@ -276,13 +310,15 @@ pub fn stats() -> Stats {
         if !state::ever_enabled() {
             return Stats::default();
         }
-        let (total_allocs, total_bytes, live_bytes, peak_bytes, _) = registry::counters();
+        let (total_allocs, total_bytes, live_bytes, peak_bytes, peak_at_alloc) =
+            registry::counters();
         Stats {
             live_bytes,
             live_blocks: registry::live_blocks() as u64,
             peak_bytes,
             total_allocs,
             total_bytes,
+            peak_at_alloc,
         }
     }
     #[cfg(not(all(feature = "tracking", target_os = "linux")))]

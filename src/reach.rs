@@ -13,7 +13,7 @@
 //!    memcheck's default heuristics (stdstring, length64, newarray,
 //!    multipleinheritance) count as start pointers. Blocks whose state
 //!    rises are (re)scanned.
-//! 2. **Cliques.** Every block still `Unreached`, in address order, becomes
+//! 2. **Cliques.** Every block still `Unreached`, oldest first, becomes
 //!    the leader of a clique: the not-yet-claimed `Unreached` blocks it
 //!    reaches (through any pointer, start or interior) become
 //!    `IndirectLeak`, and their bytes are added to the leader's. A leader
@@ -136,8 +136,23 @@ pub(crate) fn classify<M: Mappings>(
         s.scan(r.start, r.end, true, None);
     }
     s.drain(None);
-    // 2. Cliques of unreached blocks.
+    // 2. Cliques of unreached blocks, oldest allocation first. memcheck
+    //    goes by address, and its allocator hands out rising addresses, so
+    //    in practice it starts from the oldest block too; going by age
+    //    makes the choice of a cycle's definitely lost block independent of
+    //    where the inner allocator put the blocks.
+    let mut order: MapVec<u32> = MapVec::new();
+    if !order.reserve(n) {
+        return None;
+    }
     for i in 0..n {
+        order.push(i as u32);
+    }
+    order
+        .as_mut_slice()
+        .sort_unstable_by_key(|&i| blocks[i as usize].seq);
+    for &i in order.as_slice() {
+        let i = i as usize;
         if s.state.as_slice()[i] == Kind::Unreached as u8 {
             s.stack.push(i as u32);
             s.drain(Some(i));

@@ -195,3 +195,29 @@ pub(crate) fn lost_only(mut r: Report) -> Report {
     r.leaks.retain(|l| l.kind != LeakKind::StillReachable);
     r
 }
+
+/// The `n` stacks holding the most live bytes now, largest first: (bytes,
+/// blocks, stack).
+pub(crate) fn top_stacks(n: usize) -> Vec<(u64, u64, crate::stack::StackId)> {
+    let _busy = Reentry::enter();
+    let mut pairs: SysVec<(u32, usize)> = SysVec::new();
+    // Under each shard lock only copy, into `System` memory.
+    registry::for_each_shard(|shard| {
+        for r in shard.records().filter(|r| !r.is_internal()) {
+            let _ = pairs.push((r.stack, r.size()));
+        }
+    });
+    let mut by_stack: std::collections::HashMap<u32, (u64, u64)> = std::collections::HashMap::new();
+    for &(stack, size) in pairs.as_slice() {
+        let e = by_stack.entry(stack).or_default();
+        e.0 += size as u64;
+        e.1 += 1;
+    }
+    let mut top: Vec<(u64, u64, u32)> = by_stack
+        .into_iter()
+        .map(|(stack, (bytes, blocks))| (bytes, blocks, stack))
+        .collect();
+    top.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    top.truncate(n);
+    top
+}

@@ -25,7 +25,10 @@ const SHARDS: usize = 1 << SHARD_BITS;
 const INDEX_BITS: u32 = 32 - SHARD_BITS;
 
 /// Captures up to `max` return addresses of the calling thread's stack,
-/// skipping every frame at or below `entry_sp` (memwarden's own).
+/// skipping every frame whose stack pointer is below `entry_sp` (the
+/// stack pointer of memwarden's entry point, so those are memwarden's own
+/// frames). The entry frame itself is kept: when the allocator is inlined
+/// into the program's function, that frame is the program's.
 ///
 /// Never allocates: the unwinder (`_Unwind_Backtrace`) walks the stack in
 /// place.
@@ -41,8 +44,10 @@ pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usiz
     // safe, and the callback neither allocates nor panics.
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
+            // For the libunwind backend, `sp()` is the frame's own stack
+            // pointer (the canonical frame address of its callee).
             let sp = frame.sp() as usize;
-            if sp != 0 && sp <= entry_sp {
+            if sp != 0 && sp < entry_sp {
                 return true; // a memwarden frame
             }
             let ip = frame.ip() as usize;
@@ -57,7 +62,7 @@ pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usiz
     n
 }
 
-/// Captures and stores the calling thread's stack; frames at or below
+/// Captures and stores the calling thread's stack; frames below
 /// `entry_sp` (memwarden's own) are left out.
 #[inline(always)]
 pub(crate) fn here(entry_sp: usize) -> StackId {
@@ -254,11 +259,10 @@ mod tests {
     #[test]
     fn capture_sees_this_function_and_skips_deeper_frames() {
         let mut buf = [0usize; MAX_CAPTURE];
-        let n = capture(&mut buf, 10, 0);
+        let n = capture(&mut buf, MAX_CAPTURE, 0);
         assert!(n > 2, "expected a real stack, got {n} frames");
-        let marker = 0u8;
-        let sp = std::hint::black_box(&marker) as *const u8 as usize;
-        let m = capture(&mut buf, 10, sp);
-        assert!(m < n, "frames at or below {sp:#x} must be skipped");
+        let sp = crate::roots::stack_pointer();
+        let m = capture(&mut buf, MAX_CAPTURE, sp);
+        assert!(m < n, "frames below {sp:#x} must be skipped");
     }
 }

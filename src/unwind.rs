@@ -57,9 +57,9 @@ mod modules;
 mod rules;
 
 /// Captures up to `max` return addresses of the calling thread's stack,
-/// innermost first, skipping every frame whose stack pointer (the CFA
-/// reported by `_Unwind_GetCFA`) is at or below `entry_sp`; returns how
-/// many were written to `out`.
+/// innermost first, skipping every frame whose stack pointer (the CFA of
+/// its callee, as `_Unwind_GetCFA` reports it) is below `entry_sp`, as
+/// `stack::capture` does; returns how many were written to `out`.
 ///
 /// `None` means "use the slow path": this function never returns a stack
 /// it is not sure of. Never allocates, never panics, never takes a lock
@@ -79,7 +79,9 @@ pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Op
         return None;
     }
     let epoch = rules::epoch();
-    let mut addr = pc;
+    // Rules are cached by return address, and describe the instruction
+    // before it (see `miss`); the first frame is the instruction at `pc`.
+    let mut key = pc + 1;
     let mut n = 0;
     let mut walked = 0;
     loop {
@@ -87,9 +89,9 @@ pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Op
         if walked > MAX_WALK {
             return None;
         }
-        let rule = match rules::get(addr) {
+        let rule = match rules::get(key) {
             Some(rule) => rule,
-            None => miss(addr)?,
+            None => miss(key)?,
         };
         let Some(cfa) = rule.cfa(rsp, rbp) else {
             if rule == Rule::END {
@@ -120,14 +122,14 @@ pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Op
         if ra == 0 {
             break; // libgcc hands out a zero ip at the end: the slow path stops there
         }
-        if cfa > entry_sp {
+        if cfa >= entry_sp {
             out[n] = ra;
             n += 1;
             if n == max {
                 break;
             }
         }
-        addr = ra - 1;
+        key = ra;
     }
     // A flush while we walked may have cleared a rule of an unloaded
     // library that we had already used.
@@ -144,17 +146,21 @@ pub(crate) fn capture_fast(_out: &mut [usize], _max: usize, _entry_sp: usize) ->
 #[cfg(target_arch = "x86_64")]
 const MAX_WALK: usize = 1024;
 
-/// The rule for `addr` on a cache miss, cached unless the address is in no
-/// module; `None` makes the capture give up.
+/// The rule for return address `ra` on a cache miss, cached unless the
+/// address is in no module; `None` makes the capture give up.
+///
+/// Like libgcc, the rule is the one for `ra - 1`, inside the call
+/// instruction: the call may be the last instruction of its function.
 #[cfg(target_arch = "x86_64")]
 #[cold]
 #[inline(never)]
-fn miss(addr: usize) -> Option<rules::Rule> {
+fn miss(ra: usize) -> Option<rules::Rule> {
+    let addr = ra.checked_sub(1)?;
     let rule = match modules::find(addr) {
         modules::Found::In(module) => cfi::rule_for(&module, addr),
         modules::Found::Nowhere | modules::Found::Unloaded => return None,
     };
-    rules::put(addr, rule);
+    rules::put(ra, rule);
     Some(rule)
 }
 
@@ -233,7 +239,8 @@ fn query_stack_bounds() -> Option<(usize, usize)> {
 #[doc(hidden)]
 pub mod __bench {
     /// Runs the fast capture (see `src/unwind.rs`): up to `max` return
-    /// addresses above `entry_sp`, or `None` where the slow path is needed.
+    /// addresses of frames whose stack pointer is at or above `entry_sp`,
+    /// or `None` where the slow path is needed.
     #[inline(never)]
     pub fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Option<usize> {
         super::capture_fast(out, max, entry_sp)

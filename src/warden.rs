@@ -102,13 +102,13 @@ mod tracked {
     /// The fill byte for new memory.
     pub(crate) const JUNK: u8 = 0xbe;
 
-    /// An address in the caller's stack frame: every frame at or below it
-    /// belongs to memwarden and is left out of captured stacks.
+    /// The stack pointer of the `GlobalAlloc` method (or of the function
+    /// it was inlined into): every frame whose stack pointer is below it is
+    /// memwarden's own and is left out of captured stacks.
     macro_rules! entry_sp {
-        () => {{
-            let marker = 0u8;
-            std::hint::black_box(&marker) as *const u8 as usize
-        }};
+        () => {
+            crate::roots::stack_pointer()
+        };
     }
 
     // SAFETY: a tracked block is the middle of an inner block allocated with

@@ -183,3 +183,22 @@ fn a_checkpoint_reports_what_came_after_it() {
     );
     assert_eq!(kept[5], 3);
 }
+
+#[test]
+fn stats_and_top_sites_see_live_memory() {
+    memwarden::enable();
+    let before = memwarden::stats();
+    let big = std::hint::black_box(vec![0u8; 3 << 20]); // LEAK: big
+    let after = memwarden::stats();
+    assert!(after.live_bytes >= before.live_bytes.saturating_sub(1 << 20) + (3 << 20) - (1 << 20));
+    assert!(after.total_allocs > before.total_allocs);
+    assert!(after.peak_bytes >= 3 << 20);
+    assert!(after.peak_at_alloc <= after.total_allocs);
+    let top = memwarden::top_sites(3);
+    let site = top
+        .iter()
+        .find(|s| s.frames.first().and_then(|f| f.line) == Some(line_of("big")))
+        .unwrap_or_else(|| panic!("the 3 MiB vector is a top site: {top:#?}"));
+    assert_eq!((site.bytes, site.blocks), (3 << 20, 1));
+    drop(big);
+}

@@ -279,6 +279,12 @@ pub(crate) fn build(
     for ((kind, id), (bytes, count, indirect_bytes)) in groups {
         let origin = stacks.entry(id).or_insert_with(|| {
             let full = symbols::symbolize(&stack::frames(id), &mut cache);
+            if std::env::var_os("MEMWARDEN_DEBUG_STACKS").is_some() {
+                eprintln!("memwarden: debug: stack {id}:");
+                for f in &full {
+                    eprintln!("memwarden: debug:    {f}");
+                }
+            }
             Origin {
                 suppressed: suppressions.matches(&full, symbols::is_runtime(&full)),
                 thread_name: symbols::is_thread_name(&full),

@@ -39,6 +39,9 @@ fn resolve(ip: usize) -> Vec<Frame> {
     frames
 }
 
+/// Where memwarden's own source files are, as its debug info records them.
+const OWN_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
 /// True for frames that belong to memwarden, the allocator shims, or the
 /// standard library, never to the program.
 pub(crate) fn is_internal(f: &Frame) -> bool {
@@ -56,6 +59,11 @@ pub(crate) fn is_internal(f: &Frame) -> bool {
             "/sysdeps/",
         ];
         if STD.iter().any(|p| file.contains(p)) {
+            return true;
+        }
+        // memwarden's own sources: inlined frames carry short names only
+        // (`alloc<System>`), so the path is what tells them apart.
+        if file.starts_with(OWN_SRC) {
             return true;
         }
     }

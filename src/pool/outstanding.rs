@@ -1,0 +1,383 @@
+//! What pools and tracked pointers have handed out and not had back, and
+//! the registry the exit report reads it from.
+//!
+//! # Registry
+//!
+//! Pools created while tracking is on (`crate::is_enabled()`) register
+//! here; so do [`TrackedRc`](crate::rc::TrackedRc) and
+//! [`TrackedArc`](crate::rc::TrackedArc) objects (in `rc`'s own table).
+//! Two rules keep the registry out of the leak scan's way:
+//!
+//! * It stores addresses *hidden* (bitwise complemented), so that the
+//!   conservative leak scan never mistakes the registry for a holder of a
+//!   pool or an object: a leaked pool object stays leaked.
+//! * Its own memory (the `Vec`s below) is allocated under memwarden's
+//!   re-entrancy guard, so it is memwarden's internal memory, neither
+//!   tracked nor reported.
+//!
+//! The lock is a `std::sync::Mutex` around memwarden-owned data only. It is
+//! never taken inside `GlobalAlloc`; allocating while holding it is fine,
+//! because the allocator never takes it.
+use std::fmt;
+use std::panic::Location;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// What kind of thing is outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OutstandingKind {
+    /// An object of a [`Pool`](super::Pool), not returned.
+    Pool,
+    /// An object of a [`SyncPool`](super::SyncPool), not returned.
+    SyncPool,
+    /// A [`TrackedRc`](crate::rc::TrackedRc) allocation still alive.
+    Rc,
+    /// A [`TrackedArc`](crate::rc::TrackedArc) allocation still alive.
+    Arc,
+}
+
+impl OutstandingKind {
+    /// The name used in reports: `pool`, `sync_pool`, `rc`, `arc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutstandingKind::Pool => "pool",
+            OutstandingKind::SyncPool => "sync_pool",
+            OutstandingKind::Rc => "rc",
+            OutstandingKind::Arc => "arc",
+        }
+    }
+}
+
+impl fmt::Display for OutstandingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One strong reference still held to a tracked object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Where the reference was taken (`new`, `clone` or `upgrade`).
+    pub taken_at: &'static Location<'static>,
+    /// The [`Outstanding::id`] of the tracked object whose value holds this
+    /// reference, if it was found stored directly inside one (a field, an
+    /// `Option`, a `RefCell`, a `Mutex`); `None` if it is held elsewhere (a
+    /// local, a static, a `Vec` or `Box` inside an object).
+    pub inside: Option<u64>,
+}
+
+/// A pool object not returned, or a tracked `Rc`/`Arc` object still alive,
+/// and where it was taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outstanding {
+    /// Pool object, or tracked pointer.
+    pub kind: OutstandingKind,
+    /// A number naming the pool object or tracked allocation while it
+    /// lives (pool objects: the pool's id; tracked pointers: the object's).
+    pub id: u64,
+    /// `std::any::type_name` of the value.
+    pub type_name: &'static str,
+    /// Size of the value.
+    pub bytes: usize,
+    /// Where it was taken: the `alloc` call of a pool object, the `new` of
+    /// a tracked pointer.
+    pub taken_at: &'static Location<'static>,
+    /// Tracked pointers: the strong references still held, one per
+    /// reference (empty for pool objects).
+    pub holders: Vec<Holder>,
+    /// Tracked pointers: the id of the reference cycle this object is part
+    /// of (the smallest id among its members), if every strong reference
+    /// to it is held inside other tracked objects that are themselves held
+    /// only that way and one of them leads back to it.
+    pub cycle: Option<u64>,
+    /// Tracked pointers: every strong reference to it is held inside tracked
+    /// objects that nothing outside holds (it is in, or hangs off, a leaked
+    /// cycle): it can never be freed. Conservative: a reference kept in a
+    /// `Vec` or `Box` inside an object counts as held from outside.
+    pub unreachable: bool,
+    /// Pool objects: false once every handle to the pool has been dropped
+    /// (the pool's memory lives on only for its outstanding objects).
+    pub pool_alive: bool,
+    /// Start and length of the memory block that is this object, for the
+    /// exit report: a pool slot, or the tracked pointer's heap allocation.
+    pub(crate) block: (usize, usize),
+    /// Stack captured when the object was taken (0: none).
+    #[allow(dead_code)] // read by the exit report when tracking is built in
+    pub(crate) stack: u32,
+}
+
+impl fmt::Display for Outstanding {
+    /// One line, e.g. `rc TrackedRc<app::Node> #3 (48 bytes) taken at
+    /// src/main.rs:10:5, held by 2 references (in cycle #3)`; then one
+    /// indented line per holder.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.taken_at;
+        match self.kind {
+            OutstandingKind::Pool | OutstandingKind::SyncPool => {
+                write!(
+                    f,
+                    "{} object {} ({} bytes) taken at {}:{}:{} was never returned",
+                    self.kind,
+                    self.type_name,
+                    self.bytes,
+                    t.file(),
+                    t.line(),
+                    t.column()
+                )?;
+                if !self.pool_alive {
+                    f.write_str(" (its pool was dropped)")?;
+                }
+                Ok(())
+            }
+            OutstandingKind::Rc | OutstandingKind::Arc => {
+                let ty = if self.kind == OutstandingKind::Rc {
+                    "TrackedRc"
+                } else {
+                    "TrackedArc"
+                };
+                write!(
+                    f,
+                    "{ty}<{}> #{} ({} bytes) created at {}:{}:{} is still held by {} reference{}",
+                    self.type_name,
+                    self.id,
+                    self.bytes,
+                    t.file(),
+                    t.line(),
+                    t.column(),
+                    self.holders.len(),
+                    if self.holders.len() == 1 { "" } else { "s" }
+                )?;
+                if let Some(c) = self.cycle {
+                    write!(f, " (in reference cycle #{c})")?;
+                } else if self.unreachable {
+                    f.write_str(" (only from a leaked cycle)")?;
+                }
+                for h in &self.holders {
+                    let s = h.taken_at;
+                    write!(f, "\n   taken at {}:{}:{}", s.file(), s.line(), s.column())?;
+                    if let Some(p) = h.inside {
+                        write!(f, ", held inside #{p}")?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Every pool object not returned and every tracked `Rc`/`Arc` object
+/// still alive, from pools and objects created while tracking was on.
+///
+/// Pool objects come first, then tracked pointers by id. This is what the
+/// exit report lists; with the `tracking` feature off, or while tracking
+/// has never been on, it is empty (a pool's own [`Pool::leaks`] still
+/// works).
+///
+/// [`Pool::leaks`]: super::Pool::leaks
+pub fn outstanding() -> Vec<Outstanding> {
+    let mut out = pool_outstanding();
+    out.extend(crate::rc::outstanding());
+    out
+}
+
+/// Objects not returned to registered pools.
+pub(crate) fn pool_outstanding() -> Vec<Outstanding> {
+    quiet(|| {
+        let pools = lock_pools();
+        let mut out = Vec::new();
+        for p in pools.iter() {
+            // SAFETY: a registered pool is alive until it unregisters,
+            // which takes this lock; `reveal` undoes `hide`.
+            unsafe { (p.list)(reveal(p.hidden), &mut out) };
+        }
+        out
+    })
+}
+
+/// Address ranges of the chunks of registered pools (for the exit report:
+/// it may scan each outstanding object on its own instead of whole chunks).
+#[allow(dead_code)] // used by the exit report when tracking is built in
+pub(crate) fn pool_chunks() -> Vec<(usize, usize)> {
+    quiet(|| {
+        let pools = lock_pools();
+        let mut out = Vec::new();
+        for p in pools.iter() {
+            // SAFETY: as in `pool_outstanding`.
+            unsafe { (p.chunks)(reveal(p.hidden), &mut out) };
+        }
+        out
+    })
+}
+
+// === registry of pools ===
+
+/// Lists the outstanding objects of the pool at the address given.
+///
+/// # Safety
+/// The address must be that of the registered pool's core, alive.
+pub(crate) type ListFn = unsafe fn(*const (), &mut Vec<Outstanding>);
+/// Lists the chunk ranges of the pool at the address given.
+///
+/// # Safety
+/// As [`ListFn`].
+pub(crate) type ChunksFn = unsafe fn(*const (), &mut Vec<(usize, usize)>);
+
+pub(crate) struct PoolEntry {
+    id: u64,
+    hidden: usize,
+    list: ListFn,
+    chunks: ChunksFn,
+}
+
+static POOLS: Mutex<Vec<PoolEntry>> = Mutex::new(Vec::new());
+
+/// The registry of pools, locked. Single-thread pools also take it while
+/// they change their chunk list, so that a report made on another thread
+/// sees a consistent list.
+pub(crate) fn lock_pools() -> MutexGuard<'static, Vec<PoolEntry>> {
+    POOLS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers a pool core.
+pub(crate) fn register_pool(id: u64, core: *const (), list: ListFn, chunks: ChunksFn) {
+    quiet(|| {
+        lock_pools().push(PoolEntry {
+            id,
+            hidden: hide(core),
+            list,
+            chunks,
+        })
+    });
+}
+
+/// Unregisters a pool core (before it is freed).
+pub(crate) fn unregister_pool(id: u64) {
+    quiet(|| {
+        let mut pools = lock_pools();
+        if let Some(i) = pools.iter().position(|p| p.id == id) {
+            pools.swap_remove(i);
+        }
+    });
+}
+
+/// An address the leak scan will not take for a pointer.
+pub(crate) fn hide<T>(p: *const T) -> usize {
+    !(p.expose_provenance())
+}
+
+/// The pointer hidden by [`hide`].
+pub(crate) fn reveal<T>(h: usize) -> *const T {
+    std::ptr::with_exposed_provenance(!h)
+}
+
+/// Runs `f` as memwarden's own code: what it allocates is internal memory,
+/// not the program's (neither tracked nor reported).
+pub(crate) fn quiet<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    let _guard = crate::guard::Reentry::enter();
+    f()
+}
+
+/// Captures the caller's stack if tracking is built in (0 otherwise).
+#[inline(never)]
+#[cold]
+pub(crate) fn capture_stack() -> u32 {
+    #[cfg(all(feature = "tracking", target_os = "linux", not(miri)))]
+    {
+        let marker = 0u8;
+        let entry_sp = std::hint::black_box(&marker) as *const u8 as usize;
+        match crate::guard::Reentry::enter() {
+            Some(_g) => crate::stack::here(entry_sp),
+            None => 0,
+        }
+    }
+    #[cfg(not(all(feature = "tracking", target_os = "linux", not(miri))))]
+    {
+        0
+    }
+}
+
+/// A process-wide unique, non-zero number.
+pub(crate) fn next_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Reads the word at `p` without assuming anything about it: it may be
+/// uninitialised padding, or written by another thread right now.
+///
+/// Inline assembly makes the read an opaque machine load, which yields some
+/// bit pattern in every case; a Rust load of such memory would be undefined
+/// behaviour. Under Miri, which cannot run assembly, memory is not read and
+/// 0 is returned.
+///
+/// # Safety
+/// `p` must be aligned and point to readable memory.
+#[inline]
+pub(crate) unsafe fn read_word(p: *const usize) -> usize {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let v: usize;
+        // SAFETY: the caller guarantees `p` is aligned and readable; the
+        // instruction only loads from it.
+        unsafe {
+            std::arch::asm!(
+                "mov {v}, qword ptr [{p}]",
+                p = in(reg) p,
+                v = lateout(reg) v,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        v
+    }
+    #[cfg(all(target_arch = "aarch64", not(miri)))]
+    {
+        let v: usize;
+        // SAFETY: as above.
+        unsafe {
+            std::arch::asm!(
+                "ldr {v}, [{p}]",
+                p = in(reg) p,
+                v = lateout(reg) v,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+        v
+    }
+    #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    {
+        let _ = p;
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hide_and_reveal_round_trip() {
+        let x = 5u64;
+        let h = hide(&x as *const u64);
+        assert_ne!(h, &x as *const u64 as usize);
+        // SAFETY: `reveal` gives back the pointer to `x`.
+        assert_eq!(unsafe { *reveal::<u64>(h) }, 5);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "assembly")]
+    fn read_word_reads() {
+        let words = [7usize, 9];
+        // SAFETY: aligned, readable.
+        assert_eq!(unsafe { read_word(&words[1]) }, 9);
+    }
+
+    #[test]
+    fn ids_are_unique_and_non_zero() {
+        let a = next_id();
+        let b = next_id();
+        assert!(a != 0 && b != 0 && a != b);
+    }
+}

@@ -1,0 +1,641 @@
+//! Child-process scenarios for memwarden's end-to-end tests.
+//!
+//! One binary (built by Cargo as the example `scenarios`) that registers
+//! `memwarden::Warden` exactly as a user would and then commits one leak
+//! pattern, chosen by its first argument:
+//!
+//! ```text
+//! scenarios box_leak
+//! scenarios exit_status 7
+//! scenarios --list       (every scenario name, one a line)
+//! scenarios --features   (`tracking=on` or `tracking=off`: how memwarden was built)
+//! ```
+//!
+//! Rules the tests rely on:
+//! - every allocation a test looks for sits on a line that ends with a marker
+//!   comment `// SITE: <tag>`; the tests read this file to learn the line
+//!   number, so lines can move freely;
+//! - every leaking allocation happens in its own `#[inline(never)]` function,
+//!   and the scenario then calls [`scrub_stack`], so that no stale copy of the
+//!   leaked pointer is left in a stack slot a conservative scanner (Valgrind's
+//!   or memwarden's) would read;
+//! - a leaked pointer goes through `black_box` before it is dropped, or an
+//!   optimised build may elide the allocation altogether;
+//! - a scenario prints nothing on success, so every line on stderr of a
+//!   tracked run is memwarden's own.
+//!
+//! The verdicts Valgrind's memcheck gives for each scenario (run without
+//! `DEBUG_MEMORY`, memwarden then being a pass-through) are recorded in
+//! `tests/valgrind/README.md`; `tests/valgrind/compare.sh` reruns them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, mpsc};
+use std::thread;
+
+#[global_allocator]
+static GLOBAL: memwarden::Warden = memwarden::Warden::new();
+
+/// Every scenario, in the order `--list` prints them.
+const SCENARIOS: &[&str] = &[
+    "clean",
+    "clean_threads",
+    "box_leak",
+    "forget_vec",
+    "rc_cycle",
+    "box_tree",
+    "thread_leak",
+    "loop_leak",
+    "vec_grow",
+    "realloc_leak",
+    "static_lazy",
+    "exit_with_locals",
+    "running_thread",
+    "interior_pointer",
+    "tls_held",
+    "flag",
+    "exit_status",
+    "clean_exit",
+    "arc_cycle_threads",
+    "nested_string",
+    "dyn_box",
+    "static_hashmap",
+];
+
+/// What `main` was asked to do. Parsed first, so that the argument strings
+/// are all freed before any scenario runs: the scenarios that end with
+/// `process::exit` then leave nothing of main's own alive in its frame.
+enum Action {
+    Run(fn()),
+    ExitStatus(i32),
+    CleanExit(i32),
+    List,
+    Features,
+    Usage(String),
+}
+
+fn parse(args: &[String]) -> Action {
+    let run = |f: fn()| Action::Run(f);
+    match args.first().map(String::as_str) {
+        None => Action::Usage("usage: scenarios NAME [ARG] (scenarios --list)".into()),
+        Some("--list") => Action::List,
+        Some("--features") => Action::Features,
+        Some(name @ ("exit_status" | "clean_exit")) => {
+            match (name, args.get(1).map(|n| n.parse::<i32>())) {
+                ("exit_status", Some(Ok(code))) => Action::ExitStatus(code),
+                (_, Some(Ok(code))) => Action::CleanExit(code),
+                _ => Action::Usage(format!("usage: scenarios {name} N (N an integer)")),
+            }
+        }
+        Some("clean") => run(clean),
+        Some("clean_threads") => run(clean_threads),
+        Some("box_leak") => run(box_leak),
+        Some("forget_vec") => run(forget_vec),
+        Some("rc_cycle") => run(rc_cycle),
+        Some("box_tree") => run(box_tree),
+        Some("thread_leak") => run(thread_leak),
+        Some("loop_leak") => run(loop_leak),
+        Some("vec_grow") => run(vec_grow),
+        Some("realloc_leak") => run(realloc_leak),
+        Some("static_lazy") => run(static_lazy),
+        Some("exit_with_locals") => run(exit_with_locals),
+        Some("running_thread") => run(running_thread),
+        Some("interior_pointer") => run(interior_pointer),
+        Some("tls_held") => run(tls_held),
+        Some("flag") => run(flag),
+        Some("arc_cycle_threads") => run(arc_cycle_threads),
+        Some("nested_string") => run(nested_string),
+        Some("dyn_box") => run(dyn_box),
+        Some("static_hashmap") => run(static_hashmap),
+        Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let action = parse(&args);
+    drop(args);
+    match action {
+        Action::Run(scenario) => scenario(),
+        Action::ExitStatus(code) => exit_status(code),
+        Action::CleanExit(code) => clean_exit(code),
+        Action::Features => {
+            let tracking = if cfg!(feature = "tracking") {
+                "on"
+            } else {
+                "off"
+            };
+            println!("tracking={tracking}");
+        }
+        Action::List => {
+            for name in SCENARIOS {
+                println!("{name}");
+            }
+        }
+        Action::Usage(message) => {
+            eprintln!("scenarios: {message}");
+            return ExitCode::from(2);
+        }
+    }
+    scrub_stack();
+    ExitCode::SUCCESS
+}
+
+/// Overwrites a good stretch of the stack below the caller's frame with
+/// zeros, so that stale copies of leaked pointers left there by functions
+/// that have returned are gone before the leak check scans live stacks.
+#[inline(never)]
+fn scrub_stack() {
+    let mut buf = [0usize; 4096];
+    black_box(&mut buf);
+}
+
+// ---------------------------------------------------------------------------
+// clean: allocates and frees plenty, leaks nothing.
+
+fn clean() {
+    let mut numbers: Vec<u64> = (0..1000).collect();
+    numbers.retain(|n| n % 3 != 0);
+    numbers.shrink_to_fit();
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&i.to_string());
+    }
+    let mut map = HashMap::new();
+    for i in 0..200u32 {
+        map.insert(i, format!("value {i}"));
+    }
+    map.retain(|k, _| k % 2 == 0);
+    let boxed = Box::new([1u8; 256]);
+    let shared = Rc::new(RefCell::new(vec![String::from("a"), String::from("b")]));
+    let other = Rc::clone(&shared);
+    other.borrow_mut().push(String::from("c"));
+    let arc = Arc::new(Mutex::new(Vec::<u8>::with_capacity(64)));
+    arc.lock().unwrap().extend_from_slice(&[1, 2, 3]);
+    black_box((&numbers, &text, &map, &boxed, &shared, &other, &arc));
+}
+
+// clean_threads: spawns and joins threads, passes data over a channel,
+// leaks nothing (shows what the Rust runtime's thread machinery leaves).
+fn clean_threads() {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let handles: Vec<_> = (0..4u8)
+        .map(|i| {
+            let tx = tx.clone();
+            thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || {
+                    tx.send(vec![i; 100]).unwrap();
+                    let boxed = black_box(Box::new([i; 32]));
+                    boxed.len()
+                })
+                .unwrap()
+        })
+        .collect();
+    drop(tx);
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let received: Vec<Vec<u8>> = rx.iter().collect();
+    black_box((total, received));
+    let scoped = thread::scope(|s| s.spawn(|| vec![0u8; 512].len()).join().unwrap());
+    black_box(scoped);
+}
+
+// ---------------------------------------------------------------------------
+// box_leak: 64 bytes in 1 block definitely lost.
+
+fn box_leak() {
+    leak_box();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_box() {
+    black_box(Box::leak(Box::new([7u8; 64]))); // SITE: box_leak
+}
+
+// ---------------------------------------------------------------------------
+// forget_vec: 100 bytes in 1 block definitely lost.
+
+fn forget_vec() {
+    leak_forgotten_vec();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_forgotten_vec() {
+    std::mem::forget(black_box(vec![3u8; 100])); // SITE: forget_vec
+}
+
+// ---------------------------------------------------------------------------
+// rc_cycle: two Rc<RefCell<Node>> pointing at each other, every handle
+// dropped. Valgrind makes the block at the lower address (node `a`, allocated
+// first) definitely lost and the other indirectly lost.
+
+struct Node {
+    payload: [u8; 16],
+    next: Option<Rc<RefCell<Node>>>,
+}
+
+fn rc_cycle() {
+    leak_rc_cycle();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_rc_cycle() {
+    let node_a = Node {
+        payload: [1; 16],
+        next: None,
+    };
+    let a = Rc::new(RefCell::new(node_a)); // SITE: rc_cycle_a
+    let node_b = Node {
+        payload: [2; 16],
+        next: Some(Rc::clone(&a)),
+    };
+    let b = Rc::new(RefCell::new(node_b)); // SITE: rc_cycle_b
+    a.borrow_mut().next = Some(Rc::clone(&b));
+    black_box((&a.borrow().payload, &b.borrow().payload));
+}
+
+// ---------------------------------------------------------------------------
+// box_tree: a forgotten parent Box holding a child Box: the parent is
+// definitely lost, the child indirectly lost.
+
+struct Child {
+    data: [u8; 24],
+}
+
+struct Parent {
+    child: Box<Child>,
+    data: [u8; 40],
+}
+
+fn box_tree() {
+    leak_box_tree();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_box_tree() {
+    let child = Box::new(Child { data: [4; 24] }); // SITE: box_tree_child
+    let parent = Parent {
+        child,
+        data: [5; 40],
+    };
+    let parent = Box::new(parent); // SITE: box_tree_parent
+    black_box((&parent.data, &parent.child.data));
+    std::mem::forget(parent);
+}
+
+// ---------------------------------------------------------------------------
+// thread_leak: a spawned and joined thread leaks 48 bytes.
+
+fn thread_leak() {
+    thread::spawn(thread_leak_body).join().unwrap();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn thread_leak_body() {
+    black_box(Box::leak(Box::new([9u8; 48]))); // SITE: thread_leak
+    scrub_stack();
+}
+
+// ---------------------------------------------------------------------------
+// loop_leak: 10 blocks of 32 bytes leaked from one line, one stack.
+
+fn loop_leak() {
+    // black_box: an unrolled loop would make 10 call sites, i.e. 10 stacks.
+    for i in 0..black_box(10u8) {
+        leak_32(i);
+    }
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_32(fill: u8) {
+    black_box(Box::leak(Box::new([fill; 32]))); // SITE: loop_leak
+}
+
+// ---------------------------------------------------------------------------
+// vec_grow: a Vec<u32> grown by push to 1024 elements, then forgotten. The
+// block that leaks was last (re)allocated by the push line.
+
+fn vec_grow() {
+    leak_grown_vec();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_grown_vec() {
+    let mut v: Vec<u32> = Vec::new();
+    for i in 0..1024u32 {
+        v.push(i); // SITE: vec_grow
+    }
+    std::mem::forget(v);
+}
+
+// ---------------------------------------------------------------------------
+// realloc_leak: a 16-byte Vec grown to 1024 bytes by reserve_exact (a
+// realloc), then forgotten: the site is the reserve line.
+
+fn realloc_leak() {
+    leak_reallocated();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_reallocated() {
+    let mut v: Vec<u8> = Vec::with_capacity(16); // SITE: realloc_first
+    v.extend_from_slice(&[1; 16]);
+    v.reserve_exact(1024 - 16); // SITE: realloc_leak
+    std::mem::forget(v);
+}
+
+// ---------------------------------------------------------------------------
+// static_lazy: heap data reachable from a OnceLock and a LazyLock static.
+// Everything is still reachable; nothing is lost.
+
+static BUFFER: OnceLock<Vec<u8>> = OnceLock::new();
+static NAMES: LazyLock<Mutex<Vec<String>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+fn static_lazy() {
+    fill_statics();
+    scrub_stack();
+    black_box((BUFFER.get().map(Vec::len), NAMES.lock().unwrap().len()));
+}
+
+#[inline(never)]
+fn fill_statics() {
+    BUFFER.get_or_init(make_buffer);
+    let mut names = NAMES.lock().unwrap();
+    names.reserve_exact(4); // SITE: static_lazylock_vec
+    for _ in 0..black_box(4) {
+        names.push(make_name());
+    }
+}
+
+#[inline(never)]
+fn make_buffer() -> Vec<u8> {
+    vec![1u8; 128] // SITE: static_oncelock
+}
+
+#[inline(never)]
+fn make_name() -> String {
+    let mut name = String::with_capacity(16); // SITE: static_lazylock_string
+    name.push_str("warden");
+    name
+}
+
+// ---------------------------------------------------------------------------
+// exit_with_locals: main's callee holds a 200-byte Vec in a local and calls
+// process::exit(0): the block is still reachable from a live stack.
+
+fn exit_with_locals() {
+    let held = black_box(vec![2u8; 200]); // SITE: exit_with_locals
+    black_box(&held);
+    std::process::exit(0);
+}
+
+// ---------------------------------------------------------------------------
+// running_thread: a thread that is still running (parked forever) when main
+// returns holds a 40-byte Box in a local: still reachable.
+
+fn running_thread() {
+    let (tx, rx) = mpsc::channel();
+    // The JoinHandle is dropped: the thread is detached and never ends.
+    drop(thread::spawn(move || hold_forever(tx)));
+    rx.recv().unwrap();
+}
+
+#[inline(never)]
+fn hold_forever(ready: mpsc::Sender<()>) -> ! {
+    let held = Box::new([6u8; 40]); // SITE: running_thread
+    black_box(&held);
+    ready.send(()).unwrap();
+    drop(ready);
+    loop {
+        black_box(&held);
+        thread::park();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// interior_pointer: the only pointer left to a 64-byte block points 16
+// bytes into it, from a static: possibly lost.
+
+static INTERIOR: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+
+fn interior_pointer() {
+    keep_interior_pointer();
+    scrub_stack();
+    // A static never read is optimised away, with the store into it.
+    black_box(INTERIOR.load(Ordering::SeqCst));
+}
+
+#[inline(never)]
+fn keep_interior_pointer() {
+    let block = black_box(Box::leak(Box::new([0u8; 64]))); // SITE: interior_pointer
+    INTERIOR.store(block.as_mut_ptr().wrapping_add(16), Ordering::SeqCst);
+}
+
+// ---------------------------------------------------------------------------
+// tls_held: a still-running thread keeps a 56-byte block only through a
+// const-initialised thread_local (no destructor): still reachable.
+
+thread_local! {
+    static TLS_PTR: Cell<*mut u8> = const { Cell::new(ptr::null_mut()) };
+}
+
+fn tls_held() {
+    let (tx, rx) = mpsc::channel();
+    drop(thread::spawn(move || tls_thread(tx)));
+    rx.recv().unwrap();
+}
+
+#[inline(never)]
+fn tls_thread(ready: mpsc::Sender<()>) -> ! {
+    stash_in_tls();
+    scrub_stack();
+    ready.send(()).unwrap();
+    drop(ready);
+    loop {
+        // A thread-local never read is optimised away, with the store into it.
+        black_box(TLS_PTR.get());
+        thread::park();
+    }
+}
+
+#[inline(never)]
+fn stash_in_tls() {
+    let p = black_box(Box::into_raw(Box::new([8u8; 56]))); // SITE: tls_held
+    TLS_PTR.with(|slot| slot.set(p.cast::<u8>()));
+}
+
+// ---------------------------------------------------------------------------
+// flag: tracking switched on by the program itself when its arguments hold
+// `--debug-memory`, then 24 bytes definitely lost.
+
+fn flag() {
+    memwarden::init_from_args(std::env::args());
+    leak_flagged();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_flagged() {
+    black_box(Box::leak(Box::new([1u8; 24]))); // SITE: flag
+}
+
+// ---------------------------------------------------------------------------
+// exit_status N: leaks 16 bytes (definitely lost), then process::exit(N).
+
+fn exit_status(code: i32) -> ! {
+    leak_before_exit();
+    scrub_stack();
+    std::process::exit(code);
+}
+
+#[inline(never)]
+fn leak_before_exit() {
+    black_box(Box::leak(Box::new([5u8; 16]))); // SITE: exit_status
+}
+
+// clean_exit N: allocates and frees, leaks nothing, then process::exit(N).
+
+fn clean_exit(code: i32) -> ! {
+    clean();
+    scrub_stack();
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------
+// arc_cycle_threads: an Arc<Mutex<..>> cycle whose second node is made on
+// another thread; every handle dropped. Like rc_cycle: the node allocated
+// first (on the main thread) is definitely lost, the other indirectly.
+
+struct SharedNode {
+    payload: [u8; 8],
+    next: Option<Arc<Mutex<SharedNode>>>,
+}
+
+fn arc_cycle_threads() {
+    leak_arc_cycle();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_arc_cycle() {
+    let node = SharedNode {
+        payload: [1; 8],
+        next: None,
+    };
+    let first = Arc::new(Mutex::new(node)); // SITE: arc_cycle_main
+    let handle = {
+        let first = Arc::clone(&first);
+        thread::spawn(move || make_second_node(first))
+    };
+    let second = handle.join().unwrap();
+    first.lock().unwrap().next = Some(second);
+    black_box(&first.lock().unwrap().payload);
+}
+
+#[inline(never)]
+fn make_second_node(first: Arc<Mutex<SharedNode>>) -> Arc<Mutex<SharedNode>> {
+    let node = SharedNode {
+        payload: [2; 8],
+        next: Some(first),
+    };
+    let second = Arc::new(Mutex::new(node)); // SITE: arc_cycle_thread
+    black_box(&second.lock().unwrap().payload);
+    second
+}
+
+// ---------------------------------------------------------------------------
+// nested_string: a forgotten Vec<String> of 3 strings: the Vec's buffer is
+// definitely lost, the 3 strings (one stack) indirectly lost.
+
+fn nested_string() {
+    leak_nested();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_nested() {
+    let mut outer: Vec<String> = Vec::with_capacity(3); // SITE: nested_outer
+    for _ in 0..black_box(3) {
+        outer.push(make_inner_string());
+    }
+    std::mem::forget(outer);
+}
+
+#[inline(never)]
+fn make_inner_string() -> String {
+    let mut s = String::with_capacity(32); // SITE: nested_inner
+    s.push_str("leaked inside a leaked Vec");
+    s
+}
+
+// ---------------------------------------------------------------------------
+// dyn_box: a forgotten Box<dyn Trait> (a fat pointer whose data half points
+// at the block's start): 40 bytes definitely lost.
+
+trait Shape {
+    fn area(&self) -> u64;
+}
+
+struct Rect {
+    w: u64,
+    h: u64,
+    label: [u8; 24],
+}
+
+impl Shape for Rect {
+    fn area(&self) -> u64 {
+        self.w * self.h + u64::from(self.label[0])
+    }
+}
+
+fn dyn_box() {
+    leak_dyn();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_dyn() {
+    let rect = Rect {
+        w: 3,
+        h: 4,
+        label: [b'r'; 24],
+    };
+    let shape: Box<dyn Shape> = Box::new(rect); // SITE: dyn_box
+    black_box(shape.area());
+    std::mem::forget(black_box(shape));
+}
+
+// ---------------------------------------------------------------------------
+// static_hashmap: a HashMap kept in a static. hashbrown points at the
+// control bytes in the middle of its one allocation, not at its start, so
+// Valgrind calls the table "possibly lost" although the program can reach it.
+
+static TABLE: LazyLock<Mutex<HashMap<u64, u64>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn static_hashmap() {
+    fill_table();
+    scrub_stack();
+    black_box(TABLE.lock().unwrap().len());
+}
+
+#[inline(never)]
+fn fill_table() {
+    let mut table = TABLE.lock().unwrap();
+    table.reserve(8); // SITE: static_hashmap
+    for i in 0..8 {
+        table.insert(i, i * i);
+    }
+}

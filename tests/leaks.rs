@@ -1,0 +1,429 @@
+//! End-to-end leak tests: each test runs one scenario of
+//! tests/helpers/scenarios.rs as a child with `DEBUG_MEMORY=1` and checks its
+//! report against what Valgrind's memcheck says for the same scenario
+//! (tests/valgrind/README.md): kind, bytes and blocks of the entry whose
+//! `frames[0]` is the scenario's `// SITE: <tag>` line, the summary, and the
+//! exit status.
+#![cfg(feature = "tracking")]
+
+mod common;
+
+use common::*;
+
+/// Sum of the lost kinds that must be exactly as listed (the Rust runtime's
+/// own blocks that go through the global allocator are all still reachable
+/// under Valgrind, so nothing else may be lost).
+fn expect_lost(run: &Run, definitely: (u64, u64), indirectly: (u64, u64), possibly: (u64, u64)) {
+    let report = run.report();
+    assert_eq!(
+        summary(report, "definitely_lost"),
+        definitely,
+        "summary.definitely_lost\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        summary(report, "indirectly_lost"),
+        indirectly,
+        "summary.indirectly_lost\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        summary(report, "possibly_lost"),
+        possibly,
+        "summary.possibly_lost\n{}",
+        run.describe()
+    );
+}
+
+fn expect_still_reachable_at_least(run: &Run, bytes: u64, blocks: u64) {
+    let (b, n) = summary(run.report(), "still_reachable");
+    assert!(
+        b >= bytes && n >= blocks,
+        "summary.still_reachable is ({b}, {n}), expected at least ({bytes}, {blocks})\n{}",
+        run.describe()
+    );
+}
+
+const NONE: (u64, u64) = (0, 0);
+
+#[test]
+fn clean_leaks_nothing() {
+    let run = run_tracked(&["clean"], &[]);
+    check_report_shape(&run);
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_code(&run, 0);
+}
+
+#[test]
+fn clean_threads_leak_nothing() {
+    // Valgrind's one "possibly lost" block here (the main thread's `Thread`
+    // handle) is allocated with `System` directly, not through the global
+    // allocator, so memwarden never sees it.
+    let run = run_tracked(&["clean_threads"], &[]);
+    check_report_shape(&run);
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_code(&run, 0);
+}
+
+#[test]
+fn box_leak_is_definitely_lost() {
+    let run = run_tracked(&["box_leak"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "box_leak", DEFINITELY, 64, 1, "leak_box");
+    expect_lost(&run, (64, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn forgotten_vec_is_definitely_lost() {
+    let run = run_tracked(&["forget_vec"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "forget_vec", DEFINITELY, 100, 1, "leak_forgotten_vec");
+    expect_lost(&run, (100, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn rc_cycle_is_one_definitely_one_indirectly_lost() {
+    // As Valgrind: the node at the lower address (allocated first) leads the
+    // cycle and is definitely lost; the other is indirectly lost.
+    let run = run_tracked(&["rc_cycle"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "rc_cycle_a", DEFINITELY, 48, 1, "leak_rc_cycle");
+    expect_site(&run, "rc_cycle_b", INDIRECTLY, 48, 1, "leak_rc_cycle");
+    expect_lost(&run, (48, 1), (48, 1), NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn box_tree_parent_definitely_child_indirectly_lost() {
+    let run = run_tracked(&["box_tree"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "box_tree_parent", DEFINITELY, 48, 1, "leak_box_tree");
+    expect_site(&run, "box_tree_child", INDIRECTLY, 24, 1, "leak_box_tree");
+    expect_lost(&run, (48, 1), (24, 1), NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn leak_in_joined_thread_names_the_thread_fn() {
+    let run = run_tracked(&["thread_leak"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "thread_leak", DEFINITELY, 48, 1, "thread_leak_body");
+    expect_lost(&run, (48, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn loop_leaks_merge_into_one_entry() {
+    let run = run_tracked(&["loop_leak"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "loop_leak", DEFINITELY, 320, 10, "leak_32");
+    expect_lost(&run, (320, 10), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn grown_vec_is_reported_at_the_push_that_grew_it() {
+    let run = run_tracked(&["vec_grow"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "vec_grow", DEFINITELY, 4096, 1, "leak_grown_vec");
+    expect_lost(&run, (4096, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn reallocated_block_is_reported_at_the_realloc() {
+    let run = run_tracked(&["realloc_leak"], &[]);
+    check_report_shape(&run);
+    expect_site(
+        &run,
+        "realloc_leak",
+        DEFINITELY,
+        1024,
+        1,
+        "leak_reallocated",
+    );
+    // The block's first allocation (16 bytes, since reallocated) is not a leak.
+    expect_no_site(&run, "realloc_first");
+    expect_lost(&run, (1024, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn statics_are_still_reachable() {
+    let run = run_tracked(&["static_lazy"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "static_oncelock", REACHABLE, 128, 1, "make_buffer");
+    expect_site(
+        &run,
+        "static_lazylock_vec",
+        REACHABLE,
+        96,
+        1,
+        "fill_statics",
+    );
+    expect_site(
+        &run,
+        "static_lazylock_string",
+        REACHABLE,
+        64,
+        4,
+        "make_name",
+    );
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_still_reachable_at_least(&run, 128 + 96 + 64, 6);
+    expect_code(&run, 0);
+}
+
+#[test]
+fn locals_of_a_process_exit_are_still_reachable() {
+    let run = run_tracked(&["exit_with_locals"], &[]);
+    check_report_shape(&run);
+    expect_site(
+        &run,
+        "exit_with_locals",
+        REACHABLE,
+        200,
+        1,
+        "exit_with_locals",
+    );
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_still_reachable_at_least(&run, 200, 1);
+    expect_code(&run, 0);
+}
+
+#[test]
+fn locals_of_a_running_thread_are_still_reachable() {
+    let run = run_tracked(&["running_thread"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "running_thread", REACHABLE, 40, 1, "hold_forever");
+    // Valgrind's "possibly lost" blocks here (glibc's DTV from
+    // pthread_create, std's `Thread` handle) do not go through the global
+    // allocator.
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_code(&run, 0);
+}
+
+#[test]
+fn interior_pointer_only_is_possibly_lost() {
+    let run = run_tracked(&["interior_pointer"], &[]);
+    check_report_shape(&run);
+    expect_site(
+        &run,
+        "interior_pointer",
+        POSSIBLY,
+        64,
+        1,
+        "keep_interior_pointer",
+    );
+    expect_lost(&run, NONE, NONE, (64, 1));
+    // Only definitely lost blocks change the exit status.
+    expect_code(&run, 0);
+}
+
+#[test]
+fn thread_local_of_a_running_thread_is_still_reachable() {
+    let run = run_tracked(&["tls_held"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "tls_held", REACHABLE, 56, 1, "stash_in_tls");
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_code(&run, 0);
+}
+
+#[test]
+fn arc_cycle_across_threads_is_one_definitely_one_indirectly_lost() {
+    let run = run_tracked(&["arc_cycle_threads"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "arc_cycle_main", DEFINITELY, 40, 1, "leak_arc_cycle");
+    expect_site(
+        &run,
+        "arc_cycle_thread",
+        INDIRECTLY,
+        40,
+        1,
+        "make_second_node",
+    );
+    expect_lost(&run, (40, 1), (40, 1), NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn strings_in_a_leaked_vec_are_indirectly_lost() {
+    let run = run_tracked(&["nested_string"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "nested_outer", DEFINITELY, 72, 1, "leak_nested");
+    expect_site(&run, "nested_inner", INDIRECTLY, 96, 3, "make_inner_string");
+    expect_lost(&run, (72, 1), (96, 3), NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn forgotten_box_dyn_is_definitely_lost() {
+    let run = run_tracked(&["dyn_box"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "dyn_box", DEFINITELY, 40, 1, "leak_dyn");
+    expect_lost(&run, (40, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn hashmap_in_a_static_is_possibly_lost_like_valgrind_says() {
+    // hashbrown keeps a pointer to the control bytes in the middle of its
+    // allocation, never to its start: Valgrind calls that "possibly lost".
+    let run = run_tracked(&["static_hashmap"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "static_hashmap", POSSIBLY, 288, 1, "fill_table");
+    expect_lost(&run, NONE, NONE, (288, 1));
+    expect_code(&run, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Exit status: DEBUG_MEMORY_EXITCODE.
+
+#[test]
+fn definite_leak_overrides_the_program_status_with_23() {
+    let run = run_tracked(&["exit_status", "7"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "exit_status", DEFINITELY, 16, 1, "leak_before_exit");
+    expect_lost(&run, (16, 1), NONE, NONE);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
+fn exitcode_0_keeps_the_program_status() {
+    let run = run_tracked(&["exit_status", "7"], &[("DEBUG_MEMORY_EXITCODE", "0")]);
+    check_report_shape(&run);
+    expect_site(&run, "exit_status", DEFINITELY, 16, 1, "leak_before_exit");
+    expect_code(&run, 7);
+}
+
+#[test]
+fn exitcode_0_keeps_a_zero_status() {
+    let run = run_tracked(&["box_leak"], &[("DEBUG_MEMORY_EXITCODE", "0")]);
+    check_report_shape(&run);
+    expect_site(&run, "box_leak", DEFINITELY, 64, 1, "leak_box");
+    expect_code(&run, 0);
+}
+
+#[test]
+fn exitcode_sets_the_status_on_a_definite_leak() {
+    let run = run_tracked(&["box_leak"], &[("DEBUG_MEMORY_EXITCODE", "5")]);
+    check_report_shape(&run);
+    expect_site(&run, "box_leak", DEFINITELY, 64, 1, "leak_box");
+    expect_code(&run, 5);
+
+    let run = run_tracked(&["exit_status", "7"], &[("DEBUG_MEMORY_EXITCODE", "5")]);
+    expect_code(&run, 5);
+}
+
+#[test]
+fn no_leak_keeps_the_program_status() {
+    let run = run_tracked(&["clean_exit", "7"], &[]);
+    check_report_shape(&run);
+    expect_lost(&run, NONE, NONE, NONE);
+    expect_code(&run, 7);
+
+    let run = run_tracked(&["clean_exit", "7"], &[("DEBUG_MEMORY_EXITCODE", "5")]);
+    expect_code(&run, 7);
+}
+
+#[test]
+fn possibly_lost_and_reachable_blocks_keep_the_program_status() {
+    let run = run_tracked(&["interior_pointer"], &[("DEBUG_MEMORY_EXITCODE", "5")]);
+    expect_code(&run, 0);
+    let run = run_tracked(&["static_lazy"], &[("DEBUG_MEMORY_EXITCODE", "5")]);
+    expect_code(&run, 0);
+}
+
+// ---------------------------------------------------------------------------
+// The text report on stderr.
+
+#[test]
+fn text_report_names_the_site_and_prefixes_every_line() {
+    let run = run_tracked_text(&["box_leak"], &[]);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+    expect_only_memwarden_lines(&run);
+    let site = format!("scenarios.rs:{}", site_line("box_leak"));
+    assert!(
+        run.stderr.contains(&site),
+        "the text report does not name {site}\n{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("definitely lost"),
+        "no \"definitely lost\" in the text report\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn text_report_names_indirect_and_possible_losses() {
+    let run = run_tracked_text(&["box_tree"], &[]);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+    expect_only_memwarden_lines(&run);
+    for tag in ["box_tree_parent", "box_tree_child"] {
+        let site = format!("scenarios.rs:{}", site_line(tag));
+        assert!(
+            run.stderr.contains(&site),
+            "the text report does not name {site}\n{}",
+            run.describe()
+        );
+    }
+    assert!(
+        run.stderr.contains("definitely lost"),
+        "no \"definitely lost\"\n{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("indirectly lost"),
+        "no \"indirectly lost\"\n{}",
+        run.describe()
+    );
+
+    let run = run_tracked_text(&["interior_pointer"], &[]);
+    expect_code(&run, 0);
+    expect_only_memwarden_lines(&run);
+    let site = format!("scenarios.rs:{}", site_line("interior_pointer"));
+    assert!(
+        run.stderr.contains(&site),
+        "the text report does not name {site}\n{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("possibly lost"),
+        "no \"possibly lost\"\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn text_summary_still_on_stderr_with_a_json_report() {
+    let run = run_tracked(&["box_leak"], &[]);
+    check_report_shape(&run);
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+    expect_only_memwarden_lines(&run);
+    assert!(
+        run.stderr.contains("definitely lost"),
+        "no \"definitely lost\" in the text summary\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn untracked_run_prints_nothing_and_writes_no_report() {
+    let report = temp_path("untracked", "json");
+    let path = report.path().to_str().unwrap().to_owned();
+    let run = run(&["box_leak"], &[("DEBUG_MEMORY_REPORT", &path)]);
+    expect_code(&run, 0);
+    assert!(
+        run.stderr.is_empty(),
+        "nothing may be printed without DEBUG_MEMORY\n{}",
+        run.describe()
+    );
+    assert!(
+        !run.report_written,
+        "a report was written without DEBUG_MEMORY\n{}",
+        run.describe()
+    );
+}
