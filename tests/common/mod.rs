@@ -47,20 +47,34 @@ pub(crate) fn scenarios_bin() -> &'static Path {
     BIN.get_or_init(|| {
         let bin = match env::var_os("MEMWARDEN_SCENARIOS_BIN") {
             Some(path) => PathBuf::from(path),
-            None => build_scenarios(),
+            None => build_example("scenarios", &[]),
         };
         check_features(&bin);
         bin
     })
 }
 
-fn build_scenarios() -> PathBuf {
+/// Path of example `name`, built (once per test binary) with this test
+/// build's profile and `tracking` feature, plus `features`.
+pub(crate) fn example_bin(name: &str, features: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let key = format!("{name}:{}", features.join(","));
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let p = build_example(name, features);
+    built.push((key, p.clone()));
+    p
+}
+
+fn build_example(name: &str, features: &[&str]) -> PathBuf {
     let exe = env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test binary has a parent dir");
     let profile_dir = deps.parent().expect("deps dir has a parent dir");
     let bin = profile_dir
         .join("examples")
-        .join(format!("scenarios{}", env::consts::EXE_SUFFIX));
+        .join(format!("{name}{}", env::consts::EXE_SUFFIX));
 
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev".to_owned(),
@@ -77,31 +91,28 @@ fn build_scenarios() -> PathBuf {
     };
 
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "--quiet",
-        "--example",
-        "scenarios",
-        "--profile",
-        &profile,
-    ])
-    .arg("--manifest-path")
-    .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-    .arg("--target-dir")
-    .arg(target_dir);
+    cmd.args(["build", "--quiet", "--example", name, "--profile", &profile])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
     if let Some(triple) = triple {
         cmd.arg("--target").arg(triple);
     }
+    let mut all: Vec<&str> = features.to_vec();
     if cfg!(feature = "tracking") {
-        cmd.args(["--features", "tracking"]);
+        all.push("tracking");
     } else {
         cmd.arg("--no-default-features");
     }
+    if !all.is_empty() {
+        cmd.args(["--features", &all.join(",")]);
+    }
     strip_debug_memory_env(&mut cmd);
-    let out = cmd.output().expect("run cargo build --example scenarios");
+    let out = cmd.output().expect("run cargo build --example");
     assert!(
         out.status.success(),
-        "building the scenarios example failed ({:?}):\n{}",
+        "building the {name} example failed ({:?}):\n{}",
         cmd,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -238,7 +249,12 @@ impl Run {
 /// set (every inherited one is removed first). If `env` sets
 /// `DEBUG_MEMORY_REPORT`, the file there is read and parsed (and removed).
 pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(scenarios_bin());
+    run_bin(scenarios_bin(), args, env)
+}
+
+/// As [`run`], for any binary.
+pub(crate) fn run_bin(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(bin);
     cmd.args(args);
     strip_debug_memory_env(&mut cmd);
     for (key, value) in env {

@@ -1,0 +1,337 @@
+//! Heap misuse, end to end: each program in tests/helpers/heap_errors.rs
+//! commits one bug under `DEBUG_MEMORY=1`; the report must name the kind
+//! and the program's own lines, and under `continue` the program must go on
+//! allocating correctly.
+#![cfg(all(feature = "tracking", target_os = "linux"))]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Run, example_bin, run_bin, temp_path};
+use serde_json::Value;
+
+const SRC: &str = include_str!("helpers/heap_errors.rs");
+
+fn bin() -> PathBuf {
+    example_bin("heap_errors", &[])
+}
+
+/// The line of the `// <WHAT>: <tag>` marker.
+fn line(what: &str, tag: &str) -> u64 {
+    let marker = format!("// {what}: {tag}");
+    let found: Vec<u64> = SRC
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end().ends_with(&marker))
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one line marked {marker}");
+    found[0]
+}
+
+fn run_program(name: &str, extra: &[(&str, &str)]) -> Run {
+    let report = temp_path(name, "json");
+    let path = report.path().to_str().unwrap().to_owned();
+    let mut env = vec![
+        ("DEBUG_MEMORY", "1"),
+        ("DEBUG_MEMORY_REPORT", path.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    run_bin(&bin(), &[name], &env)
+}
+
+fn run_continue(name: &str) -> Run {
+    run_program(name, &[("DEBUG_MEMORY_ON_ERROR", "continue")])
+}
+
+fn top_line(frames: &Value) -> Option<u64> {
+    let f = frames.as_array()?.first()?;
+    assert!(
+        f["file"]
+            .as_str()?
+            .ends_with("tests/helpers/heap_errors.rs"),
+        "frame in the program: {f}"
+    );
+    f["line"].as_u64()
+}
+
+/// The one error of `kind` in the report.
+fn error<'a>(run: &'a Run, kind: &str) -> &'a Value {
+    let errors: Vec<&Value> = run.report()["errors"]
+        .as_array()
+        .expect("errors array")
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .collect();
+    assert_eq!(errors.len(), 1, "one {kind} error\n{}", run.describe());
+    errors[0]
+}
+
+fn still_sound(run: &Run) {
+    assert!(
+        run.stdout.contains("heap still sound"),
+        "the program kept allocating correctly\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        run.code(),
+        23,
+        "errors make the exit status fail\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn double_free_names_allocation_first_free_and_second_free() {
+    let run = run_continue("double_free");
+    let e = error(&run, "double_free");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "double_free")));
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "double_free"))
+    );
+    assert_eq!(
+        top_line(&e["free_frames"]),
+        Some(line("FREE", "double_free"))
+    );
+    assert!(e["address"].as_str().unwrap().starts_with("0x"));
+    assert!(
+        run.stderr.contains("memwarden: ERROR: double free at 0x"),
+        "{}",
+        run.describe()
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn freeing_a_stack_address_is_an_invalid_free() {
+    let run = run_continue("invalid_free");
+    let e = error(&run, "invalid_free");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "invalid_free")));
+    assert!(e["alloc_frames"].as_array().unwrap().is_empty());
+    still_sound(&run);
+}
+
+#[test]
+fn freeing_an_interior_pointer_is_an_invalid_free() {
+    let run = run_continue("interior_free");
+    let e = error(&run, "invalid_free");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "interior_free")));
+    still_sound(&run);
+    // The block itself was then freed properly: nothing leaked.
+    assert_eq!(run.report()["summary"]["definitely_lost"]["blocks"], 0);
+}
+
+#[test]
+fn dealloc_with_the_wrong_size_is_a_layout_mismatch_and_frees_correctly() {
+    let run = run_continue("layout_mismatch");
+    let e = error(&run, "layout_mismatch");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "layout_mismatch")));
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "layout_mismatch"))
+    );
+    assert!(
+        run.stderr
+            .contains("freed with size 50, align 8; allocated with size 100, align 8"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        run.report()["summary"]["definitely_lost"]["blocks"],
+        0,
+        "freed with its real layout"
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn realloc_with_the_wrong_align_keeps_the_real_alignment() {
+    let run = run_continue("realloc_mismatch");
+    let e = error(&run, "layout_mismatch");
+    assert_eq!(
+        top_line(&e["frames"]),
+        Some(line("BUG", "realloc_mismatch"))
+    );
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "realloc_mismatch"))
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn writing_past_the_end_is_an_overrun_found_at_free() {
+    let run = run_continue("overrun");
+    let e = error(&run, "overrun");
+    assert_eq!(top_line(&e["alloc_frames"]), Some(line("ALLOC", "overrun")));
+    assert!(
+        run.stderr
+            .contains("3 byte(s) past the end of the block were written"),
+        "{}",
+        run.describe()
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn writing_before_the_start_is_an_overrun_too() {
+    let run = run_continue("underrun");
+    let e = error(&run, "overrun");
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "underrun"))
+    );
+    assert!(
+        run.stderr
+            .contains("1 byte(s) before the start of the block were written"),
+        "{}",
+        run.describe()
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn check_heap_finds_an_overrun_of_a_live_block_once() {
+    let run = run_continue("overrun_check_heap");
+    let e = error(&run, "overrun");
+    assert_eq!(
+        top_line(&e["frames"]),
+        Some(line("BUG", "overrun_check_heap"))
+    );
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "overrun_check_heap"))
+    );
+    assert!(
+        run.stdout.contains("check_heap found 1"),
+        "{}",
+        run.describe()
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn a_write_to_a_freed_block_is_a_use_after_free() {
+    let run = run_continue("use_after_free");
+    let e = error(&run, "use_after_free");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "use_after_free")));
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "use_after_free"))
+    );
+    assert_eq!(
+        top_line(&e["free_frames"]),
+        Some(line("FREE", "use_after_free"))
+    );
+    assert!(
+        run.stderr
+            .contains("byte 5 of the block was written after it was freed"),
+        "{}",
+        run.describe()
+    );
+    still_sound(&run);
+}
+
+#[test]
+fn large_alignments_are_kept_with_red_zones() {
+    let run = run_continue("large_align");
+    assert!(
+        run.stdout.contains("large alignments ok"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(run.report()["errors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn the_default_policy_reports_then_aborts_and_still_writes_json() {
+    let run = run_program("double_free", &[]);
+    assert_eq!(
+        run.status.code(),
+        None,
+        "killed by SIGABRT\n{}",
+        run.describe()
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        run.status.signal(),
+        Some(libc_sigabrt()),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("memwarden: ERROR: double free"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("memwarden: aborting"),
+        "{}",
+        run.describe()
+    );
+    assert!(!run.stdout.contains("heap still sound"));
+    let e = error(&run, "double_free");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "double_free")));
+}
+
+fn libc_sigabrt() -> i32 {
+    6
+}
+
+#[test]
+fn without_quarantine_a_double_free_of_a_reused_block_is_not_claimed() {
+    // With the quarantine off the freed block goes straight back, so the
+    // second free is of an address memwarden no longer knows: it is still
+    // refused, as an invalid free, and never forwarded.
+    let run = run_program(
+        "double_free",
+        &[
+            ("DEBUG_MEMORY_ON_ERROR", "continue"),
+            ("DEBUG_MEMORY_QUARANTINE", "0"),
+        ],
+    );
+    let errors = run.report()["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", run.describe());
+    assert!(errors[0]["kind"] == "invalid_free" || errors[0]["kind"] == "double_free");
+    still_sound(&run);
+}
+
+#[test]
+fn red_zones_can_be_turned_off() {
+    let run = run_program(
+        "overrun",
+        &[
+            ("DEBUG_MEMORY_ON_ERROR", "continue"),
+            ("DEBUG_MEMORY_REDZONES", "0"),
+        ],
+    );
+    assert!(
+        run.report()["errors"].as_array().unwrap().is_empty(),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stdout.contains("heap still sound"));
+}
+
+#[test]
+fn a_clean_program_has_no_errors() {
+    let run = run_program("clean", &[]);
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(run.report()["errors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn malformed_policy_warns_and_keeps_the_default() {
+    let run = run_program("clean", &[("DEBUG_MEMORY_ON_ERROR", "explode")]);
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("memwarden: warning: DEBUG_MEMORY_ON_ERROR=\"explode\"")),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.code(), 0);
+}
