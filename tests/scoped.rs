@@ -12,27 +12,32 @@ use memwarden::LeakKind;
 #[global_allocator]
 static GLOBAL: memwarden::Warden = memwarden::Warden::new();
 
-/// Blocks leaked on purpose, kept as obfuscated addresses (not pointers,
-/// so the leak scan cannot see them) and freed after the check, so that a
-/// run with DEBUG_MEMORY=1 does not end with real leaks.
-static PLANTED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// Blocks one test leaked on purpose, kept as obfuscated addresses (not
+/// pointers, so the leak scan cannot see them) and freed after the check,
+/// so that a run with DEBUG_MEMORY=1 does not end with real leaks. Each
+/// test has its own, so no test frees another's leak before its check.
+#[derive(Default)]
+struct Planted(Mutex<Vec<(usize, usize)>>);
+
 const MASK: usize = 0x5a5a_5a5a_5a5a_5a5a;
 
 /// Leaks a `[u64; N]`-sized block; returns nothing that points to it.
 #[inline(never)]
-fn plant(words: usize) {
+fn plant(planted: &Planted, words: usize) {
     let v: Vec<u64> = vec![7; words]; // LEAK: plant
     let mut v = std::mem::ManuallyDrop::new(v);
     let addr = v.as_mut_ptr() as usize;
-    PLANTED.lock().unwrap().push((addr ^ MASK, words));
+    planted.0.lock().unwrap().push((addr ^ MASK, words));
 }
 
-fn reclaim() {
-    for (masked, words) in PLANTED.lock().unwrap().drain(..) {
-        let ptr = (masked ^ MASK) as *mut u64;
-        // SAFETY: `ptr` came from a Vec<u64> of capacity `words`, leaked
-        // by `plant` and never freed.
-        drop(unsafe { Vec::from_raw_parts(ptr, words, words) });
+impl Planted {
+    fn reclaim(&self) {
+        for (masked, words) in self.0.lock().unwrap().drain(..) {
+            let ptr = (masked ^ MASK) as *mut u64;
+            // SAFETY: `ptr` came from a Vec<u64> of capacity `words`,
+            // leaked by `plant` and never freed.
+            drop(unsafe { Vec::from_raw_parts(ptr, words, words) });
+        }
     }
 }
 
@@ -71,11 +76,12 @@ fn a_clean_closure_passes_and_returns_its_value() {
 
 #[test]
 fn a_leak_panics_and_names_its_line() {
+    let planted = Planted::default();
     let err = catch_unwind(AssertUnwindSafe(|| {
-        memwarden::assert_no_leaks(|| plant(8));
+        memwarden::assert_no_leaks(|| plant(&planted, 8));
     }))
     .expect_err("a leaking closure must panic");
-    reclaim();
+    planted.reclaim();
     let text = panic_text(err);
     assert!(
         text.starts_with("memwarden: leak found by assert_no_leaks"),
@@ -91,12 +97,13 @@ fn a_leak_panics_and_names_its_line() {
 
 #[test]
 fn check_leaks_reports_without_panicking() {
+    let planted = Planted::default();
     let ((), report) = memwarden::check_leaks(|| {
         for _ in 0..2 {
-            plant(4);
+            plant(&planted, 4);
         }
     });
-    reclaim();
+    planted.reclaim();
     let lost: Vec<_> = report.leaks_of(LeakKind::DefinitelyLost).collect();
     assert_eq!(lost.len(), 1, "{report}");
     assert_eq!((lost[0].bytes, lost[0].blocks), (64, 2));
@@ -112,10 +119,13 @@ fn check_leaks_reports_without_panicking() {
 
 #[test]
 fn a_leak_in_a_joined_child_thread_counts() {
+    let planted = Planted::default();
     let ((), report) = memwarden::check_leaks(|| {
-        std::thread::spawn(|| plant(2)).join().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| plant(&planted, 2));
+        });
     });
-    reclaim();
+    planted.reclaim();
     assert_eq!(report.summary.definitely_lost.bytes, 16, "{report}");
 }
 
@@ -139,12 +149,16 @@ fn memory_kept_reachable_is_not_a_leak() {
 #[test]
 fn leaks_beside_a_check_are_not_blamed_on_it() {
     static STOP: AtomicUsize = AtomicUsize::new(0);
-    let noisy = std::thread::spawn(|| {
-        let mut n = 0;
-        while STOP.load(Ordering::Relaxed) == 0 && n < 2000 {
-            plant(1);
-            n += 1;
-            std::thread::yield_now();
+    let planted = std::sync::Arc::new(Planted::default());
+    let noisy = std::thread::spawn({
+        let planted = std::sync::Arc::clone(&planted);
+        move || {
+            let mut n = 0;
+            while STOP.load(Ordering::Relaxed) == 0 && n < 2000 {
+                plant(&planted, 1);
+                n += 1;
+                std::thread::yield_now();
+            }
         }
     });
     for _ in 0..5 {
@@ -155,16 +169,17 @@ fn leaks_beside_a_check_are_not_blamed_on_it() {
     }
     STOP.store(1, Ordering::Relaxed);
     noisy.join().unwrap();
-    reclaim();
+    planted.reclaim();
 }
 
 #[test]
 fn a_checkpoint_reports_what_came_after_it() {
+    let planted = Planted::default();
     let mark = memwarden::checkpoint();
     let kept = Box::new([3u64; 6]);
-    plant(3);
+    plant(&planted, 3);
     let report = mark.leaks();
-    reclaim();
+    planted.reclaim();
     let mine: Vec<_> = report
         .leaks
         .iter()
@@ -201,4 +216,38 @@ fn stats_and_top_sites_see_live_memory() {
         .unwrap_or_else(|| panic!("the 3 MiB vector is a top site: {top:#?}"));
     assert_eq!((site.bytes, site.blocks), (3 << 20, 1));
     drop(big);
+}
+
+/// A checkpoint counts every thread's allocations, so a test that asserts
+/// on one must not run beside tests that allocate: `serial_test` keeps the
+/// tests marked `#[serial]` from running at the same time as each other.
+/// (The other tests here only use per-thread scoped checks, which are safe
+/// in parallel; this one pairs with `checkpoint_sees_a_quiet_process`.)
+#[test]
+#[serial_test::serial(whole_process)]
+fn checkpoint_in_a_serial_test_counts_exactly() {
+    let planted = Planted::default();
+    let mark = memwarden::checkpoint();
+    for _ in 0..3 {
+        plant(&planted, 5);
+    }
+    let report = mark.leaks();
+    planted.reclaim();
+    let found: u64 = report
+        .leaks_of(LeakKind::DefinitelyLost)
+        .filter(|l| l.frames.first().and_then(|f| f.line) == Some(line_of("plant")))
+        .map(|l| l.blocks)
+        .sum();
+    assert!(found >= 3, "{report}");
+}
+
+#[test]
+#[serial_test::serial(whole_process)]
+fn checkpoint_sees_a_quiet_process() {
+    let mark = memwarden::checkpoint();
+    let v: Vec<u32> = (0..1000).collect();
+    assert_eq!(v.len(), 1000);
+    drop(v);
+    let report = mark.report();
+    assert_eq!(report.summary.definitely_lost.blocks, 0, "{report}");
 }
