@@ -65,8 +65,16 @@ impl SizeError {
 impl fmt::Display for SizeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.op {
-            Op::Add => write!(f, "byte count overflow: {} + {} does not fit", self.a, self.b),
-            Op::Mul => write!(f, "byte count overflow: {} * {} does not fit", self.a, self.b),
+            Op::Add => write!(
+                f,
+                "byte count overflow: {} + {} does not fit",
+                self.a, self.b
+            ),
+            Op::Mul => write!(
+                f,
+                "byte count overflow: {} * {} does not fit",
+                self.a, self.b
+            ),
             Op::Layout => write!(
                 f,
                 "allocation too large: {} bytes aligned to {} exceed isize::MAX",
@@ -361,13 +369,16 @@ mod tests {
             other => panic!("expected exhaustion, got {:?}", other.map(|b| b.len())),
         }
         let e = try_vec_with_capacity::<u64>(n).unwrap_err();
-        assert!(e.to_string().starts_with("out of memory: allocating "), "{e}");
+        assert!(
+            e.to_string().starts_with("out of memory: allocating "),
+            "{e}"
+        );
     }
 
     #[test]
     fn infallible_forms_panic_with_the_numbers() {
-        let err = std::panic::catch_unwind(|| vec_with_capacity_checked::<u32>(usize::MAX))
-            .unwrap_err();
+        let err =
+            std::panic::catch_unwind(|| vec_with_capacity_checked::<u32>(usize::MAX)).unwrap_err();
         let msg = err.downcast_ref::<String>().unwrap();
         assert!(msg.starts_with("memwarden: byte count overflow: "), "{msg}");
         let v: Vec<u16> = vec_with_capacity_checked(10);

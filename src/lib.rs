@@ -28,12 +28,15 @@ mod warden;
 
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod check;
+pub mod checked;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod env;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod exit;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod guard;
+pub mod pool;
+pub mod rc;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod reach;
 #[cfg(all(feature = "tracking", target_os = "linux"))]

@@ -21,6 +21,8 @@ pub(crate) struct Caveats {
     pub(crate) missed_threads: usize,
     pub(crate) no_stop: bool,
     pub(crate) out_of_memory: bool,
+    /// Lost blocks left out because a scoped check reported them already.
+    pub(crate) already_reported: usize,
 }
 
 /// Scans the whole process and returns the report. `entry_sp` bounds the
@@ -29,9 +31,15 @@ pub(crate) struct Caveats {
 /// Must run under a [`Reentry`] guard.
 pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
     debug_assert!(crate::guard::busy());
-    let blocks = classify_all(entry_sp, caveats);
+    let reported = crate::scope::reported();
+    let (already, blocks): (Vec<Classified>, Vec<Classified>) = classify_all(entry_sp, caveats)
+        .into_iter()
+        .partition(|b| {
+            b.kind != LeakKind::StillReachable
+                && reported.binary_search(&(b.rec.addr, b.rec.seq)).is_ok()
+        });
     let (total_allocs, total_bytes, _live, peak_bytes, _) = registry::counters();
-    report::build(
+    let mut report = report::build(
         &blocks,
         state::frames(),
         Counters {
@@ -40,7 +48,16 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
             peak_bytes,
         },
         &Suppressions::from_env(),
-    )
+    );
+    // Leaks a scoped check (`assert_no_leaks`, `check_leaks`, a checkpoint)
+    // already reported are not counted again, nor do they fail the run a
+    // second time: a test that plants a leak and expects the check to
+    // catch it passes, and so does the process.
+    let bytes: u64 = already.iter().map(|b| b.rec.size() as u64).sum();
+    report.summary.suppressed.bytes += bytes;
+    report.summary.suppressed.blocks += already.len() as u64;
+    caveats.already_reported = already.len();
+    report
 }
 
 pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
@@ -133,6 +150,12 @@ pub(crate) fn caveat_lines(c: &Caveats) -> Vec<String> {
     }
     if c.no_stop {
         out.push("memwarden: warning: the program handles SIGPWR itself, so other threads were scanned while running; memory only they hold may be reported as lost".to_owned());
+    }
+    if c.already_reported > 0 {
+        out.push(format!(
+            "memwarden: {} lost block(s) already reported by assert_no_leaks, check_leaks or a checkpoint are counted as suppressed",
+            c.already_reported
+        ));
     }
     if c.out_of_memory {
         out.push(

@@ -73,6 +73,32 @@ fn tag_of(id: u32) -> u16 {
         .unwrap_or(0)
 }
 
+/// Lost blocks reported by scoped checks: (address, sequence number).
+static REPORTED: SpinLock<SysVec<(usize, u64)>> = SpinLock::new(SysVec::new());
+
+fn note_reported(blocks: &[Classified]) {
+    let mut r = REPORTED.lock();
+    for b in blocks.iter().filter(|b| b.kind != LeakKind::StillReachable) {
+        let _ = r.push((b.rec.addr, b.rec.seq));
+    }
+}
+
+/// The blocks scoped checks reported as lost, (address, sequence number),
+/// sorted.
+pub(crate) fn reported() -> Vec<(usize, u64)> {
+    let n = REPORTED.lock().as_slice().len();
+    let mut v = Vec::with_capacity(n + 16);
+    {
+        // Copy without allocating under the lock: `v` has room already,
+        // unless another thread added entries meanwhile.
+        let r = REPORTED.lock();
+        let take = r.as_slice().len().min(v.capacity());
+        v.extend_from_slice(&r.as_slice()[..take]);
+    }
+    v.sort_unstable();
+    v
+}
+
 /// A scope: the calling thread, the threads it starts, and a start point.
 struct Scope {
     seq: u64,
@@ -124,6 +150,7 @@ fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
         .into_iter()
         .filter(|b| keep(b))
         .collect();
+    note_reported(&blocks);
     for line in scan::caveat_lines(&caveats) {
         eprintln!("{line}");
     }

@@ -427,3 +427,32 @@ fn untracked_run_prints_nothing_and_writes_no_report() {
         run.describe()
     );
 }
+
+#[test]
+fn a_leak_caught_by_assert_no_leaks_is_not_counted_again_at_exit() {
+    let run = run_tracked(&["scoped_caught"], &[]);
+    assert!(
+        run.stderr
+            .contains("memwarden: leak found by assert_no_leaks"),
+        "the panic message carries the report\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        summary(run.report(), "definitely_lost"),
+        (0, 0),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        summary(run.report(), "suppressed"),
+        (40, 1),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr.contains("already reported by assert_no_leaks"),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 0);
+}

@@ -18,7 +18,7 @@
 //! assert_eq!(pool.stats().live, 2);
 //! drop(a); // back on the free list
 //! assert_eq!(pool.stats().live, 1);
-//! assert_eq!(pool.leaks()[0].taken_at.line(), line!() - 5); // where `b` was taken
+//! assert_eq!(pool.leaks()[0].taken_at.line(), line!() - 4); // where `b` was taken
 //! # drop(b);
 //! ```
 //!
@@ -69,6 +69,8 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::ptr::{self, NonNull};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 
 mod outstanding;
 mod slot;
@@ -82,7 +84,7 @@ pub(crate) use outstanding::{hide, next_id, quiet, read_word, reveal};
 pub(crate) use outstanding::{pool_chunks, pool_outstanding};
 
 use outstanding::capture_stack;
-use slot::{Chunk, Slot, sort_by_site};
+use slot::{Chunk, Slot, empty_chunks, filter_list, sort_by_site};
 
 // === Builder ===
 
@@ -95,20 +97,38 @@ use slot::{Chunk, Slot, sort_by_site};
 /// let shared: SyncPool<u64> = SyncPool::builder().thread_cache(0).build_sync();
 /// # drop((pool, shared));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Builder {
+pub struct Builder<T> {
     chunk_len: Option<usize>,
     capacity: usize,
     thread_cache: usize,
+    _for: PhantomData<fn() -> T>,
 }
 
-impl Default for Builder {
+impl<T> Clone for Builder<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Builder<T> {}
+
+impl<T> fmt::Debug for Builder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("chunk_len", &self.chunk_len)
+            .field("capacity", &self.capacity)
+            .field("thread_cache", &self.thread_cache)
+            .finish()
+    }
+}
+
+impl<T> Default for Builder<T> {
     fn default() -> Self {
         Builder::new()
     }
 }
 
-impl Builder {
+impl<T> Builder<T> {
     /// The defaults: chunks of about 16 KiB, no capacity limit, thread
     /// caches of 64 objects.
     pub const fn new() -> Self {
@@ -116,6 +136,7 @@ impl Builder {
             chunk_len: None,
             capacity: usize::MAX,
             thread_cache: 64,
+            _for: PhantomData,
         }
     }
 
@@ -146,17 +167,17 @@ impl Builder {
         self
     }
 
-    fn chunk_len_for<T>(&self) -> usize {
+    fn chunk_len_for(&self) -> usize {
         self.chunk_len.unwrap_or_else(Slot::<T>::default_chunk_len)
     }
 
     /// A single-thread [`Pool`] with these settings.
-    pub fn build<T>(self) -> Pool<T> {
+    pub fn build(self) -> Pool<T> {
         Pool::with_builder(self)
     }
 
     /// A thread-safe [`SyncPool`] with these settings.
-    pub fn build_sync<T>(self) -> SyncPool<T> {
+    pub fn build_sync(self) -> SyncPool<T> {
         SyncPool::with_builder(self)
     }
 }
@@ -275,13 +296,22 @@ pub struct PoolBox<T> {
 ///   [`Slot::set_next`]; `bump..end` are slots of the last chunk never
 ///   taken yet; every other slot of `chunks` is taken by exactly one live
 ///   [`PoolBox`] (or by one that was forgotten).
-/// * `live` counts the taken slots, `handles` the [`Pool`] handles; the
-///   core is freed when both are zero.
+/// * `handles` counts the [`Pool`] handles. Taken slots are not counted
+///   on the hot path; when the last handle goes, they are counted once
+///   (into `orphans`), and from then on each returning box counts down: the
+///   core is freed when no handle and no taken slot is left.
+/// * `carved` counts the slots ever taken from `bump` (in chunks still
+///   held): a slot is carved only when all carved ones are taken, so the
+///   most objects ever taken at once is the most ever carved.
 struct Core<T> {
     free: Cell<*mut Slot<T>>,
-    live: Cell<usize>,
+    /// Taken slots, counted only once no handle is left.
+    orphans: Cell<usize>,
+    carved: Cell<usize>,
     high_water: Cell<usize>,
-    handles: Cell<usize>,
+    /// Atomic only so that a report on another thread may read it; this
+    /// thread changes it with plain loads and stores.
+    handles: AtomicUsize,
     bump: Cell<*mut Slot<T>>,
     end: Cell<*mut Slot<T>>,
     /// Slots in `chunks`.
@@ -309,22 +339,23 @@ impl<T> Pool<T> {
     }
 
     /// A [`Builder`] for a pool with other settings.
-    pub const fn builder() -> Builder {
+    pub const fn builder() -> Builder<T> {
         Builder::new()
     }
 
-    fn with_builder(b: Builder) -> Self {
+    fn with_builder(b: Builder<T>) -> Self {
         let registered = crate::is_enabled();
         let core = Box::new(Core {
             free: Cell::new(ptr::null_mut()),
-            live: Cell::new(0),
+            orphans: Cell::new(0),
+            carved: Cell::new(0),
             high_water: Cell::new(0),
-            handles: Cell::new(1),
+            handles: AtomicUsize::new(1),
             bump: Cell::new(ptr::null_mut()),
             end: Cell::new(ptr::null_mut()),
             slots: Cell::new(0),
             chunks: UnsafeCell::new(Vec::new()),
-            chunk_len: b.chunk_len_for::<T>(),
+            chunk_len: b.chunk_len_for(),
             capacity: b.capacity,
             id: next_id(),
             registered,
@@ -361,9 +392,9 @@ impl<T> Pool<T> {
     pub fn alloc(&self, value: T) -> Result<PoolBox<T>, PoolError<T>> {
         let core = self.core();
         let slot = match NonNull::new(core.free.get()) {
-            // SAFETY: a slot on the free list is free, linked, and ours:
-            // the pool is !Sync.
             Some(s) => {
+                // SAFETY: a slot on the free list is free, linked, and ours:
+                // the pool is !Sync.
                 core.free.set(unsafe { Slot::next(s) });
                 s
             }
@@ -372,11 +403,6 @@ impl<T> Pool<T> {
                 Err(kind) => return Err(PoolError { value, kind }),
             },
         };
-        let live = core.live.get() + 1;
-        core.live.set(live);
-        if live > core.high_water.get() {
-            core.high_water.set(live);
-        }
         // SAFETY: `slot` was just taken off the free list or carved: free,
         // in a live chunk, and ours.
         unsafe { Slot::fill(slot, Location::caller(), value) };
@@ -391,17 +417,19 @@ impl<T> Pool<T> {
         })
     }
 
-    /// The pool's figures now.
+    /// The pool's figures now. Walks the slots to count the live ones
+    /// (`alloc` and drops count nothing, to stay fast).
     pub fn stats(&self) -> PoolStats {
         let c = self.core();
         // SAFETY: the chunk list is only changed by this thread's own
         // calls, none of which is running.
         let chunks = unsafe { &*c.chunks.get() };
+        let live = c.live();
         PoolStats {
             chunks: chunks.len(),
             slots: c.slots.get(),
-            live: c.live.get(),
-            free: c.slots.get() - c.live.get(),
+            live,
+            free: c.slots.get() - live,
             high_water: c.high_water.get(),
             bytes: chunks.iter().map(Chunk::bytes).sum(),
             capacity: c.capacity,
@@ -435,7 +463,7 @@ impl<T> Clone for Pool<T> {
     /// Another handle to the same pool.
     fn clone(&self) -> Self {
         let c = self.core();
-        c.handles.set(c.handles.get() + 1);
+        c.handles.store(c.handles.load(Relaxed) + 1, Relaxed);
         Pool {
             core: self.core,
             _owns: PhantomData,
@@ -446,10 +474,18 @@ impl<T> Clone for Pool<T> {
 impl<T> Drop for Pool<T> {
     fn drop(&mut self) {
         let c = self.core();
-        c.handles.set(c.handles.get() - 1);
-        if c.handles.get() == 0 && c.live.get() == 0 {
-            // SAFETY: no handle and no box is left.
-            unsafe { Core::destroy(self.core) };
+        let handles = c.handles.load(Relaxed) - 1;
+        c.handles.store(handles, Relaxed);
+        if handles == 0 {
+            let live = c.live();
+            if live == 0 {
+                // SAFETY: no handle and no box is left.
+                unsafe { Core::destroy(self.core) };
+            } else {
+                // The boxes still out free the core: the last one to come
+                // back does.
+                c.orphans.set(live);
+            }
         }
     }
 }
@@ -488,6 +524,9 @@ impl<T> Core<T> {
         let s = self.bump.get();
         // SAFETY: `bump < end`, both in the last chunk.
         self.bump.set(unsafe { s.add(1) });
+        let carved = self.carved.get() + 1;
+        self.carved.set(carved);
+        self.high_water.set(self.high_water.get().max(carved));
         // SAFETY: slots of a chunk are non-null.
         Ok(unsafe { NonNull::new_unchecked(s) })
     }
@@ -515,23 +554,57 @@ impl<T> Core<T> {
             Slot::set_next(slot, c.free.get());
         }
         c.free.set(slot.as_ptr());
-        let live = c.live.get() - 1;
-        c.live.set(live);
-        if live == 0 && c.handles.get() == 0 {
+        if c.handles.load(Relaxed) == 0 {
+            // SAFETY: forwarded.
+            unsafe { Core::release_orphan(core) };
+        }
+    }
+
+    /// A box came back to a pool without handles.
+    ///
+    /// # Safety
+    /// As [`Core::release`], after it.
+    #[cold]
+    #[inline(never)]
+    unsafe fn release_orphan(core: NonNull<Core<T>>) {
+        // SAFETY: the core is alive until the last box is back.
+        let c = unsafe { core.as_ref() };
+        let n = c.orphans.get() - 1;
+        c.orphans.set(n);
+        if n == 0 {
             // SAFETY: no handle and no box is left.
             unsafe { Core::destroy(core) };
         }
+    }
+
+    /// Counts the taken slots.
+    fn live(&self) -> usize {
+        let mut n = 0;
+        // SAFETY: only this thread changes the list, and not meanwhile.
+        for chunk in unsafe { &*self.chunks.get() } {
+            for i in 0..chunk.len {
+                // SAFETY: the chunk is alive and zero-initialised.
+                n += usize::from(unsafe { Slot::site(chunk.slot(i)) }.is_some());
+            }
+        }
+        n
     }
 
     /// # Safety
     /// No handle or box may be left.
     #[cold]
     unsafe fn destroy(core: NonNull<Core<T>>) {
-        // SAFETY: per the contract, nothing else uses the core: take it back.
-        let c = unsafe { Box::from_raw(core.as_ptr()) };
-        if c.registered {
-            outstanding::unregister_pool(c.id);
+        {
+            // SAFETY: the core is alive until the `Box` below drops.
+            let c = unsafe { core.as_ref() };
+            if c.registered {
+                // A report may be reading the core: wait for it.
+                outstanding::unregister_pool(c.id);
+            }
         }
+        // SAFETY: per the contract nothing else uses the core, and the
+        // registry no longer lists it: take it back.
+        let c = unsafe { Box::from_raw(core.as_ptr()) };
         for chunk in c.chunks.into_inner() {
             // SAFETY: no slot is taken any more.
             unsafe { chunk.free() };
@@ -556,10 +629,9 @@ impl<T> Core<T> {
     /// `core` must be a live registered `Core<T>`, with the pool registry
     /// locked by the caller.
     unsafe fn list_erased(core: *const (), out: &mut Vec<Outstanding>) {
-        // SAFETY: per the contract; `handles` is read by another thread, but
-        // only to tell whether the pool was dropped, as a hint.
+        // SAFETY: per the contract.
         let c = unsafe { &*core.cast::<Core<T>>() };
-        let alive = c.handles.get() > 0;
+        let alive = c.handles.load(Relaxed) > 0;
         // SAFETY: registered cores change their chunk list only with the
         // registry locked, which our caller holds.
         unsafe { c.list(alive, out) };
@@ -581,61 +653,28 @@ impl<T> Core<T> {
     fn shrink(&self) -> usize {
         // SAFETY: only this thread changes the list, and not meanwhile.
         let chunks = unsafe { &*self.chunks.get() };
-        if chunks.is_empty() {
+        // SAFETY: the free list is ours (the pool is !Sync).
+        let Some(empty) =
+            (unsafe { empty_chunks(chunks, &[self.free.get()], self.bump.get(), self.end.get()) })
+        else {
             return 0;
-        }
-        // Free slots per chunk: those on the free list, and the never-used
-        // tail of the last chunk.
-        let mut order: Vec<usize> = (0..chunks.len()).collect();
-        order.sort_by_key(|&i| chunks[i].start.as_ptr() as usize);
-        let mut free = vec![0usize; chunks.len()];
-        let find = |s: *mut Slot<T>| {
-            let k = order.partition_point(|&i| chunks[i].start.as_ptr() <= s);
-            let i = order[k - 1];
-            debug_assert!(chunks[i].contains(s));
-            i
         };
-        let mut s = self.free.get();
-        while let Some(n) = NonNull::new(s) {
-            free[find(s)] += 1;
-            // SAFETY: a free-list slot, linked.
-            s = unsafe { Slot::next(n) };
-        }
-        let last = chunks.len() - 1;
-        let untouched = (self.end.get() as usize - self.bump.get() as usize) / size_of::<Slot<T>>();
-        free[last] += untouched;
-        let empty: Vec<bool> = chunks
-            .iter()
-            .zip(&free)
-            .map(|(c, &f)| f == c.len)
-            .collect();
-        let n = empty.iter().filter(|&&e| e).count();
-        if n == 0 {
-            return 0;
-        }
-        // Rebuild the free list without the slots of empty chunks.
-        let mut head: *mut Slot<T> = ptr::null_mut();
-        let mut s = self.free.get();
-        while let Some(cur) = NonNull::new(s) {
-            // SAFETY: a free-list slot, linked.
-            s = unsafe { Slot::next(cur) };
-            if !empty[find(cur.as_ptr())] {
-                // SAFETY: a free slot of a chunk we keep.
-                unsafe { Slot::set_next(cur, head) };
-                head = cur.as_ptr();
-            }
-        }
+        // SAFETY: as above.
+        let (head, _) = unsafe { filter_list(chunks, &empty, self.free.get()) };
         self.free.set(head);
-        if empty[last] {
+        let mut freed = (0, 0);
+        let mut uncarved = 0;
+        if empty[empty.len() - 1] {
+            uncarved = (self.end.get() as usize - self.bump.get() as usize) / size_of::<Slot<T>>();
             self.bump.set(ptr::null_mut());
             self.end.set(ptr::null_mut());
         }
-        let mut freed_slots = 0;
         self.with_chunks(|list| {
             let old = std::mem::take(list);
             for (chunk, e) in old.into_iter().zip(empty) {
                 if e {
-                    freed_slots += chunk.len;
+                    freed.0 += 1;
+                    freed.1 += chunk.len;
                     // SAFETY: every slot of the chunk is free, and none is
                     // on the free list any more.
                     unsafe { chunk.free() };
@@ -644,8 +683,10 @@ impl<T> Core<T> {
                 }
             }
         });
-        self.slots.set(self.slots.get() - freed_slots);
-        n
+        self.slots.set(self.slots.get() - freed.1);
+        // Every slot of a freed chunk was carved, but the never-used tail.
+        self.carved.set(self.carved.get() - (freed.1 - uncarved));
+        freed.0
     }
 }
 
@@ -753,10 +794,7 @@ mod tests {
         let s = pool.stats();
         assert_eq!((s.chunks, s.slots, s.live, s.free), (2, 6, 6, 0));
         let err = pool.alloc("seven".into()).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            PoolErrorKind::CapacityReached { capacity: 6 }
-        );
+        assert_eq!(err.kind(), PoolErrorKind::CapacityReached { capacity: 6 });
         assert_eq!(
             err.to_string(),
             "pool is full: all 6 objects of its capacity are taken"
@@ -825,7 +863,10 @@ mod tests {
         let a = pool.alloc(100).unwrap();
         let b = pool.alloc(101).unwrap();
         assert_eq!(pool.stats().chunks, 3);
-        assert_eq!(boxes.iter().map(|b| **b).sum::<u64>(), 1 + 2 + 3 + 8 + 9 + 10 + 11);
+        assert_eq!(
+            boxes.iter().map(|b| **b).sum::<u64>(),
+            1 + 2 + 3 + 8 + 9 + 10 + 11
+        );
         drop((a, b, boxes));
         assert_eq!(pool.shrink(), 3);
         assert_eq!(pool.stats().slots, 0);
@@ -835,9 +876,9 @@ mod tests {
     #[test]
     fn leaks_name_the_alloc_line() {
         let pool: Pool<u8> = Pool::new();
-        let kept = pool.alloc(1).unwrap(); let line = line!();
-        let forgotten = pool.alloc(2).unwrap();
-        std::mem::forget(forgotten);
+        let line = line!() + 1;
+        let kept = pool.alloc(1).unwrap();
+        let mut forgotten = std::mem::ManuallyDrop::new(pool.alloc(2).unwrap());
         let leaks = pool.leaks();
         assert_eq!(leaks.len(), 2);
         assert_eq!(leaks[0].taken_at.line(), line);
@@ -846,6 +887,8 @@ mod tests {
         assert_eq!(PoolBox::taken_at(&kept).line(), line);
         assert_eq!(leaks[0].type_name, "u8");
         assert!(leaks[0].to_string().contains(" was never returned"));
+        // SAFETY: not used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut forgotten) };
     }
 
     #[test]

@@ -191,11 +191,6 @@ impl<T> Chunk<T> {
         a >= self.start.as_ptr() as usize && a < self.slot(self.len) as usize
     }
 
-    /// Index of slot `s` in this chunk (which must contain it).
-    pub(crate) fn index_of(&self, s: *const Slot<T>) -> usize {
-        (s as usize - self.start.as_ptr() as usize) / size_of::<Slot<T>>()
-    }
-
     /// Lists the taken slots of this chunk.
     ///
     /// # Safety
@@ -239,6 +234,71 @@ impl<T> Chunk<T> {
         // SAFETY: allocated in `new` with this very layout.
         unsafe { std::alloc::dealloc(self.start.as_ptr().cast(), layout) };
     }
+}
+
+/// Chunks whose slots are all free, for `shrink`: a slot is free if it is
+/// on one of the linked `lists`, or in the never-used range `bump..end` of
+/// the last chunk. Returns one flag per chunk (`None` if none is empty).
+///
+/// # Safety
+/// Every list must be a linked list of free slots of `chunks`, and the
+/// caller must have exclusive access to them.
+pub(crate) unsafe fn empty_chunks<T>(
+    chunks: &[Chunk<T>],
+    lists: &[*mut Slot<T>],
+    bump: *mut Slot<T>,
+    end: *mut Slot<T>,
+) -> Option<Vec<bool>> {
+    if chunks.is_empty() {
+        return None;
+    }
+    let mut free = vec![0usize; chunks.len()];
+    for &head in lists {
+        let mut s = head;
+        while let Some(n) = NonNull::new(s) {
+            free[chunk_of(chunks, s)] += 1;
+            // SAFETY: per the contract, a linked free slot.
+            s = unsafe { Slot::next(n) };
+        }
+    }
+    let untouched = (end as usize - bump as usize) / size_of::<Slot<T>>();
+    free[chunks.len() - 1] += untouched;
+    let empty: Vec<bool> = chunks.iter().zip(&free).map(|(c, &f)| f == c.len).collect();
+    empty.contains(&true).then_some(empty)
+}
+
+/// Index of the chunk holding slot `s`.
+pub(crate) fn chunk_of<T>(chunks: &[Chunk<T>], s: *const Slot<T>) -> usize {
+    chunks
+        .iter()
+        .position(|c| c.contains(s))
+        .expect("a free slot lies in a chunk")
+}
+
+/// Drops from the linked list at `head` the slots of chunks marked empty;
+/// returns the new head and length.
+///
+/// # Safety
+/// As [`empty_chunks`].
+pub(crate) unsafe fn filter_list<T>(
+    chunks: &[Chunk<T>],
+    empty: &[bool],
+    head: *mut Slot<T>,
+) -> (*mut Slot<T>, usize) {
+    let mut out: *mut Slot<T> = ptr::null_mut();
+    let mut len = 0;
+    let mut s = head;
+    while let Some(cur) = NonNull::new(s) {
+        // SAFETY: per the contract, a linked free slot.
+        s = unsafe { Slot::next(cur) };
+        if !empty[chunk_of(chunks, cur.as_ptr())] {
+            // SAFETY: a free slot of a chunk we keep, ours.
+            unsafe { Slot::set_next(cur, out) };
+            out = cur.as_ptr();
+            len += 1;
+        }
+    }
+    (out, len)
 }
 
 /// Sorts outstanding pool objects by where they were taken.

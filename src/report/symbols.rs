@@ -66,18 +66,17 @@ pub(crate) fn is_internal(f: &Frame) -> bool {
         if file.starts_with(OWN_SRC) {
             return true;
         }
+        // Any other source file is the program's (or its dependencies'),
+        // except for the allocator shims, which the compiler attributes to
+        // the `#[global_allocator]` line. Release builds give inlined and
+        // even outer frames bare names (`main`, `make_buffer`), so the
+        // name alone must not decide.
+        return f.function.as_deref().is_some_and(is_shim);
     }
     let Some(name) = f.function.as_deref() else {
         return true;
     };
-    const SHIMS: [&str; 4] = [
-        "__rust_alloc",
-        "__rust_realloc",
-        "__rust_dealloc",
-        "__rust_alloc_zeroed",
-    ];
-    if SHIMS.iter().any(|s| name.ends_with(s)) || name.contains("__rg_") || name.contains("__rdl_")
-    {
+    if is_shim(name) {
         return true;
     }
     // Process and thread entry points, with or without debug info.
@@ -106,6 +105,17 @@ pub(crate) fn is_internal(f: &Frame) -> bool {
     PREFIXES.iter().any(|p| bare.starts_with(p))
 }
 
+/// The global-allocator shims the compiler generates.
+fn is_shim(name: &str) -> bool {
+    const SHIMS: [&str; 4] = [
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rust_dealloc",
+        "__rust_alloc_zeroed",
+    ];
+    SHIMS.iter().any(|s| name.ends_with(s)) || name.contains("__rg_") || name.contains("__rdl_")
+}
+
 /// Drops the internal frames at the top of `frames`, then keeps at most
 /// `max`. If every frame is internal (an allocation made by the runtime
 /// itself), the stack is kept from its first std frame so that the report
@@ -124,9 +134,26 @@ pub(crate) fn is_thread_name(frames: &[Frame]) -> bool {
     })
 }
 
-/// True if no frame of `frames` belongs to the program.
+/// True if `frames` is, for sure, an allocation of the runtime itself: the
+/// whole stack is visible (it reaches the process's or a thread's entry
+/// point, and has debug info) and no frame of it is the program's. A stack
+/// cut short (`DEBUG_MEMORY_FRAMES`) or without debug info is never
+/// assumed to be the runtime's.
 pub(crate) fn is_runtime(frames: &[Frame]) -> bool {
-    !frames.iter().any(|f| f.file.is_some() && !is_internal(f))
+    const BOTTOM: [&str; 5] = [
+        "_start",
+        "start_thread",
+        "clone3",
+        "clone",
+        "__libc_start_main",
+    ];
+    let complete = frames.last().is_some_and(|f| {
+        f.function
+            .as_deref()
+            .is_some_and(|n| BOTTOM.iter().any(|b| n.starts_with(b)))
+    });
+    let symbolized = frames.iter().any(|f| f.file.is_some());
+    complete && symbolized && !frames.iter().any(|f| f.file.is_some() && !is_internal(f))
 }
 
 /// [`user_frames`], and whether the stack had no frame of the program.
@@ -134,9 +161,10 @@ pub(crate) fn user_frames_and_origin(mut frames: Vec<Frame>, max: usize) -> (Vec
     let runtime = is_runtime(&frames);
     // The program's first frame: not internal, and with a source file (the
     // compiler-generated C `main` and stripped libraries have none).
+    let any_file = frames.iter().any(|f| f.file.is_some());
     let first_user = frames
         .iter()
-        .position(|f| f.file.is_some() && !is_internal(f));
+        .position(|f| (f.file.is_some() || !any_file) && !is_internal(f));
     match first_user {
         Some(i) => {
             frames.drain(..i);
@@ -177,7 +205,7 @@ mod tests {
         let frames = vec![
             f(
                 "<memwarden::Warden as core::alloc::global::GlobalAlloc>::alloc",
-                "/src/warden.rs",
+                &format!("{OWN_SRC}warden.rs"),
                 10,
             ),
             f("__rustc::__rust_alloc", "src/main.rs", 3),
@@ -262,6 +290,59 @@ mod tests {
     }
 
     #[test]
+    fn release_builds_bare_names_in_program_files_are_the_programs() {
+        assert!(!is_internal(&f("main", "/app/src/main.rs", 3)));
+        assert!(!is_internal(&f("make_buffer", "/app/src/main.rs", 9)));
+        assert!(is_internal(&f("__rust_alloc", "/app/src/main.rs", 2)));
+        let bare_main = Frame {
+            function: Some("main".into()),
+            file: None,
+            line: None,
+        };
+        assert!(is_internal(&bare_main));
+    }
+
+    #[test]
+    fn runtime_needs_a_complete_symbolized_stack() {
+        let start = Frame {
+            function: Some("_start".into()),
+            file: None,
+            line: None,
+        };
+        let std_only = vec![
+            f("std::rt::init", "/rustc/abc/library/std/src/rt.rs", 1),
+            start.clone(),
+        ];
+        assert!(is_runtime(&std_only));
+        // Cut short: cannot tell.
+        assert!(!is_runtime(&std_only[..1]));
+        // No debug info anywhere: cannot tell.
+        let stripped = vec![
+            Frame {
+                function: Some("app::leak".into()),
+                file: None,
+                line: None,
+            },
+            start.clone(),
+        ];
+        assert!(!is_runtime(&stripped));
+        // A program frame: not the runtime's.
+        let mine = vec![f("app::leak", "/app/src/lib.rs", 4), start];
+        assert!(!is_runtime(&mine));
+    }
+
+    #[test]
+    fn without_debug_info_names_decide_the_first_frame() {
+        let nf = |n: &str| Frame {
+            function: Some(n.into()),
+            file: None,
+            line: None,
+        };
+        let out = user_frames(vec![nf("alloc::alloc::alloc"), nf("app::leak"), nf("main")], 16);
+        assert_eq!(out[0].function.as_deref(), Some("app::leak"));
+    }
+
+    #[test]
     fn caps_at_max_frames() {
         let frames: Vec<_> = (0..30).map(|i| f("app::f", "src/lib.rs", i)).collect();
         assert_eq!(user_frames(frames, 4).len(), 4);
@@ -270,7 +351,7 @@ mod tests {
     #[test]
     fn all_internal_keeps_the_runtime_stack() {
         let frames = vec![
-            f("memwarden::x", "/src/warden.rs", 1),
+            f("memwarden::x", &format!("{OWN_SRC}warden.rs"), 1),
             f(
                 "std::rt::lang_start_internal",
                 "/rustc/abc/library/std/src/rt.rs",

@@ -72,7 +72,7 @@ pub(super) fn find(addr: usize) -> Found {
     let mut table = CURRENT.load(Ordering::Acquire);
     // SAFETY: a published table stays mapped and unchanged forever.
     if table.is_null() || unsafe { counts(table) } != now {
-        match refresh(now) {
+        match refresh() {
             Some((_, true)) => return Found::Unloaded,
             Some((fresh, false)) => table = fresh,
             None => return Found::Nowhere,
@@ -97,7 +97,7 @@ unsafe fn counts(table: *const Table) -> (u64, u64) {
 /// # Safety
 /// `table` is a published, non-null table.
 unsafe fn modules<'a>(table: *const Table) -> &'a [Module] {
-    // SAFETY: the modules follow the header in the same mapping (`publish`
+    // SAFETY: the modules follow the header in the same mapping (`publishable`
     // sized it so), are initialised, and are never changed or unmapped.
     unsafe {
         let len = (*table).len;
@@ -107,6 +107,9 @@ unsafe fn modules<'a>(table: *const Table) -> &'a [Module] {
 
 /// The loader's (added, removed) object counters, if it keeps them.
 fn counters() -> Option<(u64, u64)> {
+    /// # Safety
+    /// Called by `dl_iterate_phdr` with a valid `info` of `size` bytes and
+    /// the `out` pointer given to it below.
     unsafe extern "C" fn first(
         info: *mut libc::dl_phdr_info,
         size: libc::size_t,
@@ -132,10 +135,16 @@ fn counters() -> Option<(u64, u64)> {
 /// Returns the table now current and whether a library was unloaded since
 /// the previous table (in which case the rule cache was flushed).
 #[cold]
-fn refresh(now: (u64, u64)) -> Option<(*mut Table, bool)> {
-    let mut found = MapVec::<Module>::new();
+fn refresh() -> Option<(*mut Table, bool)> {
+    let mut found = Pass {
+        modules: MapVec::new(),
+        counts: None,
+    };
     collect(&mut found);
-    let fresh = publishable(now, found.as_slice())?;
+    // The counters read in the same pass as the modules describe them
+    // exactly: the loader's lock was held throughout.
+    let now = found.counts?;
+    let fresh = publishable(now, found.modules.as_slice())?;
     let mut current = CURRENT.load(Ordering::Acquire);
     loop {
         if !current.is_null() {
@@ -161,16 +170,31 @@ fn refresh(now: (u64, u64)) -> Option<(*mut Table, bool)> {
     Some((fresh, unloaded))
 }
 
-/// Appends every executable segment of every loaded object to `out`.
-fn collect(out: &mut MapVec<Module>) {
+/// What one pass over the loaded objects found.
+struct Pass {
+    modules: MapVec<Module>,
+    /// The loader's counters, from the first object.
+    counts: Option<(u64, u64)>,
+}
+
+/// Lists every executable segment of every loaded object.
+fn collect(found: &mut Pass) {
+    /// # Safety
+    /// Called by `dl_iterate_phdr` with a valid `info` of `size` bytes and
+    /// the `found` pointer given to it below.
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        out: *mut libc::c_void,
+        size: libc::size_t,
+        found: *mut libc::c_void,
     ) -> libc::c_int {
-        // SAFETY: the loader passes a valid info for this call, and `out`
-        // is the `MapVec` passed below.
-        let (info, out) = unsafe { (&*info, &mut *out.cast::<MapVec<Module>>()) };
+        // SAFETY: the loader passes a valid info for this call, and `found`
+        // is the `Pass` passed below.
+        let (info, found) = unsafe { (&*info, &mut *found.cast::<Pass>()) };
+        if found.counts.is_none() && size >= std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8
+        {
+            found.counts = Some((info.dlpi_adds, info.dlpi_subs));
+        }
+        let out = &mut found.modules;
         if info.dlpi_phdr.is_null() {
             return 0;
         }
@@ -209,9 +233,9 @@ fn collect(out: &mut MapVec<Module>) {
         }
         0
     }
-    // SAFETY: `each` matches the callback type and only touches `out`;
+    // SAFETY: `each` matches the callback type and only touches `found`;
     // MapVec grows with mmap, never with malloc or the global allocator.
-    unsafe { libc::dl_iterate_phdr(Some(each), ptr::from_mut(out).cast()) };
+    unsafe { libc::dl_iterate_phdr(Some(each), ptr::from_mut(found).cast()) };
 }
 
 /// Copies `modules` into a fresh mapping laid out as a [`Table`].

@@ -19,7 +19,7 @@
 //! filling slots at once write correct values whatever the interleaving.
 //! When a library is unloaded its addresses may be reused by another one:
 //! [`flush`] empties the cache then, and moves [`epoch`] so that captures
-//! in flight give up.
+//! that overlap it give up.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// log2 of the number of slots: 32768 slots, 256 KiB of zeroed memory that
@@ -147,20 +147,25 @@ pub(super) fn put(addr: usize, rule: Rule) {
     CACHE[home ^ way].store(tag << 32 | rule as u64, Ordering::Relaxed);
 }
 
-/// A counter bumped by every [`flush`]: a capture that saw it change may
-/// have used a rule of an unloaded library.
+/// Flushes started (low 32 bits) and flushes under way (high 32 bits).
+const FLUSH_UNDER_WAY: u64 = 1 << 32;
+
+/// The flush count, or `None` while a flush is under way. A capture that
+/// starts with `Some(e)` and still reads `Some(e)` at its end used no rule
+/// that a flush meant to remove; otherwise it may have.
 #[inline(always)]
-pub(super) fn epoch() -> u64 {
-    EPOCH.load(Ordering::SeqCst)
+pub(super) fn epoch() -> Option<u64> {
+    let e = EPOCH.load(Ordering::SeqCst);
+    (e < FLUSH_UNDER_WAY).then_some(e)
 }
 
 /// Forgets every cached rule (a library was unloaded).
 pub(super) fn flush() {
-    EPOCH.fetch_add(1, Ordering::SeqCst);
+    EPOCH.fetch_add(FLUSH_UNDER_WAY + 1, Ordering::SeqCst);
     for slot in &CACHE {
         slot.store(0, Ordering::Relaxed);
     }
-    EPOCH.fetch_add(1, Ordering::SeqCst);
+    EPOCH.fetch_sub(FLUSH_UNDER_WAY, Ordering::SeqCst);
 }
 
 #[cfg(test)]

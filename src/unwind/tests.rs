@@ -13,11 +13,24 @@ macro_rules! here {
 }
 
 /// Both captures, from the same frame and with the same `entry_sp`.
+///
+/// The fast one is tried again while it gives up, for two seconds at
+/// most: captures that overlap with a cache flush (another test unloading
+/// a library) give up, and a flush takes as long as the flushing thread
+/// is kept off the CPU.
 #[inline(never)]
 fn both(max: usize, entry_sp: usize) -> (Option<Vec<usize>>, Vec<usize>) {
     let mut fast = [0usize; MAX_CAPTURE];
     let mut slow = [0usize; MAX_CAPTURE];
-    let n = capture_fast(&mut fast, max, entry_sp);
+    let mut n = None;
+    let start = std::time::Instant::now();
+    loop {
+        n = capture_fast(&mut fast, max, entry_sp);
+        if n.is_some() || start.elapsed() > std::time::Duration::from_secs(2) {
+            break;
+        }
+        std::thread::yield_now();
+    }
     let m = stack::capture(&mut slow, max, entry_sp);
     (n.map(|n| fast[..n].to_vec()), slow[..m].to_vec())
 }
@@ -164,4 +177,91 @@ fn an_unknown_code_address_gives_none() {
     assert_eq!(miss(0x10), None);
     let on_stack = 0u8;
     assert_eq!(miss(&on_stack as *const u8 as usize), None);
+}
+
+/// Runs `check` from a `Drop` during a panic's unwinding.
+struct CheckOnDrop;
+
+impl Drop for CheckOnDrop {
+    fn drop(&mut self) {
+        black_box(check(MAX_CAPTURE));
+    }
+}
+
+#[test]
+fn captures_while_unwinding_a_panic_match_the_slow_path() {
+    let caught = std::panic::catch_unwind(|| {
+        let _guard = CheckOnDrop;
+        // Unlike `panic!`, this runs no panic hook: nothing is printed.
+        std::panic::resume_unwind(Box::new(black_box(7u8)));
+    });
+    assert!(caught.is_err());
+}
+
+/// What the capture in [`on_signal`] returned: `usize::MAX` until it ran,
+/// 0 for `None`, `n + 1` for `Some(n)`.
+static IN_HANDLER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    let mut out = [0usize; 16];
+    let got = capture_fast(&mut out, 16, crate::roots::stack_pointer());
+    IN_HANDLER.store(
+        got.map_or(0, |n| n + 1),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+#[test]
+fn a_signal_frame_gives_none() {
+    // Learn this thread's stack bounds outside the handler.
+    let mut out = [0usize; 4];
+    assert!(capture_fast(&mut out, 4, here!()).is_some());
+    // SAFETY: SIGURG is ignored by default and used by nothing else here;
+    // the handler only captures and stores an atomic. `raise` runs it on
+    // this thread's own stack before returning.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut()),
+            0
+        );
+        assert_eq!(libc::raise(libc::SIGURG), 0);
+    }
+    // The walk reaches the kernel's signal frame (`__restore_rt`, a CFI
+    // signal trampoline) and hands the whole stack to the slow path.
+    assert_eq!(IN_HANDLER.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[inline(never)]
+fn after_unload() -> usize {
+    black_box(check(MAX_CAPTURE)).len()
+}
+
+#[test]
+fn unloading_a_library_is_noticed_and_walks_go_on() {
+    // A module table exists before the unload.
+    assert!(level1() > 3);
+    let before = rules::epoch().unwrap_or(0);
+    // A glibc stub library that nothing here links: loading and unloading
+    // it moves the loader's counters. Skipped where it does not exist.
+    // SAFETY: a plain dlopen/dlclose pair of a library with no
+    // constructors that anything depends on.
+    unsafe {
+        let handle = libc::dlopen(c"libBrokenLocale.so.1".as_ptr(), libc::RTLD_NOW);
+        if handle.is_null() {
+            return;
+        }
+        libc::dlclose(handle);
+    }
+    // This function's return address is new to the cache: its miss asks
+    // the loader, sees the unload, rebuilds the module table and flushes
+    // the cache (if another test's miss did not get there first).
+    assert!(after_unload() > 3);
+    assert!(
+        rules::epoch().is_none_or(|after| after > before),
+        "no flush after an unload"
+    );
+    assert!(level1() > 3);
 }
