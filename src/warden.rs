@@ -340,6 +340,30 @@ mod tracked {
             errors
         }
 
+        /// Moves an untracked block into a new tracked one of `new_size`
+        /// bytes: a tracked block has red zones, so the inner allocator's
+        /// `realloc` cannot make it in place.
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::realloc` for an untracked block.
+        unsafe fn adopt(&self, ptr: *mut u8, layout: Layout, new_size: usize, entry_sp: usize) -> *mut u8 {
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: `new_layout` has the non-zero `new_size` (realloc's
+            // contract) and a valid alignment.
+            let new = unsafe { self.alloc_tracked(new_layout, false, entry_sp) };
+            if !new.is_null() {
+                // SAFETY: both blocks are live and distinct; the old one has
+                // `layout.size()` bytes, the new one `new_size`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    self.inner.dealloc(ptr, layout);
+                }
+            }
+            new
+        }
+
         /// # Safety
         /// `rec` must be a tracked block no longer in the registry or the
         /// quarantine, not freed yet.
@@ -385,8 +409,15 @@ mod tracked {
                         check::report(Found::new(HeapErrorKind::InvalidFree, addr, here(entry_sp)));
                         return std::ptr::null_mut();
                     }
-                    // Allocated while tracking was off: the new block stays
-                    // untracked too.
+                    // Allocated while tracking was off. While tracking is on,
+                    // the new block becomes a tracked one (a static
+                    // collection filled before `enable()` and grown since is
+                    // then seen, with the pointers it holds); otherwise it
+                    // stays untracked.
+                    if state::mode() == ON && !crate::guard::busy() {
+                        // SAFETY: the caller upholds the `realloc` contract.
+                        return unsafe { self.adopt(ptr, layout, new_size, entry_sp) };
+                    }
                     // SAFETY: the caller upholds the `realloc` contract.
                     return unsafe { self.inner.realloc(ptr, layout, new_size) };
                 }

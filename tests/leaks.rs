@@ -456,3 +456,30 @@ fn a_leak_caught_by_assert_no_leaks_is_not_counted_again_at_exit() {
     );
     expect_code(&run, 0);
 }
+
+#[test]
+fn a_collection_grown_after_enable_keeps_its_new_boxes_reachable() {
+    let report = temp_path("late_enable", "json");
+    let path = report.path().to_str().unwrap().to_owned();
+    let run = run(&["late_enable"], &[("DEBUG_MEMORY_REPORT", &path)]);
+    assert_eq!(
+        summary(run.report(), "definitely_lost"),
+        (0, 0),
+        "{}",
+        run.describe()
+    );
+    // The boxes (8 bytes each) and the grown buffer share the SITE line.
+    let boxes: Vec<_> = site_entries(run.report(), "late_enable")
+        .into_iter()
+        .filter(|e| e["bytes"].as_u64() == e["blocks"].as_u64().map(|b| b * 8))
+        .collect();
+    assert_eq!(boxes.len(), 1, "{}", run.describe());
+    assert_eq!(boxes[0]["kind"], "still_reachable");
+    assert_eq!(
+        boxes[0]["blocks"],
+        60,
+        "the 60 boxes pushed after enable()\n{}",
+        run.describe()
+    );
+    expect_code(&run, 0);
+}

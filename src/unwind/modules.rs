@@ -221,12 +221,12 @@ fn collect(found: &mut Pass) {
             .filter(|ph| ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0)
         {
             let (lo, hi) = range(ph);
-            let found = seg_hi != 0;
+            let has_hdr = seg_hi != 0;
             out.push(Module {
                 lo,
                 hi,
-                hdr: if found { hdr } else { 0 },
-                hdr_len: if found { hdr_len } else { 0 },
+                hdr: if has_hdr { hdr } else { 0 },
+                hdr_len: if has_hdr { hdr_len } else { 0 },
                 seg_lo,
                 seg_hi,
             });

@@ -22,15 +22,14 @@ macro_rules! here {
 fn both(max: usize, entry_sp: usize) -> (Option<Vec<usize>>, Vec<usize>) {
     let mut fast = [0usize; MAX_CAPTURE];
     let mut slow = [0usize; MAX_CAPTURE];
-    let mut n = None;
     let start = std::time::Instant::now();
-    loop {
-        n = capture_fast(&mut fast, max, entry_sp);
+    let n = loop {
+        let n = capture_fast(&mut fast, max, entry_sp);
         if n.is_some() || start.elapsed() > std::time::Duration::from_secs(2) {
-            break;
+            break n;
         }
         std::thread::yield_now();
-    }
+    };
     let m = stack::capture(&mut slow, max, entry_sp);
     (n.map(|n| fast[..n].to_vec()), slow[..m].to_vec())
 }

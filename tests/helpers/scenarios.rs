@@ -66,6 +66,7 @@ const SCENARIOS: &[&str] = &[
     "dyn_box",
     "static_hashmap",
     "scoped_caught",
+    "late_enable",
 ];
 
 /// What `main` was asked to do. Parsed first, so that the argument strings
@@ -114,6 +115,7 @@ fn parse(args: &[String]) -> Action {
         Some("dyn_box") => run(dyn_box),
         Some("static_hashmap") => run(static_hashmap),
         Some("scoped_caught") => run(scoped_caught),
+        Some("late_enable") => run(late_enable),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
 }
@@ -658,4 +660,28 @@ fn scoped_caught() {
 #[inline(never)]
 fn leak_scoped() {
     black_box(Box::leak(Box::new([5u8; 40]))); // SITE: scoped_caught
+}
+
+// ---------------------------------------------------------------------------
+// late_enable: a static collection filled before `memwarden::enable()` and
+// grown after it. Its new buffer is tracked from then on, so the boxes
+// pushed after `enable()` are still reachable, not lost. Run without
+// DEBUG_MEMORY.
+
+static LATE: Mutex<Vec<Box<u64>>> = Mutex::new(Vec::new());
+
+fn late_enable() {
+    fill_late(0..4);
+    memwarden::enable();
+    fill_late(4..64);
+    black_box(LATE.lock().unwrap().len());
+    scrub_stack();
+}
+
+#[inline(never)]
+fn fill_late(range: std::ops::Range<u64>) {
+    let mut v = LATE.lock().unwrap();
+    for i in black_box(range) {
+        v.push(Box::new(i)); // SITE: late_enable
+    }
 }
