@@ -120,11 +120,11 @@ pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
     }
 }
 
-/// An on/off switch for a feature that is on by default.
+/// An on/off switch for a feature that is on by default (empty: on).
 pub(crate) fn parse_flag(var: &str, v: &[u8]) -> Option<bool> {
     let t = trim(v);
     let is = |w: &str| t.eq_ignore_ascii_case(w.as_bytes());
-    if is("1") || is("true") || is("yes") || is("on") {
+    if t.is_empty() || is("1") || is("true") || is("yes") || is("on") {
         Some(true)
     } else if is("0") || is("false") || is("no") || is("off") {
         Some(false)
@@ -266,6 +266,7 @@ mod tests {
         assert_eq!(parse_flag("X", b"0"), Some(false));
         assert_eq!(parse_flag("X", b"on"), Some(true));
         assert_eq!(parse_flag("X", b"maybe"), None);
+        assert_eq!(parse_flag("X", b""), Some(true));
     }
 
     #[test]

@@ -15,8 +15,33 @@ use crate::scan::{self, Caveats};
 use crate::state;
 
 static DONE: AtomicBool = AtomicBool::new(false);
+/// The process that registered the report: a child made by `fork` (without
+/// `exec`) inherits the `atexit` hook but not the job of reporting.
+static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// `fork` handlers: the registry and stack-table locks are taken before
+/// `fork` and released after it in both processes, so that a child never
+/// starts with a lock some other (vanished) thread held.
+extern "C" fn before_fork() {
+    crate::stack::lock_all_raw();
+    crate::registry::lock_all_raw();
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` took every lock, in this thread (fork handlers
+    // run in the thread that calls fork, and the child's one thread is it).
+    unsafe {
+        crate::registry::unlock_all_raw();
+        crate::stack::unlock_all_raw();
+    }
+}
 
 pub(crate) fn register() {
+    // SAFETY: getpid has no preconditions.
+    OWNER.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    // SAFETY: the handlers are `extern "C"` functions that never unwind and
+    // only take and release memwarden's own spin locks.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
     // `Instant::now` reads the clock; it does not allocate.
     START.get_or_init(std::time::Instant::now);
     // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
@@ -30,7 +55,10 @@ extern "C" fn at_exit() {
     // The scan of this thread's stack starts here: the frames of `exit`
     // and of the program above it, none of the dead frames below.
     let entry_sp = crate::roots::stack_pointer();
-    if DONE.swap(true, Ordering::AcqRel) {
+    // SAFETY: getpid has no preconditions.
+    if DONE.swap(true, Ordering::AcqRel)
+        || unsafe { libc::getpid() } != OWNER.load(Ordering::Relaxed)
+    {
         return;
     }
     let status = scan::guarded(|| {

@@ -234,6 +234,17 @@ pub(crate) fn thread_ids() -> Vec<i32> {
         .collect()
 }
 
+/// The stack pointer of thread `tid` if it is blocked in a system call,
+/// from `/proc/self/task/<tid>/syscall` ("nr args... sp pc").
+pub(crate) fn blocked_sp(tid: i32) -> Option<usize> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let fields: Vec<&str> = text.split_ascii_whitespace().collect();
+    if fields.len() < 9 {
+        return None; // "running", or an unexpected format
+    }
+    usize::from_str_radix(fields[7].trim_start_matches("0x"), 16).ok()
+}
+
 /// The calling thread's kernel thread id.
 pub(crate) fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
@@ -301,6 +312,26 @@ mod tests {
                 "a thread-local lies in a static TLS block"
             );
         }
+    }
+
+    #[test]
+    fn a_blocked_thread_shows_its_stack_pointer() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tid_tx.send(gettid()).unwrap();
+            let _ = rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let maps_sp = (0..200).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            blocked_sp(tid)
+        });
+        let sp = maps_sp.expect("a thread blocked in recv shows its sp");
+        let maps = Maps::read();
+        assert!(maps.find(sp).is_some_and(|m| m.write && !m.file));
+        tx.send(()).unwrap();
+        t.join().unwrap();
     }
 
     #[test]

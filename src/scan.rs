@@ -32,9 +32,8 @@ pub(crate) struct Caveats {
 pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
     debug_assert!(crate::guard::busy());
     let reported = crate::scope::reported();
-    let (already, blocks): (Vec<Classified>, Vec<Classified>) = classify_all(entry_sp, caveats)
-        .into_iter()
-        .partition(|b| {
+    let (already, blocks): (Vec<Classified>, Vec<Classified>) =
+        classify_all(entry_sp, caveats).into_iter().partition(|b| {
             b.kind != LeakKind::StillReachable
                 && reported.binary_search(&(b.rec.addr, b.rec.seq)).is_ok()
         });
@@ -79,11 +78,24 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             maps.readable_parts(start, start + b.len, |r| fixed.push(r));
         }
     }
+    // Where each thread's stack is, as far as /proc can tell while it runs
+    // (a thread blocked in a system call shows its stack pointer): the
+    // fallback for a thread that will not stop.
+    let me = roots::gettid();
+    let fallback: Vec<(i32, usize, usize)> = tids
+        .iter()
+        .filter(|&&t| t != me)
+        .filter_map(|&t| {
+            let sp = roots::blocked_sp(t)?;
+            let m = maps.find(sp)?;
+            Some((t, m.start, m.end))
+        })
+        .collect();
     let mut rootv: MapVec<Region> = MapVec::new();
     let mut snap: MapVec<Record> = MapVec::new();
     let expect = registry::live_blocks();
     if !snap.reserve(expect + expect / 4 + 1024)
-        || !rootv.reserve(fixed.len() + tids.len() * (2 + images.tls.len()))
+        || !rootv.reserve(fixed.len() + tids.len() * (4 + images.tls.len()))
     {
         caveats.out_of_memory = true;
         return Vec::new();
@@ -110,6 +122,15 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
                     rootv.push(r);
                 });
             }
+        }
+    }
+    // Threads that did not stop: their whole stack mapping, as it is. Erring
+    // towards "reachable" is better than blaming memory they hold.
+    for &(tid, start, end) in &fallback {
+        if !world.threads().any(|t| t.tid == tid) {
+            maps.readable_parts(start, end, |r| {
+                rootv.push(r);
+            });
         }
     }
     snap.as_mut_slice().sort_unstable_by_key(|r| r.addr);
@@ -144,12 +165,12 @@ pub(crate) fn caveat_lines(c: &Caveats) -> Vec<String> {
     let mut out = Vec::new();
     if c.missed_threads > 0 {
         out.push(format!(
-            "memwarden: warning: {} thread(s) did not stop for the leak scan (they block SIGPWR); memory only they hold may be reported as lost",
+            "memwarden: warning: {} thread(s) did not stop for the leak scan (they block SIGPWR); the stacks of those blocked in a system call were scanned whole, and memory held only by the others may be reported as lost",
             c.missed_threads
         ));
     }
     if c.no_stop {
-        out.push("memwarden: warning: the program handles SIGPWR itself, so other threads were scanned while running; memory only they hold may be reported as lost".to_owned());
+        out.push("memwarden: warning: the program handles SIGPWR itself, so other threads were not stopped for the leak scan; the stacks of those blocked in a system call were scanned whole, and memory held only by the others may be reported as lost".to_owned());
     }
     if c.already_reported > 0 {
         out.push(format!(

@@ -203,6 +203,24 @@ pub(crate) fn intern(frames: &[usize]) -> StackId {
     }
 }
 
+/// Locks every shard of the stack table without guards (before `fork`).
+pub(crate) fn lock_all_raw() {
+    for s in &TABLE {
+        s.raw_lock();
+    }
+}
+
+/// Unlocks what [`lock_all_raw`] locked.
+///
+/// # Safety
+/// Only after [`lock_all_raw`], from the thread that called it.
+pub(crate) unsafe fn unlock_all_raw() {
+    for s in TABLE.iter().rev() {
+        // SAFETY: per the contract, this thread holds every shard lock.
+        unsafe { s.raw_unlock() };
+    }
+}
+
 /// The frames of stack `id` (empty for 0 or an unknown id).
 pub(crate) fn frames(id: StackId) -> Vec<usize> {
     if id == 0 {

@@ -47,6 +47,21 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock without a guard (for `fork` handlers, which lock in
+    /// one callback and unlock in another).
+    pub(crate) fn raw_lock(&self) {
+        std::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`SpinLock::raw_lock`].
+    ///
+    /// # Safety
+    /// The caller must have taken the lock with `raw_lock` and must not use
+    /// the value through any guard after this call without locking again.
+    pub(crate) unsafe fn raw_unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+
     #[cold]
     fn lock_contended(&self) {
         let mut spins = 0u32;

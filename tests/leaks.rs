@@ -483,3 +483,21 @@ fn a_collection_grown_after_enable_keeps_its_new_boxes_reachable() {
     );
     expect_code(&run, 0);
 }
+
+#[test]
+fn a_forked_child_neither_deadlocks_nor_reports() {
+    let run = run_tracked_text(&["fork_child"], &[]);
+    assert_eq!(
+        run.stderr.matches("LEAK SUMMARY").count(),
+        1,
+        "only the parent reports\n{}",
+        run.describe()
+    );
+    let line = site_line("fork_child");
+    assert!(
+        run.stderr.contains(&format!("scenarios.rs:{line}")),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 23);
+}

@@ -272,6 +272,13 @@ impl Evicted {
     }
 }
 
+/// What a quarantined block really holds: its bytes, its red zones and
+/// the inner allocator's header (about 64 bytes in all), so that many
+/// small blocks cannot hold many times the budget.
+fn quarantine_cost(rec: &Record) -> usize {
+    rec.size() + rec.align().max(16) + 48
+}
+
 /// Puts a freed block in its shard's quarantine and evicts the oldest
 /// blocks while the shard holds more than `budget` bytes (at most
 /// [`MAX_EVICT`] per call). `false` if the block could not be
@@ -285,11 +292,11 @@ pub(crate) fn quarantine(f: Freed, budget: usize, out: &mut Evicted) -> bool {
         s.freed.remove(f.rec.addr);
         return false;
     }
-    s.fifo_bytes += f.rec.size();
+    s.fifo_bytes += quarantine_cost(&f.rec);
     while s.fifo_bytes > budget && out.len < MAX_EVICT {
         let Some(addr) = s.fifo.pop() else { break };
         if let Some(old) = s.freed.remove(addr) {
-            s.fifo_bytes -= old.rec.size();
+            s.fifo_bytes -= quarantine_cost(&old.rec);
             out.blocks[out.len] = old;
             out.len += 1;
         }
@@ -301,6 +308,24 @@ pub(crate) fn quarantine(f: Freed, budget: usize, out: &mut Evicted) -> bool {
 /// guards are dropped.
 pub(crate) fn lock_all() -> [SpinGuard<'static, Shard>; SHARDS] {
     std::array::from_fn(|i| SHARD[i].lock())
+}
+
+/// Locks every shard without guards (before `fork`).
+pub(crate) fn lock_all_raw() {
+    for s in &SHARD {
+        s.raw_lock();
+    }
+}
+
+/// Unlocks what [`lock_all_raw`] locked (after `fork`, in both processes).
+///
+/// # Safety
+/// Only after [`lock_all_raw`], from the thread that called it.
+pub(crate) unsafe fn unlock_all_raw() {
+    for s in SHARD.iter().rev() {
+        // SAFETY: per the contract, this thread holds every shard lock.
+        unsafe { s.raw_unlock() };
+    }
 }
 
 /// Visits every shard under its lock, one at a time. `f` must not

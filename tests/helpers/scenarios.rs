@@ -67,6 +67,7 @@ const SCENARIOS: &[&str] = &[
     "static_hashmap",
     "scoped_caught",
     "late_enable",
+    "fork_child",
 ];
 
 /// What `main` was asked to do. Parsed first, so that the argument strings
@@ -116,6 +117,7 @@ fn parse(args: &[String]) -> Action {
         Some("static_hashmap") => run(static_hashmap),
         Some("scoped_caught") => run(scoped_caught),
         Some("late_enable") => run(late_enable),
+        Some("fork_child") => run(fork_child),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
 }
@@ -684,4 +686,49 @@ fn fill_late(range: std::ops::Range<u64>) {
     for i in black_box(range) {
         v.push(Box::new(i)); // SITE: late_enable
     }
+}
+
+// ---------------------------------------------------------------------------
+// fork_child: a child made by fork (no exec) while another thread is busy
+// allocating, that allocates and leaks itself, then exits. The child must
+// not deadlock, and must not print a report of its own: only the parent
+// reports (its own 24-byte leak), once.
+
+fn fork_child() {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                black_box(vec![1u8; 64]);
+            }
+        })
+    };
+    for _ in 0..20 {
+        // SAFETY: the child only allocates (memwarden's locks are released
+        // for it by its fork handlers) and leaves with _exit-free `exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let v: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+            std::mem::forget(v);
+            std::process::exit(0);
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    leak_after_fork();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_after_fork() {
+    black_box(Box::leak(Box::new([9u8; 24]))); // SITE: fork_child
 }
