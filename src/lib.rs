@@ -207,12 +207,10 @@ pub fn assert_no_leaks<R>(f: impl FnOnce() -> R) -> R {
         if scope::fails(&report) {
             let report = scope::lost_only(report);
             panic!(
-                "memwarden: leak found by assert_no_leaks at {}: {} bytes in {} blocks definitely lost, {} bytes in {} blocks indirectly lost\n{report}",
+                "memwarden: leak found by assert_no_leaks at {}: {} definitely lost, {} indirectly lost\n{report}",
                 std::panic::Location::caller(),
-                report.summary.definitely_lost.bytes,
-                report.summary.definitely_lost.blocks,
-                report.summary.indirectly_lost.bytes,
-                report.summary.indirectly_lost.blocks,
+                report.summary.definitely_lost,
+                report.summary.indirectly_lost,
             );
         }
         value

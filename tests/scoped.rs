@@ -88,7 +88,7 @@ fn a_leak_panics_and_names_its_line() {
         "{text}"
     );
     assert!(
-        text.contains("64 bytes in 1 blocks definitely lost"),
+        text.contains("64 bytes in 1 block definitely lost"),
         "{text}"
     );
     let site = format!("scoped.rs:{}", line_of("plant"));

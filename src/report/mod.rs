@@ -64,6 +64,19 @@ pub struct Amount {
     pub blocks: u64,
 }
 
+impl fmt::Display for Amount {
+    /// `64 bytes in 1 block`, `0 bytes in 0 blocks`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes in {} block{}",
+            self.bytes,
+            self.blocks,
+            if self.blocks == 1 { "" } else { "s" }
+        )
+    }
+}
+
 impl Amount {
     fn add(&mut self, bytes: u64, blocks: u64) {
         self.bytes += bytes;
