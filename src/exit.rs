@@ -56,9 +56,8 @@ extern "C" fn at_exit() {
     // and of the program above it, none of the dead frames below.
     let entry_sp = crate::roots::stack_pointer();
     // SAFETY: getpid has no preconditions.
-    if DONE.swap(true, Ordering::AcqRel)
-        || unsafe { libc::getpid() } != OWNER.load(Ordering::Relaxed)
-    {
+    let pid = unsafe { libc::getpid() };
+    if DONE.swap(true, Ordering::AcqRel) || pid != OWNER.load(Ordering::Relaxed) {
         return;
     }
     let status = scan::guarded(|| {
