@@ -104,14 +104,52 @@ struct Scan<'a, M> {
     lo: usize,
     hi: usize,
     maps: &'a M,
+    safe: bool,
+}
+
+/// Reads `buf.len()` words at `addr` with `process_vm_readv` on this very
+/// process: a page that has gone away gives an error instead of a crash.
+/// Returns how many words were read.
+fn read_words_safely(addr: usize, buf: &mut [usize]) -> usize {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len() * W,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len() * W,
+    };
+    // SAFETY: the kernel writes at most `iov_len` bytes into `buf`, which
+    // has them, and reads the remote range checking every page.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 { 0 } else { n as usize / W }
+}
+
+/// One word at `addr` (aligned): read directly, or with
+/// [`read_words_safely`] when memory may be going away under the scan.
+fn read_word(addr: usize, safe: bool) -> Option<usize> {
+    if safe {
+        let mut w = [0usize; 1];
+        return (read_words_safely(addr, &mut w) == 1).then_some(w[0]);
+    }
+    // SAFETY: the caller of `classify` guarantees the memory scanned is
+    // readable for the whole scan when `safe` is false. A volatile read,
+    // because other code may own this memory.
+    Some(unsafe { (addr as *const usize).read_volatile() })
 }
 
 /// Classifies `blocks` (sorted by address, non-overlapping) against `roots`.
 /// `None` if scan memory could not be mapped.
+///
+/// With `safe` false, every block and root must stay readable for the whole
+/// scan (the other threads are stopped). With `safe` true (some thread
+/// could not be stopped and may free or unmap memory meanwhile), memory is
+/// read through `process_vm_readv`, slower but unable to fault.
 pub(crate) fn classify<M: Mappings>(
     blocks: &[Record],
     roots: &[Region],
     maps: &M,
+    safe: bool,
 ) -> Option<Classified> {
     let n = blocks.len();
     let mut s = Scan {
@@ -123,6 +161,7 @@ pub(crate) fn classify<M: Mappings>(
         lo: blocks.first().map_or(0, |b| b.addr),
         hi: blocks.last().map_or(0, |b| b.addr + b.size().max(1)),
         maps,
+        safe,
     };
     if !s.state.fill(Kind::Unreached as u8, n)
         || !s.indirect.fill(0, n)
@@ -192,18 +231,40 @@ impl<M: Mappings> Scan<'_, M> {
 
     fn scan(&mut self, start: usize, end: usize, prior_definite: bool, clique: Option<usize>) {
         let mut p = start.next_multiple_of(W);
+        if self.safe {
+            let mut buf = [0usize; 512];
+            while p + W <= end {
+                let want = ((end - p) / W).min(buf.len());
+                let got = read_words_safely(p, &mut buf[..want]);
+                for (i, &word) in buf[..got].iter().enumerate() {
+                    self.hit(word, p + i * W, prior_definite, clique);
+                }
+                // An unreadable page: skip to the next one.
+                p = if got == want {
+                    p + got * W
+                } else {
+                    (p + got * W + 1).next_multiple_of(4096)
+                };
+            }
+            return;
+        }
         while p + W <= end {
             // SAFETY: the caller of `classify` guarantees [start, end) is
             // readable for the whole scan, and `p` is aligned. A volatile
             // read, because other code may own this memory.
             let word = unsafe { (p as *const usize).read_volatile() };
-            if let Some(k) = self.find(word) {
-                match clique {
-                    None => self.mark(k, word, prior_definite, p),
-                    Some(leader) => self.claim(k, leader, p),
-                }
-            }
+            self.hit(word, p, prior_definite, clique);
             p += W;
+        }
+    }
+
+    #[inline]
+    fn hit(&mut self, word: usize, at: usize, prior_definite: bool, clique: Option<usize>) {
+        if let Some(k) = self.find(word) {
+            match clique {
+                None => self.mark(k, word, prior_definite, at),
+                Some(leader) => self.claim(k, leader, at),
+            }
         }
     }
 
@@ -213,7 +274,7 @@ impl<M: Mappings> Scan<'_, M> {
             return;
         }
         let b = self.blocks[k];
-        let via_start = ptr == b.addr || heuristic(&b, ptr, self.maps);
+        let via_start = ptr == b.addr || heuristic(&b, ptr, self.maps, self.safe);
         if via_start && prior_definite {
             self.state.as_mut_slice()[k] = Kind::Reachable as u8;
             self.referrer.as_mut_slice()[k] = at;
@@ -245,21 +306,20 @@ impl<M: Mappings> Scan<'_, M> {
 }
 
 /// Reads the word at `addr` if `[addr, addr + 8)` lies inside block `b`.
-fn word_in(b: &Record, addr: usize) -> Option<usize> {
+fn word_in(b: &Record, addr: usize, safe: bool) -> Option<usize> {
     if addr % W != 0 || addr < b.addr || addr + W > b.addr + b.size() {
         return None;
     }
-    // SAFETY: the word lies inside a live block, readable per `classify`.
-    Some(unsafe { (addr as *const usize).read_volatile() })
+    read_word(addr, safe)
 }
 
 /// memcheck's default leak-check heuristics: an interior pointer that
 /// matches one of these patterns counts as a pointer to the start.
-fn heuristic<M: Mappings>(b: &Record, ptr: usize, maps: &M) -> bool {
+fn heuristic<M: Mappings>(b: &Record, ptr: usize, maps: &M, safe: bool) -> bool {
     let size = b.size();
     // stdstring: | length | capacity | refcount | chars... \0 |
     if ptr == b.addr + 3 * W {
-        if let (Some(len), Some(cap)) = (word_in(b, b.addr), word_in(b, b.addr + W)) {
+        if let (Some(len), Some(cap)) = (word_in(b, b.addr, safe), word_in(b, b.addr + W, safe)) {
             if cap.checked_add(3 * W + 1) == Some(size) && len <= cap {
                 return true;
             }
@@ -267,7 +327,7 @@ fn heuristic<M: Mappings>(b: &Record, ptr: usize, maps: &M) -> bool {
     }
     // length64 and newarray: | n | n-divisible payload... |
     if ptr == b.addr + W {
-        if let Some(n) = word_in(b, b.addr) {
+        if let Some(n) = word_in(b, b.addr, safe) {
             if n > 0 && (size - W == n || (size - W) % n == 0) {
                 return true;
             }
@@ -275,14 +335,14 @@ fn heuristic<M: Mappings>(b: &Record, ptr: usize, maps: &M) -> bool {
     }
     // multipleinheritance: both the first word and the pointed-to word are
     // vtable pointers.
-    if let (Some(inner), Some(first)) = (word_in(b, ptr), word_in(b, b.addr)) {
+    if let (Some(inner), Some(first)) = (word_in(b, ptr, safe), word_in(b, b.addr, safe)) {
         let page = 4096;
         if inner % W == 0
             && inner >= page
             && first % W == 0
             && first >= page
-            && is_vtable(inner, maps)
-            && is_vtable(first, maps)
+            && is_vtable(inner, maps, safe)
+            && is_vtable(first, maps, safe)
         {
             return true;
         }
@@ -293,7 +353,7 @@ fn heuristic<M: Mappings>(b: &Record, ptr: usize, maps: &M) -> bool {
 /// memcheck's vtable test: `ptr` is in a readable file mapping, and among
 /// the first 20 words there are two non-null pointers into executable file
 /// mappings (and no other non-null word before them).
-fn is_vtable<M: Mappings>(ptr: usize, maps: &M) -> bool {
+fn is_vtable<M: Mappings>(ptr: usize, maps: &M, safe: bool) -> bool {
     let Some(end) = maps.file_readable(ptr) else {
         return false;
     };
@@ -301,8 +361,9 @@ fn is_vtable<M: Mappings>(ptr: usize, maps: &M) -> bool {
     let mut p = ptr;
     let last = (ptr + 20 * W).min(end.saturating_sub(W));
     while p <= last {
-        // SAFETY: `p` is aligned and inside a readable file mapping.
-        let f = unsafe { (p as *const usize).read_volatile() };
+        let Some(f) = read_word(p, safe) else {
+            return false;
+        };
         p += W;
         if f == 0 {
             continue;
@@ -369,7 +430,12 @@ mod tests {
                 start: roots.as_ptr() as usize,
                 end: roots.as_ptr() as usize + roots.len() * W,
             }];
-            let c = classify(&sorted, &root, &NoMaps).unwrap();
+            let c = classify(&sorted, &root, &NoMaps, false).unwrap();
+            let safe = classify(&sorted, &root, &NoMaps, true).unwrap();
+            for i in 0..sorted.len() {
+                assert_eq!(c.kind(i), safe.kind(i), "safe reads classify the same");
+                assert_eq!(c.indirect_bytes(i), safe.indirect_bytes(i));
+            }
             let mut out = vec![(Kind::Reachable, 0); self.bufs.len()];
             for (pos, (orig, _)) in recs.iter().enumerate() {
                 out[*orig] = (c.kind(pos), c.indirect_bytes(pos));

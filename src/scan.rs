@@ -134,8 +134,11 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         }
     }
     snap.as_mut_slice().sort_unstable_by_key(|r| r.addr);
+    // Memory may be freed under the scan only by a thread that did not
+    // stop: then read it in the way that cannot fault.
+    let safe = world.missed > 0 || (world.unsupported && tids.len() > 1);
     let classified = if ok {
-        reach::classify(snap.as_slice(), rootv.as_slice(), &maps)
+        reach::classify(snap.as_slice(), rootv.as_slice(), &maps, safe)
     } else {
         None
     };

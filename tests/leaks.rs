@@ -501,3 +501,29 @@ fn a_forked_child_neither_deadlocks_nor_reports() {
     );
     expect_code(&run, 23);
 }
+
+#[test]
+fn threads_that_cannot_be_stopped_are_scanned_whole() {
+    let run = run_tracked(&["own_sigpwr"], &[]);
+    expect_site(
+        &run,
+        "own_sigpwr",
+        "still_reachable",
+        56,
+        1,
+        "hold_forever_sigpwr",
+    );
+    assert!(
+        run.stderr
+            .contains("memwarden: warning: the program handles SIGPWR itself"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        summary(run.report(), "definitely_lost"),
+        (0, 0),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 0);
+}

@@ -68,6 +68,7 @@ const SCENARIOS: &[&str] = &[
     "scoped_caught",
     "late_enable",
     "fork_child",
+    "own_sigpwr",
 ];
 
 /// What `main` was asked to do. Parsed first, so that the argument strings
@@ -118,6 +119,7 @@ fn parse(args: &[String]) -> Action {
         Some("scoped_caught") => run(scoped_caught),
         Some("late_enable") => run(late_enable),
         Some("fork_child") => run(fork_child),
+        Some("own_sigpwr") => run(own_sigpwr),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
 }
@@ -731,4 +733,38 @@ fn fork_child() {
 #[inline(never)]
 fn leak_after_fork() {
     black_box(Box::leak(Box::new([9u8; 24]))); // SITE: fork_child
+}
+
+// ---------------------------------------------------------------------------
+// own_sigpwr: the program has its own SIGPWR handler, so memwarden cannot
+// stop the other threads for its scan. A thread parked in a system call
+// still has its whole stack scanned: its box is still reachable.
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn own_sigpwr() {
+    // SAFETY: installs a handler that does nothing.
+    unsafe {
+        libc::signal(
+            libc::SIGPWR,
+            ignore_signal as *const () as libc::sighandler_t,
+        )
+    };
+    let (tx, rx) = mpsc::channel();
+    drop(thread::spawn(move || hold_forever_sigpwr(tx)));
+    rx.recv().unwrap();
+    // Let the thread settle into its futex wait.
+    thread::sleep(std::time::Duration::from_millis(50));
+}
+
+#[inline(never)]
+fn hold_forever_sigpwr(ready: mpsc::Sender<()>) -> ! {
+    let held = Box::new([8u8; 56]); // SITE: own_sigpwr
+    black_box(&held);
+    ready.send(()).unwrap();
+    drop(ready);
+    loop {
+        black_box(&held);
+        thread::park();
+    }
 }
