@@ -213,12 +213,21 @@ fn shard_of(addr: usize) -> &'static SpinLock<Shard> {
 #[inline]
 pub(crate) fn insert(rec: Record) -> bool {
     let mut s = shard_of(rec.addr).lock();
-    let fresh = s.live.get(rec.addr).is_none();
-    let ok = s.live.insert(rec);
-    if ok && fresh && rec.is_internal() {
-        s.internal += 1;
+    match s.live.replace(rec) {
+        None => false,
+        Some(old) => {
+            // Keep the count of memwarden's own records exact, also when a
+            // record replaces another (an address the registry missed a
+            // free of).
+            if old.is_some_and(|o| o.is_internal()) {
+                s.internal -= 1;
+            }
+            if rec.is_internal() {
+                s.internal += 1;
+            }
+            true
+        }
     }
-    ok
 }
 
 /// What the registry knew about an address being freed.

@@ -59,8 +59,14 @@ impl<R: Slot> Table<R> {
 
     /// Inserts or replaces; `false` if the table could not grow.
     pub(crate) fn insert(&mut self, rec: R) -> bool {
+        self.replace(rec).is_some()
+    }
+
+    /// Inserts or replaces: `None` if the table could not grow, else the
+    /// value replaced (`Some(None)` for a new key).
+    pub(crate) fn replace(&mut self, rec: R) -> Option<Option<R>> {
         if (self.len + 1) * 2 > self.slots.len() && !self.grow() {
-            return false;
+            return None;
         }
         let mask = self.mask();
         let slots = self.slots.as_mut_slice();
@@ -70,11 +76,10 @@ impl<R: Slot> Table<R> {
             if k == 0 {
                 slots[i] = rec;
                 self.len += 1;
-                return true;
+                return Some(None);
             }
             if k == rec.key() {
-                slots[i] = rec;
-                return true;
+                return Some(Some(std::mem::replace(&mut slots[i], rec)));
             }
             i = (i + 1) & mask;
         }

@@ -73,7 +73,7 @@ impl Rule {
         let slot = match rbp_at {
             None => 0,
             // Saved registers live below the CFA, in the frame itself.
-            Some(at) if at < 0 && at % 8 == 0 && -at / 8 < 1 << SLOT_BITS => -at / 8,
+            Some(at) if at < 0 && at % 8 == 0 && at > -(8 << SLOT_BITS) => -at / 8,
             Some(_) => return Rule::GIVE_UP,
         };
         let kind = if cfa_in_rbp { KIND_RBP } else { KIND_RSP };
@@ -188,6 +188,11 @@ mod tests {
         assert_eq!(Rule::new(false, 1 << 20, None), Rule::GIVE_UP);
         assert_eq!(Rule::new(false, 16, Some(8)), Rule::GIVE_UP);
         assert_eq!(Rule::new(false, 16, Some(-12)), Rule::GIVE_UP);
+        assert_eq!(Rule::new(false, 16, Some(i64::MIN)), Rule::GIVE_UP);
+        assert_eq!(Rule::new(true, i64::MIN, None), Rule::GIVE_UP);
+        assert_eq!(Rule::new(true, i64::MAX - 7, None), Rule::GIVE_UP);
+        let far = Rule::new(false, 16, Some(-8 * ((1 << SLOT_BITS) - 1)));
+        assert_eq!(far.rbp_below_cfa(), 8 * ((1 << SLOT_BITS) - 1));
     }
 
     #[test]
