@@ -346,7 +346,13 @@ mod tracked {
         ///
         /// # Safety
         /// The contract of `GlobalAlloc::realloc` for an untracked block.
-        unsafe fn adopt(&self, ptr: *mut u8, layout: Layout, new_size: usize, entry_sp: usize) -> *mut u8 {
+        unsafe fn adopt(
+            &self,
+            ptr: *mut u8,
+            layout: Layout,
+            new_size: usize,
+            entry_sp: usize,
+        ) -> *mut u8 {
             let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
                 return std::ptr::null_mut();
             };

@@ -338,7 +338,10 @@ mod tests {
             file: None,
             line: None,
         };
-        let out = user_frames(vec![nf("alloc::alloc::alloc"), nf("app::leak"), nf("main")], 16);
+        let out = user_frames(
+            vec![nf("alloc::alloc::alloc"), nf("app::leak"), nf("main")],
+            16,
+        );
         assert_eq!(out[0].function.as_deref(), Some("app::leak"));
     }
 
