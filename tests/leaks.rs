@@ -527,3 +527,13 @@ fn threads_that_cannot_be_stopped_are_scanned_whole() {
     );
     expect_code(&run, 0);
 }
+
+#[test]
+fn enable_and_disable_at_run_time() {
+    let report = temp_path("toggle", "json");
+    let path = report.path().to_str().unwrap().to_owned();
+    let run = run(&["toggle"], &[("DEBUG_MEMORY_REPORT", &path)]);
+    expect_site(&run, "toggle_on", "definitely_lost", 72, 1, "leak_while_on");
+    expect_no_site(&run, "toggle_paused");
+    expect_code(&run, 23);
+}

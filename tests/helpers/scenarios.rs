@@ -69,6 +69,7 @@ const SCENARIOS: &[&str] = &[
     "late_enable",
     "fork_child",
     "own_sigpwr",
+    "toggle",
 ];
 
 /// What `main` was asked to do. Parsed first, so that the argument strings
@@ -120,6 +121,7 @@ fn parse(args: &[String]) -> Action {
         Some("late_enable") => run(late_enable),
         Some("fork_child") => run(fork_child),
         Some("own_sigpwr") => run(own_sigpwr),
+        Some("toggle") => run(toggle),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
 }
@@ -767,4 +769,44 @@ fn hold_forever_sigpwr(ready: mpsc::Sender<()>) -> ! {
         black_box(&held);
         thread::park();
     }
+}
+
+// ---------------------------------------------------------------------------
+// toggle: switch tracking on and off at run time (no DEBUG_MEMORY). A block
+// leaked while tracking was on is reported; one leaked while it was paused
+// is not; a tracked block freed while paused is freed properly.
+
+fn toggle() {
+    assert!(!memwarden::is_enabled());
+    memwarden::enable();
+    assert!(memwarden::is_enabled());
+    let tracked = Box::new([1u64; 8]);
+    leak_while_on();
+    let before = memwarden::stats();
+    assert!(before.live_blocks >= 2, "{before:?}");
+    memwarden::disable();
+    assert!(!memwarden::is_enabled());
+    leak_while_paused();
+    drop(tracked);
+    let after = memwarden::stats();
+    assert_eq!(
+        after.total_allocs, before.total_allocs,
+        "nothing new is tracked while paused"
+    );
+    assert_eq!(
+        after.live_blocks + 1,
+        before.live_blocks,
+        "the tracked block was freed"
+    );
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_while_on() {
+    black_box(Box::leak(Box::new([2u8; 72]))); // SITE: toggle_on
+}
+
+#[inline(never)]
+fn leak_while_paused() {
+    black_box(Box::leak(Box::new([3u8; 88]))); // SITE: toggle_paused
 }
