@@ -90,7 +90,9 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     for line in scan::caveat_lines(&caveats) {
         let _ = writeln!(err, "{line}");
     }
-    let _ = write!(err, "{report}");
+    // One write for the whole text: stderr is unbuffered, and a report of
+    // many entries would otherwise cost a system call per fragment.
+    let _ = err.write_all(report.to_string().as_bytes());
     let mut write_failed = false;
     let report_path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
     let mut write =
