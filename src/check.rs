@@ -407,7 +407,7 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { check_poison(buf.as_ptr(), 64) }, Some(40));
         // A tail shorter than a word, and a change in it.
-        let mut odd = vec![FREED; 13];
+        let mut odd = [FREED; 13];
         // SAFETY: `odd` is 13 bytes we own.
         assert_eq!(unsafe { check_poison(odd.as_ptr(), 13) }, None);
         odd[11] = 0;

@@ -84,6 +84,7 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     let mut caveats = Caveats::default();
     let mut report = scan::scan(entry_sp, &mut caveats);
     report.errors = crate::check::errors();
+    report.outstanding = crate::pool::outstanding();
     #[cfg(feature = "tracing")]
     crate::trace::emit_report(&report);
     let mut err = std::io::stderr().lock();

@@ -91,9 +91,30 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             Some((t, m.start, m.end))
         })
         .collect();
+    // Memory pools, as Valgrind treats them: a pool's chunks are not
+    // blocks of their own; each object still taken from a pool is a block,
+    // with the stack of its `alloc`. A forgotten pool object is then lost
+    // at the line that took it, and free slots hold nothing.
+    let chunks: Vec<usize> = {
+        let mut c: Vec<usize> = crate::pool::pool_chunks().iter().map(|&(a, _)| a).collect();
+        c.sort_unstable();
+        c
+    };
+    let pool_objects: Vec<(usize, usize, u32)> = if chunks.is_empty() {
+        Vec::new()
+    } else {
+        crate::pool::pool_outstanding()
+            .iter()
+            .filter(|o| o.block.0 != 0)
+            .map(|o| (o.block.0, o.block.1, o.stack))
+            .collect()
+    };
+    if std::env::var_os("MEMWARDEN_DEBUG_POOLS").is_some() {
+        eprintln!("memwarden: debug: pool chunks {chunks:x?}, objects {pool_objects:x?}");
+    }
     let mut rootv: MapVec<Region> = MapVec::new();
     let mut snap: MapVec<Record> = MapVec::new();
-    let expect = registry::live_blocks();
+    let expect = registry::live_blocks() + pool_objects.len();
     if !snap.reserve(expect + expect / 4 + 1024)
         || !rootv.reserve(fixed.len() + tids.len() * (4 + images.tls.len()))
     {
@@ -133,6 +154,9 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             });
         }
     }
+    if !chunks.is_empty() {
+        swap_chunks_for_objects(&mut snap, &chunks, &pool_objects);
+    }
     snap.as_mut_slice().sort_unstable_by_key(|r| r.addr);
     // Memory may be freed under the scan only by a thread that did not
     // stop: then read it in the way that cannot fault.
@@ -161,6 +185,50 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             referrer: c.referrer(i),
         })
         .collect()
+}
+
+/// Replaces the records of pool chunks (`chunks`: their start addresses,
+/// sorted) by one record
+/// per object taken from them, which inherits its chunk's sequence number
+/// and thread. Allocation-free: runs while the world is stopped.
+fn swap_chunks_for_objects(
+    snap: &mut MapVec<Record>,
+    chunks: &[usize],
+    objects: &[(usize, usize, u32)],
+) {
+    let mut chunk_recs: MapVec<Record> = MapVec::new();
+    let records = snap.as_mut_slice();
+    let mut kept = 0;
+    for i in 0..records.len() {
+        let r = records[i];
+        // A record holding a chunk's start is that chunk's allocation (the
+        // chunk may start a little past the block, after a header).
+        let next = chunks.partition_point(|&c| c < r.addr);
+        if chunks
+            .get(next)
+            .is_some_and(|&c| c < r.addr + r.size().max(1))
+        {
+            let _ = chunk_recs.push(r);
+        } else {
+            records[kept] = r;
+            kept += 1;
+        }
+    }
+    snap.truncate(kept);
+    chunk_recs.as_mut_slice().sort_unstable_by_key(|r| r.addr);
+    let chunk_recs = chunk_recs.as_slice();
+    for &(addr, len, stack) in objects {
+        // The chunk holding the object: the last one starting at or before it.
+        let Some(c) = chunk_recs
+            .partition_point(|c| c.addr <= addr)
+            .checked_sub(1)
+            .map(|i| chunk_recs[i])
+            .filter(|c| addr + len <= c.addr + c.size())
+        else {
+            continue;
+        };
+        let _ = snap.push(Record::new(addr, len, 8, c.seq, stack, c.thread));
+    }
 }
 
 /// Warnings about an incomplete scan, as report lines.

@@ -219,6 +219,11 @@ impl<T: Copy> MapVec<T> {
         true
     }
 
+    /// Keeps the first `len` values.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     pub(crate) fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
             return None;

@@ -537,3 +537,76 @@ fn enable_and_disable_at_run_time() {
     expect_no_site(&run, "toggle_paused");
     expect_code(&run, 23);
 }
+
+#[test]
+fn a_forgotten_pool_object_is_reported_at_the_line_that_took_it() {
+    let run = run_tracked(&["pool_leak"], &[]);
+    let line = site_line("pool_leak");
+    // The object is lost with its pool's bookkeeping (which still points at
+    // it), so it is indirectly lost, owned by the lost pool; the pool's
+    // chunks are not blocks of their own.
+    let object = run.report()["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            top_frame(l).is_some_and(|f| f["line"] == line) && l["bytes"].as_u64() == Some(40)
+        })
+        .unwrap_or_else(|| panic!("the pool object's entry\n{}", run.describe()));
+    assert_eq!(object["kind"], "indirectly_lost", "{}", run.describe());
+    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
+    assert_eq!(outstanding.len(), 1, "{}", run.describe());
+    assert_eq!(outstanding[0]["kind"], "pool");
+    assert_eq!(outstanding[0]["line"], line);
+    assert_eq!(outstanding[0]["pool_alive"], false);
+    assert!(
+        run.stderr
+            .contains(&format!("taken at tests/helpers/scenarios.rs:{line}:")),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 23);
+}
+
+#[test]
+fn a_tracked_rc_cycle_lists_who_holds_each_object() {
+    let run = run_tracked(&["tracked_cycle"], &[]);
+    expect_site(
+        &run,
+        "tracked_a",
+        "definitely_lost",
+        64,
+        1,
+        "make_tracked_cycle",
+    );
+    expect_site(
+        &run,
+        "tracked_b",
+        "indirectly_lost",
+        64,
+        1,
+        "make_tracked_cycle",
+    );
+    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
+    assert_eq!(outstanding.len(), 2, "{}", run.describe());
+    let by_line = |tag: &str| {
+        outstanding
+            .iter()
+            .find(|o| o["line"] == site_line(tag))
+            .unwrap_or_else(|| panic!("an entry for {tag}\n{}", run.describe()))
+    };
+    let (a, b) = (by_line("tracked_a"), by_line("tracked_b"));
+    assert_eq!(a["kind"], "rc");
+    assert_eq!(a["cycle"], b["cycle"], "one cycle");
+    assert!(a["cycle"].is_u64());
+    assert_eq!(a["holders"][0]["line"], site_line("tracked_b_holds_a"));
+    assert_eq!(b["holders"][0]["line"], site_line("tracked_a_holds_b"));
+    assert_eq!(a["holders"][0]["inside"], b["id"]);
+    assert_eq!(b["holders"][0]["inside"], a["id"]);
+    assert!(
+        run.stderr.contains("(in reference cycle #"),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 23);
+}

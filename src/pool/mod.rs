@@ -84,7 +84,10 @@ pub(crate) use outstanding::{hide, next_id, quiet, read_word, reveal};
 pub(crate) use outstanding::{pool_chunks, pool_outstanding};
 
 use outstanding::capture_stack;
-use slot::{Chunk, Slot, empty_chunks, filter_list, sort_by_site};
+use slot::{Chunk, Slot, chunk_of, empty_chunks, sort_by_site};
+use std::alloc::Layout;
+
+use crate::checked;
 
 // === Builder ===
 
@@ -292,21 +295,26 @@ pub struct PoolBox<T> {
 /// What a [`Pool`] and its boxes share.
 ///
 /// Invariants:
-/// * `free` is a list of free slots of `chunks`, linked through
-///   [`Slot::set_next`]; `bump..end` are slots of the last chunk never
-///   taken yet; every other slot of `chunks` is taken by exactly one live
-///   [`PoolBox`] (or by one that was forgotten).
-/// * `handles` counts the [`Pool`] handles. Taken slots are not counted
-///   on the hot path; when the last handle goes, they are counted once
-///   (into `orphans`), and from then on each returning box counts down: the
-///   core is freed when no handle and no taken slot is left.
-/// * `carved` counts the slots ever taken from `bump` (in chunks still
-///   held): a slot is carved only when all carved ones are taken, so the
-///   most objects ever taken at once is the most ever carved.
+/// * The free slots are `hot` (if not null) and a stack of pointers,
+///   `stack[..len]`, with room for every slot of `chunks` (`cap >=
+///   slots`), so a push never grows it. An array rather than a list
+///   linked through the slots: taking a slot does not wait for a load from
+///   the previous one. `hot` holds the slot returned last, at a fixed
+///   address: a slot taken and returned over and over never touches the
+///   stack.
+/// * `bump..end` are slots of the last chunk never taken yet; `carved`
+///   counts the others. Every carved slot not free is taken by exactly one
+///   live [`PoolBox`] (or by one that was forgotten), so `live = carved -
+///   len - hot`.
+/// * A slot is carved only when all carved ones are taken, so the most
+///   objects ever taken at once is the most ever carved (`high_water`).
+/// * `handles` counts the [`Pool`] handles; the core is freed when no
+///   handle and no taken slot is left.
 struct Core<T> {
-    free: Cell<*mut Slot<T>>,
-    /// Taken slots, counted only once no handle is left.
-    orphans: Cell<usize>,
+    hot: Cell<*mut Slot<T>>,
+    stack: Cell<*mut *mut Slot<T>>,
+    len: Cell<usize>,
+    cap: Cell<usize>,
     carved: Cell<usize>,
     high_water: Cell<usize>,
     /// Atomic only so that a report on another thread may read it; this
@@ -346,8 +354,10 @@ impl<T> Pool<T> {
     fn with_builder(b: Builder<T>) -> Self {
         let registered = crate::is_enabled();
         let core = Box::new(Core {
-            free: Cell::new(ptr::null_mut()),
-            orphans: Cell::new(0),
+            hot: Cell::new(ptr::null_mut()),
+            stack: Cell::new(ptr::null_mut()),
+            len: Cell::new(0),
+            cap: Cell::new(0),
             carved: Cell::new(0),
             high_water: Cell::new(0),
             handles: AtomicUsize::new(1),
@@ -391,24 +401,36 @@ impl<T> Pool<T> {
     #[inline]
     pub fn alloc(&self, value: T) -> Result<PoolBox<T>, PoolError<T>> {
         let core = self.core();
-        let slot = match NonNull::new(core.free.get()) {
-            Some(s) => {
-                // SAFETY: a slot on the free list is free, linked, and ours:
-                // the pool is !Sync.
-                core.free.set(unsafe { Slot::next(s) });
-                s
+        let hot = core.hot.get();
+        let n = core.len.get();
+        let slot = if !hot.is_null() {
+            core.hot.set(ptr::null_mut());
+            // SAFETY: checked just above.
+            unsafe { NonNull::new_unchecked(hot) }
+        } else if n > 0 {
+            core.len.set(n - 1);
+            // SAFETY: `stack[..len]` holds free slots (non-null), ours: the
+            // pool is !Sync. The entry is cleared as it is taken, so that no
+            // stale pointer to a taken object is left in the pool for the
+            // leak scan to follow (a forgotten object stays definitely lost).
+            unsafe {
+                let top = core.stack.get().add(n - 1);
+                let slot = NonNull::new_unchecked(*top);
+                *top = ptr::null_mut();
+                slot
             }
-            None => match core.carve() {
+        } else {
+            match core.carve() {
                 Ok(s) => s,
                 Err(kind) => return Err(PoolError { value, kind }),
-            },
+            }
         };
-        // SAFETY: `slot` was just taken off the free list or carved: free,
+        // SAFETY: `slot` was just taken off the stack or carved: free,
         // in a live chunk, and ours.
         unsafe { Slot::fill(slot, Location::caller(), value) };
         if core.registered {
             // SAFETY: as above.
-            unsafe { Slot::set_stack(slot, capture_stack()) };
+            unsafe { Slot::set_stack(slot, Location::caller(), capture_stack()) };
         }
         Ok(PoolBox {
             slot,
@@ -417,8 +439,7 @@ impl<T> Pool<T> {
         })
     }
 
-    /// The pool's figures now. Walks the slots to count the live ones
-    /// (`alloc` and drops count nothing, to stay fast).
+    /// The pool's figures now.
     pub fn stats(&self) -> PoolStats {
         let c = self.core();
         // SAFETY: the chunk list is only changed by this thread's own
@@ -476,16 +497,9 @@ impl<T> Drop for Pool<T> {
         let c = self.core();
         let handles = c.handles.load(Relaxed) - 1;
         c.handles.store(handles, Relaxed);
-        if handles == 0 {
-            let live = c.live();
-            if live == 0 {
-                // SAFETY: no handle and no box is left.
-                unsafe { Core::destroy(self.core) };
-            } else {
-                // The boxes still out free the core: the last one to come
-                // back does.
-                c.orphans.set(live);
-            }
+        if handles == 0 && c.live() == 0 {
+            // SAFETY: no handle and no box is left.
+            unsafe { Core::destroy(self.core) };
         }
     }
 }
@@ -514,6 +528,7 @@ impl<T> Core<T> {
                 });
             }
             let len = self.chunk_len.min(room);
+            self.reserve_stack(self.slots.get() + len)?;
             let chunk =
                 Chunk::<T>::new(len).map_err(|layout| PoolErrorKind::OutOfMemory { layout })?;
             self.bump.set(chunk.start.as_ptr());
@@ -529,6 +544,32 @@ impl<T> Core<T> {
         self.high_water.set(self.high_water.get().max(carved));
         // SAFETY: slots of a chunk are non-null.
         Ok(unsafe { NonNull::new_unchecked(s) })
+    }
+
+    /// Makes room on the free stack for `want` slots.
+    fn reserve_stack(&self, want: usize) -> Result<(), PoolErrorKind> {
+        let cap = self.cap.get();
+        if want <= cap {
+            return Ok(());
+        }
+        let new_cap = want.max(cap.saturating_mul(2));
+        let oom = |layout| PoolErrorKind::OutOfMemory { layout };
+        let new_layout = checked::array_layout::<*mut Slot<T>>(new_cap).map_err(|_| oom(None))?;
+        let p = if cap == 0 {
+            // SAFETY: `want > 0`, so the layout is not zero-sized.
+            unsafe { std::alloc::alloc(new_layout) }
+        } else {
+            let old = Layout::array::<*mut Slot<T>>(cap).expect("checked when made");
+            // SAFETY: `stack` was allocated with `old`; the new size is
+            // non-zero and checked.
+            unsafe { std::alloc::realloc(self.stack.get().cast(), old, new_layout.size()) }
+        };
+        if p.is_null() {
+            return Err(oom(Some(new_layout)));
+        }
+        self.stack.set(p.cast());
+        self.cap.set(new_cap);
+        Ok(())
     }
 
     /// Changes the chunk list, with the registry locked if registered.
@@ -549,11 +590,16 @@ impl<T> Core<T> {
         // SAFETY: a taken slot keeps the core alive.
         let c = unsafe { core.as_ref() };
         // SAFETY: the slot is ours (taken) and in a live chunk.
-        unsafe {
-            Slot::clear(slot);
-            Slot::set_next(slot, c.free.get());
+        unsafe { Slot::clear(slot) };
+        if c.hot.get().is_null() {
+            c.hot.set(slot.as_ptr());
+        } else {
+            let n = c.len.get();
+            // SAFETY: `len + 1 < cap`: the stack has room for every slot,
+            // and neither this one nor `hot` is on it.
+            unsafe { *c.stack.get().add(n) = slot.as_ptr() };
+            c.len.set(n + 1);
         }
-        c.free.set(slot.as_ptr());
         if c.handles.load(Relaxed) == 0 {
             // SAFETY: forwarded.
             unsafe { Core::release_orphan(core) };
@@ -569,25 +615,16 @@ impl<T> Core<T> {
     unsafe fn release_orphan(core: NonNull<Core<T>>) {
         // SAFETY: the core is alive until the last box is back.
         let c = unsafe { core.as_ref() };
-        let n = c.orphans.get() - 1;
-        c.orphans.set(n);
-        if n == 0 {
+        if c.live() == 0 {
             // SAFETY: no handle and no box is left.
             unsafe { Core::destroy(core) };
         }
     }
 
-    /// Counts the taken slots.
+    /// Taken slots.
+    #[inline]
     fn live(&self) -> usize {
-        let mut n = 0;
-        // SAFETY: only this thread changes the list, and not meanwhile.
-        for chunk in unsafe { &*self.chunks.get() } {
-            for i in 0..chunk.len {
-                // SAFETY: the chunk is alive and zero-initialised.
-                n += usize::from(unsafe { Slot::site(chunk.slot(i)) }.is_some());
-            }
-        }
-        n
+        self.carved.get() - self.len.get() - usize::from(!self.hot.get().is_null())
     }
 
     /// # Safety
@@ -605,6 +642,11 @@ impl<T> Core<T> {
         // SAFETY: per the contract nothing else uses the core, and the
         // registry no longer lists it: take it back.
         let c = unsafe { Box::from_raw(core.as_ptr()) };
+        if c.cap.get() > 0 {
+            let layout = Layout::array::<*mut Slot<T>>(c.cap.get()).expect("checked when made");
+            // SAFETY: allocated with this layout by `reserve_stack`.
+            unsafe { std::alloc::dealloc(c.stack.get().cast(), layout) };
+        }
         for chunk in c.chunks.into_inner() {
             // SAFETY: no slot is taken any more.
             unsafe { chunk.free() };
@@ -653,15 +695,32 @@ impl<T> Core<T> {
     fn shrink(&self) -> usize {
         // SAFETY: only this thread changes the list, and not meanwhile.
         let chunks = unsafe { &*self.chunks.get() };
-        // SAFETY: the free list is ours (the pool is !Sync).
-        let Some(empty) =
-            (unsafe { empty_chunks(chunks, &[self.free.get()], self.bump.get(), self.end.get()) })
-        else {
+        let hot = self.hot.replace(ptr::null_mut());
+        if !hot.is_null() {
+            let n = self.len.get();
+            // SAFETY: room for every slot; `hot` is not on the stack.
+            unsafe { *self.stack.get().add(n) = hot };
+            self.len.set(n + 1);
+        }
+        let free: &mut [*mut Slot<T>] = if self.cap.get() == 0 {
+            &mut []
+        } else {
+            // SAFETY: `stack[..len]` is initialised, and ours alone: the
+            // pool is !Sync and no other borrow of the stack exists.
+            unsafe { std::slice::from_raw_parts_mut(self.stack.get(), self.len.get()) }
+        };
+        let Some(empty) = empty_chunks(chunks, free, self.bump.get(), self.end.get()) else {
             return 0;
         };
-        // SAFETY: as above.
-        let (head, _) = unsafe { filter_list(chunks, &empty, self.free.get()) };
-        self.free.set(head);
+        // Keep the free slots of the chunks that stay, in order.
+        let mut kept = 0;
+        for i in 0..free.len() {
+            if !empty[chunk_of(chunks, free[i])] {
+                free[kept] = free[i];
+                kept += 1;
+            }
+        }
+        self.len.set(kept);
         let mut freed = (0, 0);
         let mut uncarved = 0;
         if empty[empty.len() - 1] {
@@ -676,7 +735,7 @@ impl<T> Core<T> {
                     freed.0 += 1;
                     freed.1 += chunk.len;
                     // SAFETY: every slot of the chunk is free, and none is
-                    // on the free list any more.
+                    // on the stack any more.
                     unsafe { chunk.free() };
                 } else {
                     list.push(chunk);

@@ -166,6 +166,81 @@ impl fmt::Display for Outstanding {
     }
 }
 
+/// JSON form, for the exit report's `outstanding` array:
+///
+/// ```json
+/// {"kind": "rc", "id": 3, "type": "app::Node", "bytes": 40,
+///  "file": "src/graph.rs", "line": 14, "column": 13,
+///  "holders": [{"file": "src/graph.rs", "line": 17, "column": 32, "inside": 4}],
+///  "cycle": 3, "unreachable": true, "pool_alive": null}
+/// ```
+///
+/// `holders`, `cycle` and `unreachable` are for tracked pointers (`[]`,
+/// `null` and `false` for pool objects); `pool_alive` for pool objects
+/// (`null` for tracked pointers).
+#[cfg(feature = "tracking")]
+impl serde::Serialize for Outstanding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Holders<'a>(&'a [Holder]);
+        impl serde::Serialize for Holders<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for h in self.0 {
+                    seq.serialize_element(&HolderJson {
+                        file: h.taken_at.file(),
+                        line: h.taken_at.line(),
+                        column: h.taken_at.column(),
+                        inside: h.inside,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        #[derive(serde::Serialize)]
+        struct HolderJson<'a> {
+            file: &'a str,
+            line: u32,
+            column: u32,
+            inside: Option<u64>,
+        }
+        let pool = matches!(self.kind, OutstandingKind::Pool | OutstandingKind::SyncPool);
+        let mut st = s.serialize_struct("Outstanding", 12)?;
+        st.serialize_field("kind", self.kind.as_str())?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("type", self.type_name)?;
+        st.serialize_field("bytes", &self.bytes)?;
+        st.serialize_field("file", self.taken_at.file())?;
+        st.serialize_field("line", &self.taken_at.line())?;
+        st.serialize_field("column", &self.taken_at.column())?;
+        st.serialize_field("holders", &Holders(&self.holders))?;
+        st.serialize_field("cycle", &self.cycle)?;
+        st.serialize_field("unreachable", &self.unreachable)?;
+        st.serialize_field("pool_alive", &pool.then_some(self.pool_alive))?;
+        st.end()
+    }
+}
+
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+impl Outstanding {
+    /// The call stack captured when a pool object was taken (pools created
+    /// while tracking was on), symbolized, the program's frames first;
+    /// empty for tracked pointers, whose stack is their allocation's
+    /// (find it by `block` among the scanned blocks).
+    #[allow(dead_code)] // for the exit report
+    pub(crate) fn frames(&self, max_frames: usize) -> Vec<crate::Frame> {
+        if self.stack == 0 {
+            return Vec::new();
+        }
+        let mut cache = std::collections::HashMap::new();
+        crate::report::symbols::user_frames(
+            crate::report::symbols::symbolize(&crate::stack::frames(self.stack), &mut cache),
+            max_frames,
+        )
+    }
+}
+
 /// Every pool object not returned and every tracked `Rc`/`Arc` object
 /// still alive, from pools and objects created while tracking was on.
 ///
@@ -372,6 +447,47 @@ mod tests {
         let words = [7usize, 9];
         // SAFETY: aligned, readable.
         assert_eq!(unsafe { read_word(&words[1]) }, 9);
+    }
+
+    #[cfg(feature = "tracking")]
+    #[test]
+    fn json_shape() {
+        let site = Location::caller();
+        let o = Outstanding {
+            kind: OutstandingKind::Rc,
+            id: 3,
+            type_name: "app::Node",
+            bytes: 40,
+            taken_at: site,
+            holders: vec![Holder {
+                taken_at: site,
+                inside: Some(4),
+            }],
+            cycle: Some(3),
+            unreachable: true,
+            pool_alive: false,
+            block: (0, 0),
+            stack: 0,
+        };
+        let v: serde_json::Value = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["kind"], "rc");
+        assert_eq!(v["type"], "app::Node");
+        assert_eq!(v["line"], site.line());
+        assert_eq!(v["holders"][0]["inside"], 4);
+        assert_eq!(v["cycle"], 3);
+        assert!(v["pool_alive"].is_null());
+        let p = Outstanding {
+            kind: OutstandingKind::Pool,
+            holders: vec![],
+            cycle: None,
+            unreachable: false,
+            pool_alive: true,
+            ..o
+        };
+        let v: serde_json::Value = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["kind"], "pool");
+        assert_eq!(v["pool_alive"], true);
+        assert!(v["holders"].as_array().unwrap().is_empty());
     }
 
     #[test]

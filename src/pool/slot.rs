@@ -7,15 +7,17 @@
 //!
 //! ```text
 //! chunk:  | slot 0 | slot 1 | ... | slot len-1 |
-//! slot:   | site | (stack) | value: T  or  next: *mut Slot<T> |
+//! slot:   | site | value: T  or  next: *mut Slot<T> |
 //! ```
 //!
 //! * `site` is the `&'static Location` of the `alloc` call that took the
 //!   slot, null while the slot is free. It is an `AtomicPtr` written with
 //!   relaxed stores (plain stores on every supported CPU), so that a leak
 //!   report may read it from another thread without a data race.
-//! * `stack` (only with the `tracking` feature) is the call stack of that
-//!   `alloc`, captured by pools created while tracking was on.
+//! * Pools created while tracking is on also keep the call stack of that
+//!   `alloc`: `site` then points, tagged by its low bit, to an interned
+//!   [`SiteStack`] record instead. The header stays one word either way
+//!   (small slots keep more objects per cache line).
 //! * Chunks are allocated zeroed: every header reads as "free" until taken,
 //!   so a report can walk a whole chunk, carved or not.
 use std::alloc::Layout;
@@ -33,10 +35,32 @@ const DEFAULT_CHUNK_BYTES: usize = 16 * 1024;
 
 #[repr(C)]
 pub(crate) struct Slot<T> {
-    site: AtomicPtr<Location<'static>>,
-    #[cfg(feature = "tracking")]
-    stack: std::sync::atomic::AtomicU32,
+    /// Null, a `&'static Location`, or a `&'static SiteStack` with the low
+    /// bit set.
+    site: AtomicPtr<()>,
     cell: UnsafeCell<Cell<T>>,
+}
+
+/// Where a slot was taken, with the call stack (tracked pools).
+#[repr(align(8))]
+struct SiteStack {
+    site: &'static Location<'static>,
+    stack: u32,
+}
+
+/// The interned record of `(site, stack)`; records live for the rest of
+/// the process (one per distinct pair, like the stack table).
+fn site_stack(site: &'static Location<'static>, stack: u32) -> &'static SiteStack {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, PoisonError};
+    type Table = HashMap<(usize, u32), &'static SiteStack>;
+    static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+    super::quiet(|| {
+        let mut t = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+        *t.get_or_insert_with(HashMap::new)
+            .entry((ptr::from_ref(site) as usize, stack))
+            .or_insert_with(|| Box::leak(Box::new(SiteStack { site, stack })))
+    })
 }
 
 #[repr(C)]
@@ -95,24 +119,31 @@ impl<T> Slot<T> {
         unsafe {
             (*slot.as_ptr())
                 .site
-                .store(ptr::from_ref(site).cast_mut(), Ordering::Relaxed);
+                .store(ptr::from_ref(site).cast_mut().cast(), Ordering::Relaxed);
             Slot::value(slot).write(value);
         }
     }
 
-    /// Records the stack of the `alloc` that took the slot.
+    /// Records the stack of the `alloc` that took the slot at `site`.
     ///
     /// # Safety
     /// `slot` must point into a live chunk.
-    #[inline]
-    pub(crate) unsafe fn set_stack(slot: NonNull<Slot<T>>, stack: u32) {
-        #[cfg(feature = "tracking")]
+    #[cold]
+    pub(crate) unsafe fn set_stack(
+        slot: NonNull<Slot<T>>,
+        site: &'static Location<'static>,
+        stack: u32,
+    ) {
+        if stack == 0 {
+            return;
+        }
+        let rec = ptr::from_ref(site_stack(site, stack));
         // SAFETY: per the contract the slot is in a live chunk.
         unsafe {
-            (*slot.as_ptr()).stack.store(stack, Ordering::Relaxed)
+            (*slot.as_ptr())
+                .site
+                .store(rec.cast_mut().map_addr(|a| a | 1).cast(), Ordering::Relaxed)
         };
-        #[cfg(not(feature = "tracking"))]
-        let _ = (slot, stack);
     }
 
     /// Marks a slot free (its value already dropped or moved out).
@@ -136,22 +167,27 @@ impl<T> Slot<T> {
     /// header is initialised).
     #[inline]
     pub(crate) unsafe fn site(slot: *const Slot<T>) -> Option<&'static Location<'static>> {
-        // SAFETY: per the contract; `site` only ever holds null or a
-        // `&'static Location`.
-        unsafe { (*slot).site.load(Ordering::Relaxed).as_ref() }
+        // SAFETY: per the contract.
+        unsafe { Slot::site_stack(slot) }.map(|(site, _)| site)
     }
 
+    /// Where the slot was taken and the stack then (0: none), if taken.
+    ///
     /// # Safety
     /// As [`Slot::site`].
     #[inline]
-    unsafe fn stack(slot: *const Slot<T>) -> u32 {
-        #[cfg(feature = "tracking")]
-        // SAFETY: per the contract.
-        return unsafe { (*slot).stack.load(Ordering::Relaxed) };
-        #[cfg(not(feature = "tracking"))]
-        {
-            let _ = slot;
-            0
+    unsafe fn site_stack(slot: *const Slot<T>) -> Option<(&'static Location<'static>, u32)> {
+        // SAFETY: per the contract the header is initialised.
+        let p = unsafe { (*slot).site.load(Ordering::Relaxed) };
+        if p.is_null() {
+            None
+        } else if p.addr() & 1 == 0 {
+            // SAFETY: an untagged non-null `site` is a `&'static Location`.
+            Some((unsafe { &*p.cast::<Location<'static>>() }, 0))
+        } else {
+            // SAFETY: a tagged one is a `&'static SiteStack`.
+            let rec = unsafe { &*p.map_addr(|a| a & !1).cast::<SiteStack>() };
+            Some((rec.site, rec.stack))
         }
     }
 }
@@ -205,7 +241,7 @@ impl<T> Chunk<T> {
         for i in 0..self.len {
             let s = self.slot(i);
             // SAFETY: `s` lies in this live, zero-initialised chunk.
-            if let Some(site) = unsafe { Slot::site(s) } {
+            if let Some((site, stack)) = unsafe { Slot::site_stack(s) } {
                 out.push(Outstanding {
                     kind,
                     id,
@@ -217,8 +253,7 @@ impl<T> Chunk<T> {
                     unreachable: false,
                     pool_alive,
                     block: (s as usize, size_of::<Slot<T>>()),
-                    // SAFETY: as above.
-                    stack: unsafe { Slot::stack(s) },
+                    stack,
                 });
             }
         }
@@ -237,33 +272,28 @@ impl<T> Chunk<T> {
 }
 
 /// Chunks whose slots are all free, for `shrink`: a slot is free if it is
-/// on one of the linked `lists`, or in the never-used range `bump..end` of
-/// the last chunk. Returns one flag per chunk (`None` if none is empty).
-///
-/// # Safety
-/// Every list must be a linked list of free slots of `chunks`, and the
-/// caller must have exclusive access to them.
-pub(crate) unsafe fn empty_chunks<T>(
+/// in `free`, or in the never-used range `bump..end` of the last chunk.
+/// Returns one flag per chunk (`None` if none is empty).
+pub(crate) fn empty_chunks<T>(
     chunks: &[Chunk<T>],
-    lists: &[*mut Slot<T>],
+    free: &[*mut Slot<T>],
     bump: *mut Slot<T>,
     end: *mut Slot<T>,
 ) -> Option<Vec<bool>> {
     if chunks.is_empty() {
         return None;
     }
-    let mut free = vec![0usize; chunks.len()];
-    for &head in lists {
-        let mut s = head;
-        while let Some(n) = NonNull::new(s) {
-            free[chunk_of(chunks, s)] += 1;
-            // SAFETY: per the contract, a linked free slot.
-            s = unsafe { Slot::next(n) };
-        }
+    let mut count = vec![0usize; chunks.len()];
+    for &s in free {
+        count[chunk_of(chunks, s)] += 1;
     }
     let untouched = (end as usize - bump as usize) / size_of::<Slot<T>>();
-    free[chunks.len() - 1] += untouched;
-    let empty: Vec<bool> = chunks.iter().zip(&free).map(|(c, &f)| f == c.len).collect();
+    count[chunks.len() - 1] += untouched;
+    let empty: Vec<bool> = chunks
+        .iter()
+        .zip(&count)
+        .map(|(c, &f)| f == c.len)
+        .collect();
     empty.contains(&true).then_some(empty)
 }
 
@@ -273,32 +303,6 @@ pub(crate) fn chunk_of<T>(chunks: &[Chunk<T>], s: *const Slot<T>) -> usize {
         .iter()
         .position(|c| c.contains(s))
         .expect("a free slot lies in a chunk")
-}
-
-/// Drops from the linked list at `head` the slots of chunks marked empty;
-/// returns the new head and length.
-///
-/// # Safety
-/// As [`empty_chunks`].
-pub(crate) unsafe fn filter_list<T>(
-    chunks: &[Chunk<T>],
-    empty: &[bool],
-    head: *mut Slot<T>,
-) -> (*mut Slot<T>, usize) {
-    let mut out: *mut Slot<T> = ptr::null_mut();
-    let mut len = 0;
-    let mut s = head;
-    while let Some(cur) = NonNull::new(s) {
-        // SAFETY: per the contract, a linked free slot.
-        s = unsafe { Slot::next(cur) };
-        if !empty[chunk_of(chunks, cur.as_ptr())] {
-            // SAFETY: a free slot of a chunk we keep, ours.
-            unsafe { Slot::set_next(cur, out) };
-            out = cur.as_ptr();
-            len += 1;
-        }
-    }
-    (out, len)
 }
 
 /// Sorts outstanding pool objects by where they were taken.

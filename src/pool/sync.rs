@@ -14,10 +14,14 @@
 //! * **Thread caches.** Each thread keeps, in a thread-local list, one entry
 //!   per pool it uses: a linked list of up to `thread_cache` free slots.
 //!   `alloc` pops from it, a drop pushes onto it (on whatever thread the
-//!   box is dropped: slots belong to no thread). An empty cache takes a
-//!   batch from the depot; a full one gives half back. So one lock per
-//!   `thread_cache / 2` operations, and none in between. A thread's cache
-//!   goes back to the depot when the thread exits.
+//!   box is dropped: slots belong to no thread). The cache is two lists of
+//!   at most `thread_cache / 2` slots, as Bonwick's magazines are: a
+//!   working one and a full reserve. An empty working list takes the
+//!   reserve, or a batch from the depot; a full one becomes the reserve,
+//!   and the old reserve goes to the depot. Lists move whole, never
+//!   walked: one lock per `thread_cache / 2` operations at most, and none
+//!   in between. A thread's cache goes back to the depot when the thread
+//!   exits.
 //! * **Lifetime.** One atomic count, `refs`, keeps the shared core alive:
 //!   pool handles + thread-cache entries + slots out of the depot (taken
 //!   by a box, or in a thread cache). It changes by a whole batch when a
@@ -35,9 +39,9 @@
 //! `busy` flag, set by slow paths (which may allocate) and for good at
 //! thread exit, sends a re-entrant or late operation straight to the depot.
 use std::cell::{Cell, UnsafeCell};
-use std::mem::ManuallyDrop;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::ptr::{self, NonNull};
@@ -45,7 +49,7 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::outstanding::{self, Outstanding, OutstandingKind, capture_stack, next_id};
-use super::slot::{Chunk, Slot, empty_chunks, filter_list, sort_by_site};
+use super::slot::{Chunk, Slot, chunk_of, empty_chunks, sort_by_site};
 use super::{Builder, PoolError, PoolErrorKind, PoolStats};
 
 /// A thread-safe pool of `T` objects; see the [module docs](super) and the
@@ -98,6 +102,8 @@ struct Header {
     /// Pool handles; 0 once the pool is dropped.
     handles: AtomicUsize,
     id: u64,
+    /// Slots moved between a thread cache and the depot at once.
+    batch: usize,
     /// Gives a list of free slots back to the depot.
     give_back: unsafe fn(NonNull<Header>, *mut u8, usize),
     /// Frees the core.
@@ -131,6 +137,8 @@ struct Depot<T> {
     chunk_len: usize,
     capacity: usize,
     high_water: usize,
+    /// Slots per batch.
+    batch: usize,
 }
 
 // SAFETY: the raw pointers are to chunk memory the depot owns; it is only
@@ -143,9 +151,12 @@ struct Entry {
     /// Null in an empty `mru`.
     pool: *const Header,
     id: u64,
-    /// Free slots, linked (`*mut Slot<T>` of the pool's `T`).
+    /// Free slots, linked (`*mut Slot<T>` of the pool's `T`): at most
+    /// `batch` of them.
     head: *mut u8,
     len: usize,
+    /// A full list of `batch` free slots kept in reserve, or null.
+    prev: *mut u8,
 }
 
 const NO_ENTRY: Entry = Entry {
@@ -153,6 +164,7 @@ const NO_ENTRY: Entry = Entry {
     id: 0,
     head: ptr::null_mut(),
     len: 0,
+    prev: ptr::null_mut(),
 };
 
 /// This thread's caches.
@@ -216,14 +228,22 @@ thread_local! {
 /// # Safety
 /// `e` must be a non-empty entry taken out of a thread's caches.
 unsafe fn release_entry(e: Entry) {
-    // SAFETY: the entry holds a reference to the core.
-    let h = unsafe { &*e.pool };
-    let pool = NonNull::from(h);
+    // SAFETY: an entry's pointer is to a live `Shared` (it holds a
+    // reference), with the provenance of the whole `Shared`.
+    let pool = unsafe { NonNull::new_unchecked(e.pool.cast_mut()) };
+    // SAFETY: as above.
+    let h = unsafe { pool.as_ref() };
+    let mut n = 1;
     if e.len > 0 {
         // SAFETY: the entry's slots are free and linked, now the depot's.
         unsafe { (h.give_back)(pool, e.head, e.len) };
+        n += e.len;
     }
-    let n = e.len + 1;
+    if !e.prev.is_null() {
+        // SAFETY: as above.
+        unsafe { (h.give_back)(pool, e.prev, h.batch) };
+        n += h.batch;
+    }
     if h.refs.fetch_sub(n, Ordering::Release) == n {
         fence(Ordering::Acquire);
         // SAFETY: nothing refers to the core any more.
@@ -262,6 +282,7 @@ impl<T> SyncPool<T> {
                 refs: AtomicUsize::new(1),
                 handles: AtomicUsize::new(1),
                 id: next_id(),
+                batch: (b.thread_cache / 2).max(1),
                 give_back: Shared::<T>::give_back,
                 destroy: Shared::<T>::destroy,
             },
@@ -275,6 +296,7 @@ impl<T> SyncPool<T> {
                 high_water: 0,
                 chunk_len: b.chunk_len_for(),
                 capacity: b.capacity,
+                batch: (b.thread_cache / 2).max(1),
             }),
             capacity: b.capacity,
             cache: b.thread_cache,
@@ -324,7 +346,7 @@ impl<T> SyncPool<T> {
         unsafe { Slot::fill(slot, Location::caller(), value) };
         if sh.registered {
             // SAFETY: as above.
-            unsafe { Slot::set_stack(slot, capture_stack()) };
+            unsafe { Slot::set_stack(slot, Location::caller(), capture_stack()) };
         }
         Ok(SyncPoolBox {
             slot,
@@ -465,7 +487,7 @@ impl<T> Shared<T> {
                 }
                 // SAFETY: as in `pop_cached`.
                 let e = unsafe { &mut *l.mru.get() };
-                if e.id != self.head.id || e.len >= self.cache {
+                if e.id != self.head.id || e.len >= self.batch {
                     return false;
                 }
                 // SAFETY: the slot is free (its value gone) and ours.
@@ -538,10 +560,13 @@ impl<T> Shared<T> {
             std::mem::replace(
                 mru,
                 Entry {
-                    pool: &self.head,
+                    // From the whole `Shared`, not just its header: the
+                    // depot is reached through this pointer too.
+                    pool: ptr::from_ref(self).cast::<Header>(),
                     id: self.head.id,
                     head: ptr::null_mut(),
                     len: 0,
+                    prev: ptr::null_mut(),
                 },
             )
         };
@@ -561,7 +586,11 @@ impl<T> Shared<T> {
     fn take_slow(&self) -> Result<NonNull<Slot<T>>, PoolErrorKind> {
         if self.cache > 0 {
             let cached = self.with_entry(|e| {
-                if e.head.is_null() {
+                if e.head.is_null() && !e.prev.is_null() {
+                    // The reserve list becomes the working one.
+                    e.head = std::mem::replace(&mut e.prev, ptr::null_mut());
+                    e.len = self.batch;
+                } else if e.head.is_null() {
                     let (h, n) = self.depot().take(self.batch)?;
                     // The slots out of the depot now count as references.
                     self.head.refs.fetch_add(n, Ordering::Relaxed);
@@ -609,24 +638,18 @@ impl<T> Shared<T> {
         let sh = unsafe { shared.as_ref() };
         if sh.cache > 0 && sh.head.handles.load(Ordering::Relaxed) > 0 {
             let cached = sh.with_entry(|e| {
-                if e.len >= sh.cache {
-                    // Full: `batch` slots go back to the depot, and with
-                    // them their references (the entry keeps its own and
-                    // those of the slots left, so this is not the last).
-                    let head = NonNull::new(e.head.cast::<Slot<T>>()).expect("full cache");
-                    let mut last = head;
-                    for _ in 1..sh.batch {
-                        // SAFETY: cache slots are linked; the cache holds
-                        // at least `batch` of them.
-                        last = NonNull::new(unsafe { Slot::next(last) }).expect("linked");
+                if e.len >= sh.batch {
+                    // The working list is full: it becomes the reserve,
+                    // and a reserve already there goes back to the depot
+                    // with its references (the entry keeps its own, so
+                    // this is not the last). Whole lists: no walking.
+                    let full = std::mem::replace(&mut e.head, ptr::null_mut());
+                    let old = std::mem::replace(&mut e.prev, full);
+                    e.len = 0;
+                    if let Some(old) = NonNull::new(old.cast::<Slot<T>>()) {
+                        sh.depot().put(old, sh.batch);
+                        sh.head.refs.fetch_sub(sh.batch, Ordering::Release);
                     }
-                    // SAFETY: as above.
-                    e.head = unsafe { Slot::next(last) }.cast();
-                    // SAFETY: `last` is a free slot of ours.
-                    unsafe { Slot::set_next(last, ptr::null_mut()) };
-                    e.len -= sh.batch;
-                    sh.depot().put(head, sh.batch);
-                    sh.head.refs.fetch_sub(sh.batch, Ordering::Release);
                 }
                 // SAFETY: the slot is free and ours.
                 unsafe { Slot::set_next(slot, e.head.cast()) };
@@ -654,13 +677,21 @@ impl<T> Shared<T> {
             if let Some(e) = std::iter::once(mru)
                 .chain(others.iter_mut())
                 .find(|e| e.id == id)
-                && let Some(h) = NonNull::new(e.head.cast::<Slot<T>>())
             {
-                self.depot().put(h, e.len);
-                // The entry keeps its own reference: not the last.
-                self.head.refs.fetch_sub(e.len, Ordering::Release);
-                e.head = ptr::null_mut();
-                e.len = 0;
+                let lists = [(e.head, e.len), (e.prev, self.batch)];
+                for (h, n) in lists {
+                    if let Some(h) = NonNull::new(h.cast::<Slot<T>>()) {
+                        self.depot().put(h, n);
+                        // The entry keeps its own reference: not the last.
+                        self.head.refs.fetch_sub(n, Ordering::Release);
+                    }
+                }
+                *e = Entry {
+                    head: ptr::null_mut(),
+                    len: 0,
+                    prev: ptr::null_mut(),
+                    ..*e
+                };
             }
         });
     }
@@ -816,22 +847,32 @@ impl<T> Depot<T> {
     }
 
     fn shrink(&mut self) -> usize {
-        let lists: Vec<*mut Slot<T>> = self.batches.iter().map(|b| b.0.as_ptr()).collect();
-        // SAFETY: the depot's lists are free slots of its chunks, ours under
-        // the lock.
-        let Some(empty) = (unsafe { empty_chunks(&self.chunks, &lists, self.bump, self.end) })
-        else {
-            return 0;
-        };
-        let mut batches = Vec::with_capacity(self.batches.len());
+        let mut free = Vec::new();
         for &(head, _) in &self.batches {
-            // SAFETY: as above.
-            let (h, n) = unsafe { filter_list(&self.chunks, &empty, head.as_ptr()) };
-            if let Some(h) = NonNull::new(h) {
-                batches.push((h, n));
+            let mut s = head.as_ptr();
+            while let Some(n) = NonNull::new(s) {
+                free.push(s);
+                // SAFETY: depot slots are free and linked, ours under the
+                // lock.
+                s = unsafe { Slot::next(n) };
             }
         }
-        self.batches = batches;
+        let Some(empty) = empty_chunks(&self.chunks, &free, self.bump, self.end) else {
+            return 0;
+        };
+        free.retain(|&s| !empty[chunk_of(&self.chunks, s)]);
+        // Relink what stays, in batches of `batch`.
+        self.batches.clear();
+        for group in free.chunks(self.batch) {
+            for (i, &s) in group.iter().enumerate() {
+                let next = group.get(i + 1).copied().unwrap_or(ptr::null_mut());
+                // SAFETY: a free slot of a chunk we keep, ours.
+                unsafe { Slot::set_next(NonNull::new_unchecked(s), next) };
+            }
+            // SAFETY: slots are non-null.
+            let head = unsafe { NonNull::new_unchecked(group[0]) };
+            self.batches.push((head, group.len()));
+        }
         if empty[empty.len() - 1] {
             self.bump = ptr::null_mut();
             self.end = ptr::null_mut();

@@ -169,6 +169,7 @@ mod tests {
                 },
             ],
             errors: vec![],
+            outstanding: vec![],
         }
     }
 

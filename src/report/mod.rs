@@ -30,6 +30,11 @@ pub struct Report {
     pub leaks: Vec<Leak>,
     /// Heap misuse found while tracking.
     pub errors: Vec<HeapErrorReport>,
+    /// Objects still taken from a `memwarden::pool` pool, and objects of
+    /// tracked `Rc`/`Arc` pointers still alive, with who holds them (an
+    /// addition to schema version 1; omitted when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outstanding: Vec<crate::pool::Outstanding>,
 }
 
 /// Totals of a [`Report`].
@@ -350,6 +355,7 @@ pub(crate) fn build(
         summary,
         leaks,
         errors: Vec::new(),
+        outstanding: Vec::new(),
     }
 }
 
@@ -382,6 +388,7 @@ mod tests {
                 }],
             }],
             errors: vec![],
+            outstanding: vec![],
         }
     }
 

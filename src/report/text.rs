@@ -65,6 +65,15 @@ pub(super) fn render(r: &Report, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         }
         writeln!(f, "{P}")?;
     }
+    if !r.outstanding.is_empty() {
+        writeln!(f, "{P}still taken or held ({}):", r.outstanding.len())?;
+        for o in &r.outstanding {
+            for line in o.to_string().lines() {
+                writeln!(f, "{P}   {line}")?;
+            }
+        }
+        writeln!(f, "{P}")?;
+    }
     let s = &r.summary;
     writeln!(f, "{P}LEAK SUMMARY:")?;
     writeln!(f, "{P}   definitely lost: {}", amount(s.definitely_lost))?;
@@ -124,6 +133,7 @@ mod tests {
                 }],
             }],
             errors: vec![],
+            outstanding: vec![],
         };
         let text = r.to_string();
         assert!(text.lines().all(|l| l.starts_with("memwarden: ")), "{text}");

@@ -70,6 +70,8 @@ const SCENARIOS: &[&str] = &[
     "fork_child",
     "own_sigpwr",
     "toggle",
+    "pool_leak",
+    "tracked_cycle",
 ];
 
 /// What `main` was asked to do. Parsed first, so that the argument strings
@@ -122,6 +124,8 @@ fn parse(args: &[String]) -> Action {
         Some("fork_child") => run(fork_child),
         Some("own_sigpwr") => run(own_sigpwr),
         Some("toggle") => run(toggle),
+        Some("pool_leak") => run(pool_leak),
+        Some("tracked_cycle") => run(tracked_cycle),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
 }
@@ -811,4 +815,53 @@ fn leak_while_on() {
 #[inline(never)]
 fn leak_while_paused() {
     black_box(Box::leak(Box::new([3u8; 88]))); // SITE: toggle_paused
+}
+
+// ---------------------------------------------------------------------------
+// pool_leak: one object taken from a pool and forgotten, another returned,
+// then the pool dropped. The forgotten object is definitely lost at the
+// line that took it; the pool's chunks are not reported as blocks.
+
+fn pool_leak() {
+    let pool = memwarden::pool::Pool::new();
+    take_and_forget(&pool);
+    let returned = pool.alloc([2u64; 4]).unwrap();
+    black_box(&returned);
+    drop(returned);
+    drop(pool);
+    scrub_stack();
+}
+
+#[inline(never)]
+fn take_and_forget(pool: &memwarden::pool::Pool<[u64; 4]>) {
+    let taken = pool.alloc([1u64; 4]).unwrap(); // SITE: pool_leak
+    std::mem::forget(black_box(taken));
+}
+
+// ---------------------------------------------------------------------------
+// tracked_cycle: two TrackedRc nodes holding each other, dropped by their
+// owner: one definitely and one indirectly lost, and the report lists both
+// objects with the references that still hold them, as one cycle.
+
+struct TrackedNode {
+    next: RefCell<Option<memwarden::rc::TrackedRc<TrackedNode>>>,
+    _payload: [u64; 2],
+}
+
+fn tracked_cycle() {
+    make_tracked_cycle();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn make_tracked_cycle() {
+    let node = |x| TrackedNode {
+        next: RefCell::new(None),
+        _payload: [x, x],
+    };
+    let a = memwarden::rc::TrackedRc::new(node(1)); // SITE: tracked_a
+    let b = memwarden::rc::TrackedRc::new(node(2)); // SITE: tracked_b
+    *b.next.borrow_mut() = Some(a.clone()); // SITE: tracked_b_holds_a
+    *a.next.borrow_mut() = Some(b.clone()); // SITE: tracked_a_holds_b
+    black_box((&a, &b));
 }
