@@ -37,17 +37,7 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
             b.kind != LeakKind::StillReachable
                 && reported.binary_search(&(b.rec.addr, b.rec.seq)).is_ok()
         });
-    let (total_allocs, total_bytes, _live, peak_bytes, _) = registry::counters();
-    let mut report = report::build(
-        &blocks,
-        state::frames(),
-        Counters {
-            total_allocs,
-            total_bytes,
-            peak_bytes,
-        },
-        &Suppressions::from_env(),
-    );
+    let mut report = build_report(&blocks);
     // Leaks a scoped check (`assert_no_leaks`, `check_leaks`, a checkpoint)
     // already reported are not counted again, nor do they fail the run a
     // second time: a test that plants a leak and expects the check to
@@ -57,6 +47,22 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
     report.summary.suppressed.blocks += already.len() as u64;
     caveats.already_reported = already.len();
     report
+}
+
+/// The report of `blocks`, with the heap counters, the configured frame
+/// budget and the suppressions from the environment.
+pub(crate) fn build_report(blocks: &[Classified]) -> Report {
+    let (total_allocs, total_bytes, _live, peak_bytes, _) = registry::counters();
+    report::build(
+        blocks,
+        state::frames(),
+        Counters {
+            total_allocs,
+            total_bytes,
+            peak_bytes,
+        },
+        &Suppressions::from_env(),
+    )
 }
 
 pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {

@@ -167,17 +167,7 @@ fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
             );
         }
     }
-    let (total_allocs, total_bytes, _, peak_bytes, _) = registry::counters();
-    report::build(
-        &blocks,
-        state::frames(),
-        Counters {
-            total_allocs,
-            total_bytes,
-            peak_bytes,
-        },
-        &Suppressions::from_env(),
-    )
+    scan::build_report(&blocks)
 }
 
 /// Runs `f` in a frame of its own, so that its locals (and pointers they

@@ -238,22 +238,9 @@ mod tracked {
                 Lookup::Live(rec) => {
                     registry::count_free(rec.size());
                     let busy = Reentry::enter();
-                    let mut found = [None, None];
-                    if (rec.size(), rec.align()) != (layout.size(), layout.align()) {
-                        let mut f = Found::new(HeapErrorKind::LayoutMismatch, addr, here(entry_sp));
-                        f.block = Some(rec);
-                        f.passed = Some((layout.size(), layout.align()));
-                        found[0] = Some(f);
-                    }
                     // SAFETY: `rec` is a live tracked block we just took
                     // out of the registry; nobody else frees it.
-                    if let Some(o) = unsafe { check::check_redzones(ptr, rec.size(), rec.align()) }
-                    {
-                        let mut f = Found::new(HeapErrorKind::Overrun, addr, here(entry_sp));
-                        f.block = Some(rec);
-                        f.overrun = Some(o);
-                        found[1] = Some(f);
-                    }
+                    let found = unsafe { check_block(&rec, layout, entry_sp) };
                     // SAFETY: as above; the block is released exactly once.
                     let evicted_errors = unsafe { self.release(rec, entry_sp) };
                     if busy.is_some() {
@@ -443,20 +430,8 @@ mod tracked {
             }
             registry::count_free(old.size());
             let busy = Reentry::enter();
-            let mut found = [None, None];
-            if (old.size(), old.align()) != (layout.size(), layout.align()) {
-                let mut f = Found::new(HeapErrorKind::LayoutMismatch, addr, here(entry_sp));
-                f.block = Some(old);
-                f.passed = Some((layout.size(), layout.align()));
-                found[0] = Some(f);
-            }
             // SAFETY: a live tracked block, ours until we put it back.
-            if let Some(o) = unsafe { check::check_redzones(ptr, old.size(), old.align()) } {
-                let mut f = Found::new(HeapErrorKind::Overrun, addr, here(entry_sp));
-                f.block = Some(old);
-                f.overrun = Some(o);
-                found[1] = Some(f);
-            }
+            let found = unsafe { check_block(&old, layout, entry_sp) };
             let align = old.align();
             let front = check::front(align);
             let new = match (
@@ -512,6 +487,32 @@ mod tracked {
                 unsafe { new.add(front) }
             }
         }
+    }
+
+    /// The errors a free or realloc of tracked block `rec` with the
+    /// program's `layout` shows: a layout other than the block's, and
+    /// written red zones.
+    ///
+    /// # Safety
+    /// `rec` must be a live tracked block that nobody else frees meanwhile.
+    unsafe fn check_block(rec: &Record, layout: Layout, entry_sp: usize) -> [Option<Found>; 2] {
+        let mut found = [None, None];
+        if (rec.size(), rec.align()) != (layout.size(), layout.align()) {
+            let mut f = Found::new(HeapErrorKind::LayoutMismatch, rec.addr, here(entry_sp));
+            f.block = Some(*rec);
+            f.passed = Some((layout.size(), layout.align()));
+            found[0] = Some(f);
+        }
+        // SAFETY: per the contract, the block and its red zones are live.
+        let overrun =
+            unsafe { check::check_redzones(rec.addr as *const u8, rec.size(), rec.align()) };
+        if let Some(o) = overrun {
+            let mut f = Found::new(HeapErrorKind::Overrun, rec.addr, here(entry_sp));
+            f.block = Some(*rec);
+            f.overrun = Some(o);
+            found[1] = Some(f);
+        }
+        found
     }
 
     /// Records a new tracked block with the current call stack.

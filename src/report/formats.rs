@@ -17,10 +17,7 @@ pub(crate) fn github(report: &Report, root: Option<&str>) -> String {
         let (Some(file), Some(line)) = (&f.file, f.line) else {
             continue;
         };
-        let file = root
-            .and_then(|r| file.strip_prefix(r))
-            .map(|p| p.trim_start_matches('/'))
-            .unwrap_or(file);
+        let file = relative(file, root);
         let what = format!(
             "{} bytes in {} block{} definitely lost{}, allocated in {}",
             l.bytes,
@@ -45,10 +42,7 @@ pub(crate) fn github(report: &Report, root: Option<&str>) -> String {
         let (Some(file), Some(line)) = (&f.file, f.line) else {
             continue;
         };
-        let file = root
-            .and_then(|r| file.strip_prefix(r))
-            .map(|p| p.trim_start_matches('/'))
-            .unwrap_or(file);
+        let file = relative(file, root);
         let kind = serde_json::to_value(e.kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -61,6 +55,13 @@ pub(crate) fn github(report: &Report, root: Option<&str>) -> String {
         );
     }
     out
+}
+
+/// `file` relative to `root` when it lies under it.
+fn relative<'a>(file: &'a str, root: Option<&str>) -> &'a str {
+    root.and_then(|r| file.strip_prefix(r))
+        .map(|p| p.trim_start_matches('/'))
+        .unwrap_or(file)
 }
 
 fn escape_data(s: &str) -> String {
