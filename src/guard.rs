@@ -10,6 +10,11 @@ thread_local! {
     /// True while this thread runs memwarden's own code: allocations made
     /// then are memwarden's, not the program's, and are not tracked.
     static BUSY: Cell<bool> = const { Cell::new(false) };
+    /// The stack pointer where this thread entered memwarden code (valid
+    /// while BUSY): a leak scan of this thread's stack starts there, so that
+    /// memwarden's own frames (which hold addresses of blocks it is working
+    /// on, or of every block while it scans) are never taken for roots.
+    static ENTRY_SP: Cell<usize> = const { Cell::new(0) };
     /// This thread's number, 0 until first needed.
     static THREAD: Cell<u32> = const { Cell::new(0) };
 }
@@ -28,12 +33,13 @@ pub(crate) struct Reentry {
 
 impl Reentry {
     /// Enters memwarden code; `None` if this thread already is inside it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn enter() -> Option<Reentry> {
         let was = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
         if was {
             None
         } else {
+            let _ = ENTRY_SP.try_with(|e| e.set(crate::roots::stack_pointer()));
             Some(Reentry {
                 _not_send: std::marker::PhantomData,
             })
@@ -45,6 +51,17 @@ impl Drop for Reentry {
     #[inline]
     fn drop(&mut self) {
         let _ = BUSY.try_with(|b| b.set(false));
+    }
+}
+
+/// Where this thread entered memwarden code, if it is inside it now.
+/// Async-signal-safe (two thread-local reads).
+#[inline]
+pub(crate) fn busy_entry_sp() -> Option<usize> {
+    if busy() {
+        ENTRY_SP.try_with(|e| e.get()).ok().filter(|&sp| sp != 0)
+    } else {
+        None
     }
 }
 

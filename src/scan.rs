@@ -131,6 +131,12 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         rootv.push(*r);
     }
 
+    // One scan at a time, from its stop to the end of its resume: a second
+    // scan starting while the first one's threads are still leaving the
+    // stop handler would find them deaf to its own signal.
+    static SCANS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_scan = SCANS.lock().unwrap_or_else(|e| e.into_inner());
+
     // --- the world stops: no allocation, no foreign locks ---
     let shards = registry::lock_all();
     let world = stw::stop(&tids);
@@ -153,8 +159,12 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     }
     // Threads that did not stop: their whole stack mapping, as it is. Erring
     // towards "reachable" is better than blaming memory they hold.
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
     for &(tid, start, end) in &fallback {
-        if !world.threads().any(|t| t.tid == tid) {
+        // SAFETY: signal 0 only checks that the thread still exists.
+        let gone = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) } != 0;
+        if !gone && !world.threads().any(|t| t.tid == tid) {
             maps.readable_parts(start, end, |r| {
                 rootv.push(r);
             });

@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use crate::roots::{gettid, thread_pointer};
+use crate::sys::MapVec;
 
 const SIGNAL: libc::c_int = libc::SIGPWR;
 const MAX_THREADS: usize = 4096;
@@ -79,7 +80,11 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
     // SAFETY: __errno_location returns this thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
     let marker = 0usize;
-    let sp = std::hint::black_box(&marker) as *const usize as usize;
+    // A thread stopped inside memwarden code (its own leak scan, say) is
+    // scanned from where it entered that code: what lies below is
+    // memwarden's working data, full of block addresses.
+    let sp = crate::guard::busy_entry_sp()
+        .unwrap_or(std::hint::black_box(&marker) as *const usize as usize);
     if RELEASE.load(Ordering::Acquire) == 0 {
         let i = NEXT.fetch_add(1, Ordering::AcqRel);
         if i < MAX_THREADS {
@@ -159,7 +164,52 @@ fn install() -> bool {
     true
 }
 
-/// Stops every thread in `tids` except the caller. Must not be nested.
+/// Calls `f` with the id of every thread of this process, read from
+/// `/proc/self/task` with raw system calls (no allocation, no lock), so it
+/// may run while the world is stopped. `false` if the directory could not
+/// be read.
+fn each_task(mut f: impl FnMut(i32)) -> bool {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/task".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off + 19 < n as usize {
+            // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[off + 19..(off + reclen).min(n as usize)];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if !name.is_empty() && name.iter().all(u8::is_ascii_digit) {
+                let tid = name.iter().fold(0i64, |t, d| t * 10 + i64::from(d - b'0'));
+                f(tid as i32);
+            }
+            off += reclen;
+        }
+    }
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    true
+}
+
+/// Stops every thread of the process except the caller (`tids` is the list
+/// read before; threads started since are found and stopped too). Must not
+/// be nested.
 ///
 /// The caller must not allocate or take any lock a stopped thread could
 /// hold (malloc's, the loader's) until the returned `World` is dropped.
@@ -177,27 +227,57 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     let me = gettid();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
+    // Threads signalled so far (mmap memory: nothing here may call malloc).
+    let mut signalled: MapVec<i32> = MapVec::new();
     let mut sent = 0usize;
-    for &tid in tids {
-        if tid == me {
-            continue;
+    let signal = |tid: i32, signalled: &mut MapVec<i32>, sent: &mut usize| {
+        if tid == me || signalled.as_slice().contains(&tid) {
+            return;
         }
+        let _ = signalled.push(tid);
         // SAFETY: tgkill to a thread of our own process; a thread that has
         // exited meanwhile gives ESRCH, which we skip.
         if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, SIGNAL) } == 0 {
-            sent += 1;
+            *sent += 1;
         }
+    };
+    for &tid in tids {
+        signal(tid, &mut signalled, &mut sent);
     }
+    // Wait until every signalled thread has stopped or is gone. A thread
+    // that is exiting has blocked all signals and never answers, but it
+    // leaves within moments, and it holds nothing of interest any more.
+    // Threads started after `tids` was read (by a thread not yet stopped)
+    // are found in /proc and stopped too, until no new one appears.
+    let alive = |signalled: &MapVec<i32>| {
+        signalled
+            .as_slice()
+            .iter()
+            // SAFETY: signal 0 only checks that the thread still exists.
+            .filter(|&&t| unsafe { libc::syscall(libc::SYS_tgkill, pid, t, 0) } == 0)
+            .count()
+    };
     let mut waited = 0;
-    while NEXT.load(Ordering::Acquire) < sent && waited < STOP_TIMEOUT_MS {
-        // SAFETY: usleep has no preconditions.
-        unsafe { libc::usleep(1000) };
-        waited += 1;
+    loop {
+        let mut remaining = sent;
+        while NEXT.load(Ordering::Acquire) < remaining && waited < STOP_TIMEOUT_MS {
+            // SAFETY: usleep has no preconditions.
+            unsafe { libc::usleep(1000) };
+            waited += 1;
+            if waited % 4 == 0 {
+                remaining = remaining.min(alive(&signalled));
+            }
+        }
+        let before = sent;
+        each_task(|tid| signal(tid, &mut signalled, &mut sent));
+        if sent == before || waited >= STOP_TIMEOUT_MS {
+            break;
+        }
     }
     let stopped = NEXT.load(Ordering::Acquire).min(sent);
     World {
         stopped,
-        missed: sent - stopped,
+        missed: alive(&signalled).saturating_sub(stopped),
         unsupported: false,
     }
 }
@@ -228,6 +308,23 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     #[test]
+    fn each_task_lists_this_thread_and_a_parked_one() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(gettid()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let other = rx.recv().unwrap();
+        let mut raw = Vec::new();
+        assert!(each_task(|t| raw.push(t)));
+        assert!(raw.contains(&gettid()));
+        assert!(raw.contains(&other));
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
     fn stops_and_resumes_a_busy_thread() {
         let go = Arc::new(AtomicBool::new(true));
         let counter = Arc::new(AtomicUsize::new(0));
@@ -241,27 +338,32 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         assert!(thread_ids().contains(&tid));
+        // While the world is stopped, nothing here may take a lock another
+        // thread could hold (a panic message would): gather, then check.
         let world = stop(&[tid]);
-        assert!(!world.unsupported);
-        assert_eq!(world.missed, 0);
-        let seen: Vec<_> = world.threads().collect();
-        assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].tid, tid);
-        assert_ne!(seen[0].sp, 0);
+        let unsupported = world.unsupported;
+        let missed = world.missed;
+        let seen = world.threads().find(|s| s.tid == tid).map(|s| s.sp != 0);
         let before = counter.load(Ordering::Relaxed);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(
-            counter.load(Ordering::Relaxed),
-            before,
-            "the thread is stopped"
-        );
+        // SAFETY: usleep has no preconditions (no lock, unlike
+        // thread::sleep's possible bookkeeping).
+        unsafe { libc::usleep(20_000) };
+        let during = counter.load(Ordering::Relaxed);
         drop(world);
+        assert!(!unsupported);
+        assert_eq!(missed, 0);
+        assert_eq!(seen, Some(true), "the thread stopped and gave its sp");
+        assert_eq!(during, before, "the thread is stopped");
         let resumed = counter.load(Ordering::Relaxed);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert!(
-            counter.load(Ordering::Relaxed) > resumed,
-            "the thread runs again"
-        );
+        let mut ran = false;
+        for _ in 0..500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            if counter.load(Ordering::Relaxed) > resumed {
+                ran = true;
+                break;
+            }
+        }
+        assert!(ran, "the thread runs again");
         go.store(false, Ordering::Relaxed);
         t.join().unwrap();
     }

@@ -121,9 +121,26 @@ fn check_leaks_reports_without_panicking() {
 fn a_leak_in_a_joined_child_thread_counts() {
     let planted = Planted::default();
     let ((), report) = memwarden::check_leaks(|| {
-        std::thread::scope(|s| {
-            s.spawn(|| plant(&planted, 2));
+        let tid = std::thread::scope(|s| {
+            s.spawn(|| {
+                plant(&planted, 2);
+                // The kernel's id of this thread, to wait for it below.
+                std::fs::read_link("/proc/thread-self").unwrap()
+            })
+            .join()
+            .unwrap()
         });
+        // `join` returns once the thread's closure is done; the thread may
+        // still be on its way out, with its dead frames (the planted
+        // pointer among them) on a stack the scan still sees. Wait until it
+        // is gone, as a thread that ended well before a check would be.
+        let task = std::path::Path::new("/proc/self/task").join(tid.file_name().unwrap());
+        for _ in 0..2000 {
+            if !task.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     });
     planted.reclaim();
     assert_eq!(report.summary.definitely_lost.bytes, 16, "{report}");
@@ -180,10 +197,19 @@ fn a_checkpoint_reports_what_came_after_it() {
     plant(&planted, 3);
     let report = mark.leaks();
     planted.reclaim();
+    // A checkpoint sees every thread: keep the entries planted by this test
+    // (other tests plant from the same line, beside it).
     let mine: Vec<_> = report
         .leaks
         .iter()
         .filter(|l| l.frames.first().and_then(|f| f.line) == Some(line_of("plant")))
+        .filter(|l| {
+            l.frames.iter().any(|f| {
+                f.function
+                    .as_deref()
+                    .is_some_and(|n| n.contains("a_checkpoint_reports_what_came_after_it"))
+            })
+        })
         .collect();
     assert_eq!(mine.len(), 1, "{report}");
     assert_eq!(
