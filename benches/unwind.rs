@@ -12,7 +12,7 @@
 #[cfg(target_os = "linux")]
 mod linux {
     use criterion::{BenchmarkId, Criterion};
-    use memwarden::__bench::capture_fast;
+    use memwarden::__bench::{capture_fast, capture_slow};
     use std::hint::black_box;
 
     const DEPTHS: [usize; 3] = [10, 20, 40];
@@ -34,30 +34,6 @@ mod linux {
             nest(black_box(depth - 1), f);
         }
         black_box(depth);
-    }
-
-    /// The slow path, as `stack::capture` runs it.
-    #[inline(never)]
-    fn capture_slow(out: &mut [usize], max: usize, entry_sp: usize) -> usize {
-        let mut n = 0;
-        // SAFETY: the callback neither allocates nor panics, and the
-        // benchmark is single-threaded.
-        unsafe {
-            backtrace::trace_unsynchronized(|frame| {
-                let sp = frame.sp() as usize;
-                if sp != 0 && sp <= entry_sp {
-                    return true;
-                }
-                let ip = frame.ip() as usize;
-                if ip == 0 {
-                    return false;
-                }
-                out[n] = ip;
-                n += 1;
-                n < max
-            });
-        }
-        n
     }
 
     pub(crate) fn bench(c: &mut Criterion) {

@@ -46,6 +46,17 @@ pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usiz
     if let Some(n) = crate::unwind::capture_fast(out, max, entry_sp) {
         return n;
     }
+    capture_slow(out, max, entry_sp)
+}
+
+/// libgcc's `_Unwind_Backtrace` (through the `backtrace` crate), with the
+/// same skipping rule as [`capture`]: the fallback of the fast unwinder.
+#[inline(never)]
+pub(crate) fn capture_slow(out: &mut [usize], max: usize, entry_sp: usize) -> usize {
+    let max = max.min(out.len());
+    if max == 0 {
+        return 0;
+    }
     let mut n = 0;
     // SAFETY: trace_unsynchronized is only unsafe because it does not take
     // backtrace's global lock; the libunwind backend on Linux is thread

@@ -251,6 +251,13 @@ pub mod __bench {
     pub fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Option<usize> {
         super::capture_fast(out, max, entry_sp)
     }
+
+    /// Runs the slow path (libgcc's unwinder), as `stack::capture` falls
+    /// back to it, with the same skipping rule.
+    #[inline(never)]
+    pub fn capture_slow(out: &mut [usize], max: usize, entry_sp: usize) -> usize {
+        crate::stack::capture_slow(out, max, entry_sp)
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
