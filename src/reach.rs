@@ -21,6 +21,16 @@
 //!    left are definitely lost; so in a cycle nothing else points to, one
 //!    block is definitely lost and the others indirectly lost.
 //!
+//! **Memory pools** ([`Pools`]) add three rules, so that a pool object
+//! forgotten by its owner is lost at the line that took it: a pointer to a
+//! pool object's slot header counts as a pointer to its start; the words
+//! of a pool's own bookkeeping blocks (its core, chunk list, free lists)
+//! never reach a pool object; and a pool object reaches its pool's core
+//! (its box holds it, and the pool's memory lives on for it). Bookkeeping
+//! blocks go last in the clique order, and those a lost pool object's
+//! clique takes in are *folded*: not reported, nor counted (as the chunks
+//! are not), since they are the pool's, lost only because the object is.
+//!
 //! Everything here works in `mmap` memory ([`MapVec`]) and never calls the
 //! allocator: it runs while the other threads are stopped, and one of them
 //! may hold the `malloc` lock. Callers guarantee that every block and every
@@ -70,12 +80,33 @@ pub(crate) trait Mappings {
 
 const W: usize = size_of::<usize>();
 
+/// In [`Pools::owner`]: the block is no pool object.
+pub(crate) const NOT_POOLED: u32 = u32::MAX;
+/// In [`Pools::owner`]: a pool object whose pool core is not a block.
+pub(crate) const NO_CORE: u32 = u32::MAX - 1;
+
+/// What the scan knows of memory pools, per block (same order as the
+/// blocks). A pool's chunks are not blocks; each object taken from one is.
+pub(crate) struct Pools<'a> {
+    /// For a pool object, the index of its pool's core (or [`NO_CORE`]);
+    /// [`NOT_POOLED`] for every other block.
+    pub(crate) owner: &'a [u32],
+    /// True for a pool's own bookkeeping: its words never reach a pool
+    /// object (the chunk list points at each chunk's first slot, a stale
+    /// free-list entry at a slot taken since).
+    pub(crate) internal: &'a [bool],
+    /// `(slot header address, block index)` of every pool object, sorted:
+    /// a box points at the header, and that counts as a start pointer.
+    pub(crate) headers: &'a [(usize, u32)],
+}
+
 /// Result of a scan: one [`Kind`] per block (same order as the input) and
 /// the indirect bytes of each clique leader.
 pub(crate) struct Classified {
     state: MapVec<u8>,
     indirect: MapVec<u64>,
     referrer: MapVec<usize>,
+    folded: MapVec<bool>,
 }
 
 impl Classified {
@@ -93,6 +124,12 @@ impl Classified {
     pub(crate) fn referrer(&self, i: usize) -> usize {
         self.referrer.as_slice()[i]
     }
+
+    /// True for a pool's bookkeeping block lost only with a lost pool
+    /// object: part of the pool, not a leak of its own (see [`Pools`]).
+    pub(crate) fn folded(&self, i: usize) -> bool {
+        self.folded.as_slice().get(i).copied().unwrap_or(false)
+    }
 }
 
 struct Scan<'a, M> {
@@ -105,6 +142,11 @@ struct Scan<'a, M> {
     hi: usize,
     maps: &'a M,
     safe: bool,
+    pools: Option<&'a Pools<'a>>,
+    /// The block being scanned ([`NOT_POOLED`]: a root).
+    cur: u32,
+    /// See [`Classified::folded`] (empty without pools).
+    folded: MapVec<bool>,
 }
 
 /// Reads `buf.len()` words at `addr` with `process_vm_readv` on this very
@@ -145,11 +187,14 @@ fn read_word(addr: usize, safe: bool) -> Option<usize> {
 /// scan (the other threads are stopped). With `safe` true (some thread
 /// could not be stopped and may free or unmap memory meanwhile), memory is
 /// read through `process_vm_readv`, slower but unable to fault.
+///
+/// `pools`, if given, has one entry per block (see [`Pools`]).
 pub(crate) fn classify<M: Mappings>(
     blocks: &[Record],
     roots: &[Region],
     maps: &M,
     safe: bool,
+    pools: Option<&Pools<'_>>,
 ) -> Option<Classified> {
     let n = blocks.len();
     let mut s = Scan {
@@ -162,17 +207,21 @@ pub(crate) fn classify<M: Mappings>(
         hi: blocks.last().map_or(0, |b| b.addr + b.size().max(1)),
         maps,
         safe,
+        pools: pools.filter(|p| p.owner.len() == n && p.internal.len() == n),
+        cur: NOT_POOLED,
+        folded: MapVec::new(),
     };
     if !s.state.fill(Kind::Unreached as u8, n)
         || !s.indirect.fill(0, n)
         || !s.referrer.fill(0, n)
         || !s.stack.reserve(1024)
+        || (s.pools.is_some() && !s.folded.fill(false, n))
     {
         return None;
     }
     // 1. Mark from the roots.
     for r in roots {
-        s.scan(r.start, r.end, true, None);
+        s.scan(r.start, r.end, true, None, false);
     }
     s.drain(None);
     // 2. Cliques of unreached blocks, oldest allocation first. memcheck
@@ -187,9 +236,14 @@ pub(crate) fn classify<M: Mappings>(
     for i in 0..n {
         order.push(i as u32);
     }
-    order
-        .as_mut_slice()
-        .sort_unstable_by_key(|&i| blocks[i as usize].seq);
+    // Pool objects share their chunk's sequence number: then by address.
+    // Pool bookkeeping last, so that a lost pool object's clique takes its
+    // pool's core in before the core could lead a clique of its own.
+    let internal = |i: usize| s.pools.is_some_and(|p| p.internal[i]);
+    order.as_mut_slice().sort_unstable_by_key(|&i| {
+        let i = i as usize;
+        (internal(i), blocks[i].seq, blocks[i].addr)
+    });
     for &i in order.as_slice() {
         let i = i as usize;
         if s.state.as_slice()[i] == Kind::Unreached as u8 {
@@ -201,6 +255,7 @@ pub(crate) fn classify<M: Mappings>(
         state: s.state,
         indirect: s.indirect,
         referrer: s.referrer,
+        folded: s.folded,
     })
 }
 
@@ -220,16 +275,51 @@ impl<M: Mappings> Scan<'_, M> {
         (p < b.addr + b.size().max(1)).then_some(i)
     }
 
+    /// The block `p` points into, and whether it points at its start (or
+    /// at a pool object's slot header).
+    #[inline]
+    fn find_ptr(&self, p: usize) -> Option<(usize, bool)> {
+        if let Some(k) = self.find(p) {
+            return Some((k, p == self.blocks[k].addr));
+        }
+        let h = self.pools?.headers;
+        let first = h.first()?.0;
+        if p < first || p > h[h.len() - 1].0 {
+            return None;
+        }
+        let i = h.partition_point(|&(a, _)| a < p);
+        h.get(i)
+            .filter(|&&(a, _)| a == p)
+            .map(|&(_, k)| (k as usize, true))
+    }
+
     fn drain(&mut self, clique: Option<usize>) {
         while let Some(i) = self.stack.pop() {
             let i = i as usize;
             let b = self.blocks[i];
             let definite = self.state.as_slice()[i] != Kind::Possible as u8;
-            self.scan(b.addr, b.addr + b.size(), definite, clique);
+            let (internal, owner) = match self.pools {
+                Some(p) => (p.internal[i], p.owner[i]),
+                None => (false, NOT_POOLED),
+            };
+            self.cur = i as u32;
+            self.scan(b.addr, b.addr + b.size(), definite, clique, internal);
+            if (owner as usize) < self.blocks.len() {
+                // A pool object keeps its pool's core alive.
+                let core = self.blocks[owner as usize].addr;
+                self.hit(core, b.addr, definite, clique, false);
+            }
         }
     }
 
-    fn scan(&mut self, start: usize, end: usize, prior_definite: bool, clique: Option<usize>) {
+    fn scan(
+        &mut self,
+        start: usize,
+        end: usize,
+        prior_definite: bool,
+        clique: Option<usize>,
+        internal: bool,
+    ) {
         let mut p = start.next_multiple_of(W);
         if self.safe {
             let mut buf = [0usize; 512];
@@ -237,7 +327,7 @@ impl<M: Mappings> Scan<'_, M> {
                 let want = ((end - p) / W).min(buf.len());
                 let got = read_words_safely(p, &mut buf[..want]);
                 for (i, &word) in buf[..got].iter().enumerate() {
-                    self.hit(word, p + i * W, prior_definite, clique);
+                    self.hit(word, p + i * W, prior_definite, clique, internal);
                 }
                 // An unreadable page: skip to the next one.
                 p = if got == want {
@@ -253,28 +343,40 @@ impl<M: Mappings> Scan<'_, M> {
             // readable for the whole scan, and `p` is aligned. A volatile
             // read, because other code may own this memory.
             let word = unsafe { (p as *const usize).read_volatile() };
-            self.hit(word, p, prior_definite, clique);
+            self.hit(word, p, prior_definite, clique, internal);
             p += W;
         }
     }
 
+    /// `word`, read at `at`, may point into a block. `internal`: `at` is
+    /// in a pool's bookkeeping, which does not reach pool objects.
     #[inline]
-    fn hit(&mut self, word: usize, at: usize, prior_definite: bool, clique: Option<usize>) {
-        if let Some(k) = self.find(word) {
+    fn hit(
+        &mut self,
+        word: usize,
+        at: usize,
+        prior_definite: bool,
+        clique: Option<usize>,
+        internal: bool,
+    ) {
+        if let Some((k, start)) = self.find_ptr(word) {
+            if internal && self.pools.is_some_and(|p| p.owner[k] != NOT_POOLED) {
+                return;
+            }
             match clique {
-                None => self.mark(k, word, prior_definite, at),
+                None => self.mark(k, word, start, prior_definite, at),
                 Some(leader) => self.claim(k, leader, at),
             }
         }
     }
 
-    fn mark(&mut self, k: usize, ptr: usize, prior_definite: bool, at: usize) {
+    fn mark(&mut self, k: usize, ptr: usize, start: bool, prior_definite: bool, at: usize) {
         let state = self.state.as_slice()[k];
         if state == Kind::Reachable as u8 {
             return;
         }
         let b = self.blocks[k];
-        let via_start = ptr == b.addr || heuristic(&b, ptr, self.maps, self.safe);
+        let via_start = start || heuristic(&b, ptr, self.maps, self.safe);
         if via_start && prior_definite {
             self.state.as_mut_slice()[k] = Kind::Reachable as u8;
             self.referrer.as_mut_slice()[k] = at;
@@ -291,11 +393,26 @@ impl<M: Mappings> Scan<'_, M> {
             return;
         }
         self.referrer.as_mut_slice()[k] = at;
-        let add = self.blocks[k].size() as u64 + self.indirect.as_slice()[k];
-        self.indirect.as_mut_slice()[leader] += add;
+        if self.folds(k) {
+            self.folded.as_mut_slice()[k] = true;
+        } else {
+            let add = self.blocks[k].size() as u64 + self.indirect.as_slice()[k];
+            self.indirect.as_mut_slice()[leader] += add;
+        }
         self.indirect.as_mut_slice()[k] = 0;
         self.state.as_mut_slice()[k] = Kind::IndirectLeak as u8;
         self.push(k);
+    }
+
+    /// True if block `k`, reached from the block being scanned, is pool
+    /// bookkeeping reached from a pool object (or from bookkeeping so
+    /// reached).
+    fn folds(&self, k: usize) -> bool {
+        let Some(p) = self.pools else { return false };
+        let cur = self.cur as usize;
+        p.internal[k]
+            && cur < self.blocks.len()
+            && (p.owner[cur] != NOT_POOLED || self.folded.as_slice()[cur])
     }
 
     fn push(&mut self, k: usize) {
@@ -430,8 +547,8 @@ mod tests {
                 start: roots.as_ptr() as usize,
                 end: roots.as_ptr() as usize + roots.len() * W,
             }];
-            let c = classify(&sorted, &root, &NoMaps, false).unwrap();
-            let safe = classify(&sorted, &root, &NoMaps, true).unwrap();
+            let c = classify(&sorted, &root, &NoMaps, false, None).unwrap();
+            let safe = classify(&sorted, &root, &NoMaps, true, None).unwrap();
             for i in 0..sorted.len() {
                 assert_eq!(c.kind(i), safe.kind(i), "safe reads classify the same");
                 assert_eq!(c.indirect_bytes(i), safe.indirect_bytes(i));
@@ -442,6 +559,120 @@ mod tests {
             }
             out
         }
+    }
+
+    /// Classifies `h` with pools: `internal` blocks, `(object, core)`
+    /// pairs and `(header address, object)` pairs, by original index.
+    /// Returns (kind, indirect bytes, folded) per original index.
+    fn classify_pooled(
+        h: &Heap,
+        roots: &[usize],
+        internal: &[usize],
+        owners: &[(usize, usize)],
+        headers: &[(usize, usize)],
+    ) -> Vec<(Kind, u64, bool)> {
+        let mut recs: Vec<(usize, Record)> = h
+            .bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let r = Record::new(b.as_ptr() as usize, b.len() * W, W, i as u64, 0, 0);
+                (i, r)
+            })
+            .collect();
+        recs.sort_by_key(|(_, r)| r.addr);
+        let pos = |orig: usize| recs.iter().position(|(i, _)| *i == orig).unwrap();
+        let sorted: Vec<Record> = recs.iter().map(|(_, r)| *r).collect();
+        let mut owner = vec![NOT_POOLED; recs.len()];
+        let mut inside = vec![false; recs.len()];
+        for &i in internal {
+            inside[pos(i)] = true;
+        }
+        for &(o, c) in owners {
+            owner[pos(o)] = pos(c) as u32;
+        }
+        let mut hdrs: Vec<(usize, u32)> =
+            headers.iter().map(|&(a, o)| (a, pos(o) as u32)).collect();
+        hdrs.sort();
+        let pools = Pools {
+            owner: &owner,
+            internal: &inside,
+            headers: &hdrs,
+        };
+        let root = [Region {
+            start: roots.as_ptr() as usize,
+            end: roots.as_ptr() as usize + roots.len() * W,
+        }];
+        let c = classify(&sorted, &root, &NoMaps, false, Some(&pools)).unwrap();
+        (0..recs.len())
+            .map(|orig| {
+                let p = pos(orig);
+                (c.kind(p), c.indirect_bytes(p), c.folded(p))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pool_bookkeeping_does_not_keep_objects_alive() {
+        // 0: core, 1: its chunk list, 2 and 3: objects taken from it.
+        let mut h = Heap::new(4, 4);
+        let (list, obj0) = (h.addr(1), h.addr(2));
+        h.set(0, 0, list);
+        h.set(1, 0, obj0); // the chunk list points at the first object
+        let header = [0usize; 2]; // a slot header, outside every block
+        let owners = [(2, 0), (3, 0)];
+        let headers = [(header.as_ptr() as usize, 3)];
+        // A box of object 3 (its header) on the stack: 3 is reachable, and
+        // so is its pool; object 2 is lost all the same.
+        let k = classify_pooled(&h, &[header.as_ptr() as usize], &[0, 1], &owners, &headers);
+        assert_eq!(
+            k[3].0,
+            Kind::Reachable,
+            "a header pointer is a start pointer"
+        );
+        assert_eq!(k[0].0, Kind::Reachable, "an object keeps its pool's core");
+        assert_eq!(k[1].0, Kind::Reachable);
+        assert_eq!(k[2], (Kind::Unreached, 0, false));
+        // Without pools, the chunk list would have kept object 2.
+        let plain = h.classify(&[h.addr(0), h.addr(3)]);
+        assert_eq!(plain[2].0, Kind::Reachable);
+    }
+
+    #[test]
+    fn a_lost_pool_object_folds_its_dropped_pool_in() {
+        // 0: core, 1: chunk list, 2: a forgotten object; nothing else.
+        let mut h = Heap::new(3, 4);
+        let (list, obj) = (h.addr(1), h.addr(2));
+        h.set(0, 0, list);
+        h.set(1, 0, obj);
+        let k = classify_pooled(&h, &[], &[0, 1], &[(2, 0)], &[]);
+        assert_eq!(k[2], (Kind::Unreached, 0, false), "the object leads");
+        assert_eq!(k[0], (Kind::IndirectLeak, 0, true));
+        assert_eq!(k[1], (Kind::IndirectLeak, 0, true));
+        // A pool forgotten with no object out is a leak of its own.
+        let mut h = Heap::new(2, 4);
+        let list = h.addr(1);
+        h.set(0, 0, list);
+        let k = classify_pooled(&h, &[], &[0, 1], &[], &[]);
+        assert_eq!(k[0], (Kind::Unreached, 32, false));
+        assert_eq!(k[1], (Kind::IndirectLeak, 0, false));
+    }
+
+    #[test]
+    fn a_cycle_of_pool_objects_has_one_leader() {
+        // 0: core; 1 and 2: objects holding each other's header.
+        let mut h = Heap::new(3, 4);
+        let hdr = [0usize; 4];
+        let (h1, h2) = (hdr.as_ptr() as usize, hdr.as_ptr() as usize + 2 * W);
+        let core = h.addr(0);
+        h.set(1, 0, h2);
+        h.set(1, 1, core);
+        h.set(2, 0, h1);
+        h.set(2, 1, core);
+        let k = classify_pooled(&h, &[], &[0], &[(1, 0), (2, 0)], &[(h1, 1), (h2, 2)]);
+        assert_eq!(k[1], (Kind::Unreached, 32, false));
+        assert_eq!(k[2], (Kind::IndirectLeak, 0, false));
+        assert_eq!(k[0], (Kind::IndirectLeak, 0, true));
     }
 
     #[test]

@@ -98,29 +98,15 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         })
         .collect();
     // Memory pools, as Valgrind treats them: a pool's chunks are not
-    // blocks of their own; each object still taken from a pool is a block,
-    // with the stack of its `alloc`. A forgotten pool object is then lost
-    // at the line that took it, and free slots hold nothing.
-    let chunks: Vec<usize> = {
-        let mut c: Vec<usize> = crate::pool::pool_chunks().iter().map(|&(a, _)| a).collect();
-        c.sort_unstable();
-        c
-    };
-    let pool_objects: Vec<(usize, usize, u32)> = if chunks.is_empty() {
-        Vec::new()
-    } else {
-        crate::pool::pool_outstanding()
-            .iter()
-            .filter(|o| o.block.0 != 0)
-            .map(|o| (o.block.0, o.block.1, o.stack))
-            .collect()
-    };
+    // blocks of their own; each object still taken from a pool is a block
+    // (its value), with the stack of its `alloc`. See `PoolScan`.
+    let pools = PoolScan::gather();
     if std::env::var_os("MEMWARDEN_DEBUG_POOLS").is_some() {
-        eprintln!("memwarden: debug: pool chunks {chunks:x?}, objects {pool_objects:x?}");
+        eprintln!("memwarden: debug: pools {:x?}", pools.views);
     }
     let mut rootv: MapVec<Region> = MapVec::new();
     let mut snap: MapVec<Record> = MapVec::new();
-    let expect = registry::live_blocks() + pool_objects.len();
+    let expect = registry::live_blocks() + pools.objects.len();
     if !snap.reserve(expect + expect / 4 + 1024)
         || !rootv.reserve(fixed.len() + tids.len() * (4 + images.tls.len()))
     {
@@ -170,17 +156,22 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             });
         }
     }
-    if !chunks.is_empty() {
-        swap_chunks_for_objects(&mut snap, &chunks, &pool_objects);
+    if !pools.chunks.is_empty() {
+        swap_chunks_for_objects(&mut snap, &pools.chunks, &pools.objects);
     }
     snap.as_mut_slice().sort_unstable_by_key(|r| r.addr);
     // Memory may be freed under the scan only by a thread that did not
     // stop: then read it in the way that cannot fault.
     let safe = world.missed > 0 || (world.unsupported && tids.len() > 1);
-    let classified = if ok {
-        reach::classify(snap.as_slice(), rootv.as_slice(), &maps, safe)
-    } else {
+    let classified = if !ok {
         None
+    } else if pools.views.is_empty() {
+        reach::classify(snap.as_slice(), rootv.as_slice(), &maps, safe, None)
+    } else {
+        pools.links(snap.as_slice()).and_then(|links| {
+            let p = links.as_pools();
+            reach::classify(snap.as_slice(), rootv.as_slice(), &maps, safe, Some(&p))
+        })
     };
     caveats.missed_threads = world.missed;
     caveats.no_stop = world.unsupported && tids.len() > 1;
@@ -194,6 +185,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     snap.as_slice()
         .iter()
         .enumerate()
+        .filter(|&(i, _)| !c.folded(i))
         .map(|(i, rec)| Classified {
             rec: *rec,
             kind: LeakKind::from_reach(c.kind(i)),
@@ -203,14 +195,117 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         .collect()
 }
 
+/// The registered pools, gathered before the world stops (this allocates),
+/// in the forms the scan needs while it is stopped.
+///
+/// The rules (Valgrind's for memory pools, plus what makes a forgotten
+/// pool object lost at the line that took it):
+/// * a chunk is not a block; each object taken from it is one: its value,
+///   with the stack of its `alloc`, the chunk's sequence number and thread;
+/// * a pointer to an object's slot header (what its box holds) is a
+///   pointer to its start;
+/// * the pool's own bookkeeping (its core, chunk list and free lists) does
+///   not keep a taken object alive: only references from outside the pool
+///   do (the chunk list points at the first slot of each chunk);
+/// * a taken object keeps its pool's core alive (its box points there), so
+///   the core of a dropped pool whose object was forgotten is lost with
+///   the object, indirectly, not on its own.
+#[derive(Default)]
+struct PoolScan {
+    views: Vec<crate::pool::PoolView>,
+    /// Chunk start addresses, sorted.
+    chunks: Vec<usize>,
+    /// Every taken object, with its pool's core address, by value address.
+    objects: Vec<(crate::pool::PoolObject, usize)>,
+    /// Start addresses of the pools' bookkeeping blocks, sorted.
+    internal: Vec<usize>,
+}
+
+/// [`reach::Pools`]' arrays, in `mmap` memory.
+struct PoolLinks {
+    owner: MapVec<u32>,
+    internal: MapVec<bool>,
+    headers: MapVec<(usize, u32)>,
+}
+
+impl PoolLinks {
+    fn as_pools(&self) -> reach::Pools<'_> {
+        reach::Pools {
+            owner: self.owner.as_slice(),
+            internal: self.internal.as_slice(),
+            headers: self.headers.as_slice(),
+        }
+    }
+}
+
+impl PoolScan {
+    fn gather() -> PoolScan {
+        let views = crate::pool::pool_views();
+        if views.is_empty() {
+            return PoolScan::default();
+        }
+        let mut p = PoolScan::default();
+        for v in &views {
+            p.chunks.extend(v.chunks.iter().map(|&(a, _)| a));
+            p.internal.extend_from_slice(&v.internal);
+            p.objects.extend(v.objects.iter().map(|&o| (o, v.core)));
+        }
+        p.chunks.sort_unstable();
+        p.internal.sort_unstable();
+        p.objects.sort_unstable_by_key(|(o, _)| o.value);
+        p.views = views;
+        p
+    }
+
+    /// The pool links of `blocks` (sorted by address). Allocation-free:
+    /// runs while the world is stopped. `None` if memory could not be
+    /// mapped.
+    fn links(&self, blocks: &[Record]) -> Option<PoolLinks> {
+        let n = blocks.len();
+        let mut l = PoolLinks {
+            owner: MapVec::new(),
+            internal: MapVec::new(),
+            headers: MapVec::new(),
+        };
+        if !l.owner.fill(reach::NOT_POOLED, n)
+            || !l.internal.fill(false, n)
+            || !l.headers.reserve(self.objects.len())
+        {
+            return None;
+        }
+        let index = |addr: usize| {
+            let i = blocks.partition_point(|b| b.addr < addr);
+            (i < n && blocks[i].addr == addr).then_some(i)
+        };
+        for &a in &self.internal {
+            if let Some(i) = index(a) {
+                l.internal.as_mut_slice()[i] = true;
+            }
+        }
+        for &(o, core) in &self.objects {
+            let Some(i) = index(o.value) else { continue };
+            // Only the object's own record (a swapped-in one), not another
+            // block that happens to start there.
+            if blocks[i].size() != o.bytes || l.owner.as_slice()[i] != reach::NOT_POOLED {
+                continue;
+            }
+            l.owner.as_mut_slice()[i] = index(core).map_or(reach::NO_CORE, |c| c as u32);
+            let _ = l.headers.push((o.slot, i as u32));
+        }
+        // Sorted by value address, so by header address too: slots do not
+        // overlap, and a header comes before its value.
+        Some(l)
+    }
+}
+
 /// Replaces the records of pool chunks (`chunks`: their start addresses,
-/// sorted) by one record
-/// per object taken from them, which inherits its chunk's sequence number
-/// and thread. Allocation-free: runs while the world is stopped.
+/// sorted) by one record per object taken from them (`objects`, by
+/// address): its value, which inherits its chunk's sequence number and
+/// thread. Allocation-free: runs while the world is stopped.
 fn swap_chunks_for_objects(
     snap: &mut MapVec<Record>,
     chunks: &[usize],
-    objects: &[(usize, usize, u32)],
+    objects: &[(crate::pool::PoolObject, usize)],
 ) {
     let mut chunk_recs: MapVec<Record> = MapVec::new();
     let records = snap.as_mut_slice();
@@ -233,17 +328,17 @@ fn swap_chunks_for_objects(
     snap.truncate(kept);
     chunk_recs.as_mut_slice().sort_unstable_by_key(|r| r.addr);
     let chunk_recs = chunk_recs.as_slice();
-    for &(addr, len, stack) in objects {
+    for &(o, _) in objects {
         // The chunk holding the object: the last one starting at or before it.
         let Some(c) = chunk_recs
-            .partition_point(|c| c.addr <= addr)
+            .partition_point(|c| c.addr <= o.slot)
             .checked_sub(1)
             .map(|i| chunk_recs[i])
-            .filter(|c| addr + len <= c.addr + c.size())
+            .filter(|c| o.value + o.bytes <= c.addr + c.size())
         else {
             continue;
         };
-        let _ = snap.push(Record::new(addr, len, 8, c.seq, stack, c.thread));
+        let _ = snap.push(Record::new(o.value, o.bytes, 8, c.seq, o.stack, c.thread));
     }
 }
 

@@ -79,9 +79,9 @@ mod sync;
 pub use outstanding::{Holder, Outstanding, OutstandingKind, outstanding};
 pub use sync::{SyncPool, SyncPoolBox};
 
-pub(crate) use outstanding::{hide, next_id, quiet, read_word, reveal};
 #[allow(unused_imports)] // used by the exit report when tracking is built in
-pub(crate) use outstanding::{pool_chunks, pool_outstanding};
+pub(crate) use outstanding::{PoolObject, PoolView, pool_outstanding, pool_views};
+pub(crate) use outstanding::{hide, next_id, quiet, read_word, reveal};
 
 use outstanding::capture_stack;
 use slot::{Chunk, Slot, chunk_of, empty_chunks, sort_by_site};
@@ -377,7 +377,7 @@ impl<T> Pool<T> {
                 unsafe { core.as_ref() }.id,
                 core.as_ptr().cast_const().cast(),
                 Core::<T>::list_erased,
-                Core::<T>::chunks_erased,
+                Core::<T>::view_erased,
             );
         }
         Pool {
@@ -528,7 +528,9 @@ impl<T> Core<T> {
                 });
             }
             let len = self.chunk_len.min(room);
-            self.reserve_stack(self.slots.get() + len)?;
+            // Under the registry lock (if registered): a report reads the
+            // stack's address.
+            self.with_chunks(|_| self.reserve_stack(self.slots.get() + len))?;
             let chunk =
                 Chunk::<T>::new(len).map_err(|layout| PoolErrorKind::OutOfMemory { layout })?;
             self.bump.set(chunk.start.as_ptr());
@@ -679,16 +681,27 @@ impl<T> Core<T> {
         unsafe { c.list(alive, out) };
     }
 
-    /// [`outstanding::ChunksFn`] for a registered core.
+    /// [`outstanding::ViewFn`] for a registered core.
     ///
     /// # Safety
     /// As [`Core::list_erased`].
-    unsafe fn chunks_erased(core: *const (), out: &mut Vec<(usize, usize)>) {
+    unsafe fn view_erased(core: *const (), out: &mut PoolView) {
         // SAFETY: per the contract.
         let c = unsafe { &*core.cast::<Core<T>>() };
         // SAFETY: as in `list_erased`.
-        for chunk in unsafe { &*c.chunks.get() } {
-            out.push((chunk.start.as_ptr() as usize, chunk.bytes()));
+        let chunks = unsafe { &*c.chunks.get() };
+        out.internal.push(core as usize);
+        if chunks.capacity() > 0 {
+            out.internal.push(chunks.as_ptr() as usize);
+        }
+        if c.cap.get() > 0 {
+            out.internal.push(c.stack.get() as usize);
+        }
+        for chunk in chunks {
+            out.chunks
+                .push((chunk.start.as_ptr() as usize, chunk.bytes()));
+            // SAFETY: the chunk is alive while it is in the list.
+            unsafe { chunk.objects(&mut out.objects) };
         }
     }
 

@@ -270,16 +270,54 @@ pub(crate) fn pool_outstanding() -> Vec<Outstanding> {
     })
 }
 
-/// Address ranges of the chunks of registered pools (for the exit report:
-/// it may scan each outstanding object on its own instead of whole chunks).
-#[allow(dead_code)] // used by the exit report when tracking is built in
-pub(crate) fn pool_chunks() -> Vec<(usize, usize)> {
+/// A registered pool as the leak scan sees it.
+#[derive(Debug, Default)]
+#[allow(dead_code)] // read by the leak scan when tracking is built in
+pub(crate) struct PoolView {
+    /// Address of the pool's core: a heap block that every object taken
+    /// from the pool keeps alive (through its box).
+    pub(crate) core: usize,
+    /// Start addresses of the pool's own heap blocks: the core, its chunk
+    /// list and its free lists. Their words never keep a taken object
+    /// alive (the chunk list points at the first slot of each chunk, a
+    /// stale free-list entry at a slot taken since).
+    pub(crate) internal: Vec<usize>,
+    /// Start and length of each chunk: not blocks of their own.
+    pub(crate) chunks: Vec<(usize, usize)>,
+    /// The objects taken and not returned.
+    pub(crate) objects: Vec<PoolObject>,
+}
+
+/// One object taken from a pool, for the leak scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // read by the leak scan when tracking is built in
+pub(crate) struct PoolObject {
+    /// Its slot (the header before the value): a box points here.
+    pub(crate) slot: usize,
+    /// The value, and its size: the block the report shows.
+    pub(crate) value: usize,
+    pub(crate) bytes: usize,
+    /// Stack captured when it was taken (0: none).
+    pub(crate) stack: u32,
+}
+
+/// Every registered pool, read under one lock (for the exit report and
+/// scoped checks: chunks are not blocks of their own, each taken object
+/// is one).
+#[allow(dead_code)] // used by the leak scan when tracking is built in
+pub(crate) fn pool_views() -> Vec<PoolView> {
     quiet(|| {
         let pools = lock_pools();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(pools.len());
         for p in pools.iter() {
+            let core = reveal::<()>(p.hidden);
+            let mut v = PoolView {
+                core: core as usize,
+                ..PoolView::default()
+            };
             // SAFETY: as in `pool_outstanding`.
-            unsafe { (p.chunks)(reveal(p.hidden), &mut out) };
+            unsafe { (p.view)(core, &mut v) };
+            out.push(v);
         }
         out
     })
@@ -292,17 +330,18 @@ pub(crate) fn pool_chunks() -> Vec<(usize, usize)> {
 /// # Safety
 /// The address must be that of the registered pool's core, alive.
 pub(crate) type ListFn = unsafe fn(*const (), &mut Vec<Outstanding>);
-/// Lists the chunk ranges of the pool at the address given.
+/// Fills in the [`PoolView`] of the pool at the address given (all but
+/// `core`).
 ///
 /// # Safety
 /// As [`ListFn`].
-pub(crate) type ChunksFn = unsafe fn(*const (), &mut Vec<(usize, usize)>);
+pub(crate) type ViewFn = unsafe fn(*const (), &mut PoolView);
 
 pub(crate) struct PoolEntry {
     id: u64,
     hidden: usize,
     list: ListFn,
-    chunks: ChunksFn,
+    view: ViewFn,
 }
 
 static POOLS: Mutex<Vec<PoolEntry>> = Mutex::new(Vec::new());
@@ -315,13 +354,13 @@ pub(crate) fn lock_pools() -> MutexGuard<'static, Vec<PoolEntry>> {
 }
 
 /// Registers a pool core.
-pub(crate) fn register_pool(id: u64, core: *const (), list: ListFn, chunks: ChunksFn) {
+pub(crate) fn register_pool(id: u64, core: *const (), list: ListFn, view: ViewFn) {
     quiet(|| {
         lock_pools().push(PoolEntry {
             id,
             hidden: hide(core),
             list,
-            chunks,
+            view,
         })
     });
 }

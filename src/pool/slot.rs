@@ -27,7 +27,7 @@ use std::panic::Location;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use super::outstanding::{Outstanding, OutstandingKind};
+use super::outstanding::{Outstanding, OutstandingKind, PoolObject};
 use crate::checked;
 
 /// Default chunk size in bytes, when the builder is not told a length.
@@ -253,6 +253,26 @@ impl<T> Chunk<T> {
                     unreachable: false,
                     pool_alive,
                     block: (s as usize, size_of::<Slot<T>>()),
+                    stack,
+                });
+            }
+        }
+    }
+
+    /// Lists the taken slots of this chunk for the leak scan.
+    ///
+    /// # Safety
+    /// The chunk must be alive for the whole call.
+    pub(crate) unsafe fn objects(&self, out: &mut Vec<PoolObject>) {
+        for i in 0..self.len {
+            let s = self.slot(i);
+            // SAFETY: `s` lies in this live, zero-initialised chunk.
+            if let Some((_, stack)) = unsafe { Slot::site_stack(s) } {
+                out.push(PoolObject {
+                    slot: s as usize,
+                    // SAFETY: `s` is a slot of a live chunk, non-null.
+                    value: Slot::value(unsafe { NonNull::new_unchecked(s) }) as usize,
+                    bytes: size_of::<T>(),
                     stack,
                 });
             }

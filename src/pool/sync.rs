@@ -48,7 +48,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::outstanding::{self, Outstanding, OutstandingKind, capture_stack, next_id};
+use super::outstanding::{self, Outstanding, OutstandingKind, PoolView, capture_stack, next_id};
 use super::slot::{Chunk, Slot, chunk_of, empty_chunks, sort_by_site};
 use super::{Builder, PoolError, PoolErrorKind, PoolStats};
 
@@ -310,7 +310,7 @@ impl<T> SyncPool<T> {
                 unsafe { shared.as_ref() }.head.id,
                 shared.as_ptr().cast_const().cast(),
                 Shared::<T>::list_erased,
-                Shared::<T>::chunks_erased,
+                Shared::<T>::view_erased,
             );
         }
         SyncPool {
@@ -757,15 +757,27 @@ impl<T> Shared<T> {
         sh.list(sh.head.handles.load(Ordering::Relaxed) > 0, out);
     }
 
-    /// [`outstanding::ChunksFn`].
+    /// [`outstanding::ViewFn`].
     ///
     /// # Safety
     /// As [`Shared::list_erased`].
-    unsafe fn chunks_erased(p: *const (), out: &mut Vec<(usize, usize)>) {
+    unsafe fn view_erased(p: *const (), out: &mut PoolView) {
         // SAFETY: per the contract.
         let sh = unsafe { &*p.cast::<Shared<T>>() };
-        for c in &sh.depot().chunks {
-            out.push((c.start.as_ptr() as usize, c.bytes()));
+        let d = sh.depot();
+        out.internal.push(p as usize);
+        for (cap, ptr) in [
+            (d.chunks.capacity(), d.chunks.as_ptr() as usize),
+            (d.batches.capacity(), d.batches.as_ptr() as usize),
+        ] {
+            if cap > 0 {
+                out.internal.push(ptr);
+            }
+        }
+        for c in &d.chunks {
+            out.chunks.push((c.start.as_ptr() as usize, c.bytes()));
+            // SAFETY: the chunk is alive while we hold the lock.
+            unsafe { c.objects(&mut out.objects) };
         }
     }
 }
