@@ -538,33 +538,216 @@ fn enable_and_disable_at_run_time() {
     expect_code(&run, 23);
 }
 
+/// The header line of the text entry whose first frame is the SITE line:
+/// `N bytes in 1 block [(and M bytes indirectly)] is <kind> (leak i of n)`.
+fn text_entry<'a>(run: &'a Run, tag: &str) -> &'a str {
+    let at = format!("scenarios.rs:{})", site_line(tag));
+    let lines = run.memwarden_lines();
+    let found: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| {
+            w[1].trim_start_matches(PREFIX)
+                .trim_start()
+                .starts_with("at ")
+                && w[1].ends_with(&at)
+        })
+        .map(|w| w[0])
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one text entry at {at} (SITE {tag})\n{}",
+        run.describe()
+    );
+    found[0]
+}
+
+/// The report's `outstanding` entry taken at the SITE line.
+fn outstanding_at<'a>(run: &'a Run, tag: &str) -> &'a serde_json::Value {
+    let line = site_line(tag);
+    let all = run.report()["outstanding"].as_array().expect("outstanding");
+    let found: Vec<_> = all.iter().filter(|o| o["line"] == line).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "outstanding at SITE {tag}\n{}",
+        run.describe()
+    );
+    found[0]
+}
+
+/// No leak entry, of any kind, at the `Pool::new`/`SyncPool::new` line or
+/// in memwarden's pool code: the pool's own memory is never a leak of its
+/// own when only its objects are lost.
+fn expect_no_pool_internals(run: &Run) {
+    for l in leaks(run.report()) {
+        let kind = l["kind"].as_str().unwrap_or("");
+        if kind == REACHABLE {
+            continue;
+        }
+        let frames = l["frames"].as_array().unwrap();
+        assert!(
+            !frames.iter().any(|f| f["function"]
+                .as_str()
+                .is_some_and(|n| n.contains("Pool") && n.contains("new"))),
+            "a pool's own block is reported lost: {l}\n{}",
+            run.describe()
+        );
+    }
+}
+
 #[test]
 fn a_forgotten_pool_object_is_reported_at_the_line_that_took_it() {
     let run = run_tracked(&["pool_leak"], &[]);
-    let line = site_line("pool_leak");
-    // The object is lost with its pool's bookkeeping (which still points at
-    // it), so it is indirectly lost, owned by the lost pool; the pool's
-    // chunks are not blocks of their own.
-    let object = run.report()["leaks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| {
-            top_frame(l).is_some_and(|f| f["line"] == line) && l["bytes"].as_u64() == Some(40)
-        })
-        .unwrap_or_else(|| panic!("the pool object's entry\n{}", run.describe()));
-    assert_eq!(object["kind"], "indirectly_lost", "{}", run.describe());
-    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
-    assert_eq!(outstanding.len(), 1, "{}", run.describe());
-    assert_eq!(outstanding[0]["kind"], "pool");
-    assert_eq!(outstanding[0]["line"], line);
-    assert_eq!(outstanding[0]["pool_alive"], false);
-    assert!(
-        run.stderr
-            .contains(&format!("taken at tests/helpers/scenarios.rs:{line}:")),
+    check_report_shape(&run);
+    // The object (32 bytes, its value) is the one definitely lost entry;
+    // the dropped pool's core, chunk and lists, alive only for it, are the
+    // pool's and not reported (nor counted).
+    let entry = expect_site(&run, "pool_leak", DEFINITELY, 32, 1, "take_and_forget");
+    assert_eq!(
+        entry["frames"][1]["function"]
+            .as_str()
+            .map(|f| f.contains("pool_leak")),
+        Some(true)
+    );
+    expect_lost(&run, (32, 1), (0, 0), (0, 0));
+    assert_eq!(
+        leaks(run.report())
+            .iter()
+            .filter(|l| l["kind"] != REACHABLE)
+            .count(),
+        1,
         "{}",
         run.describe()
     );
+    expect_no_pool_internals(&run);
+    assert!(
+        text_entry(&run, "pool_leak")
+            .ends_with("32 bytes in 1 block is definitely lost (leak 1 of 1)"),
+        "{}",
+        run.describe()
+    );
+    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
+    assert_eq!(outstanding.len(), 1, "{}", run.describe());
+    let o = outstanding_at(&run, "pool_leak");
+    assert_eq!(o["kind"], "pool");
+    assert_eq!(o["bytes"], 32, "the same size as the leak entry");
+    assert_eq!(o["pool_alive"], false);
+    let line = site_line("pool_leak");
+    assert!(
+        run.stderr.contains(&format!(
+            "pool object [u64; 4] (32 bytes) taken at tests/helpers/scenarios.rs:{line}:"
+        )),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 23);
+}
+
+#[test]
+fn a_live_pool_reports_only_its_forgotten_object() {
+    let run = run_tracked(&["pool_alive"], &[]);
+    check_report_shape(&run);
+    expect_site(&run, "pool_alive_forgot", DEFINITELY, 32, 1, "forget_one");
+    expect_lost(&run, (32, 1), (0, 0), (0, 0));
+    // The object held in a local of the exiting frame is still reachable.
+    expect_site(&run, "pool_held", REACHABLE, 32, 1, "hold_one");
+    // Objects given back are free slots: no entry of any kind.
+    expect_no_site(&run, "pool_returned");
+    expect_no_pool_internals(&run);
+    assert!(
+        text_entry(&run, "pool_alive_forgot")
+            .ends_with("32 bytes in 1 block is definitely lost (leak 1 of 1)"),
+        "{}",
+        run.describe()
+    );
+    // Still taken: the forgotten and the held object, not the returned.
+    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
+    assert_eq!(outstanding.len(), 2, "{}", run.describe());
+    for tag in ["pool_alive_forgot", "pool_held"] {
+        let o = outstanding_at(&run, tag);
+        assert_eq!(o["pool_alive"], true);
+        assert_eq!(o["bytes"], 32);
+    }
+    assert!(
+        run.stderr.contains("still taken or held (2):"),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 23);
+}
+
+#[test]
+fn forgotten_sync_pool_objects_are_reported_at_their_lines() {
+    let run = run_tracked(&["sync_pool_leak"], &[]);
+    check_report_shape(&run);
+    // A pool in a static, object forgotten on another thread.
+    expect_site(&run, "sync_static_forgot", DEFINITELY, 48, 1, "forget_sync");
+    // A pool dropped after its object was forgotten.
+    expect_site(
+        &run,
+        "sync_dropped_forgot",
+        DEFINITELY,
+        16,
+        1,
+        "forget_sync_dropped",
+    );
+    expect_lost(&run, (64, 2), (0, 0), (0, 0));
+    expect_no_pool_internals(&run);
+    assert!(
+        text_entry(&run, "sync_static_forgot")
+            .ends_with("48 bytes in 1 block is definitely lost (leak 1 of 2)"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        text_entry(&run, "sync_dropped_forgot")
+            .ends_with("16 bytes in 1 block is definitely lost (leak 2 of 2)"),
+        "{}",
+        run.describe()
+    );
+    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
+    assert_eq!(outstanding.len(), 2, "{}", run.describe());
+    let s = outstanding_at(&run, "sync_static_forgot");
+    assert_eq!(
+        (s["kind"].as_str(), s["pool_alive"].as_bool()),
+        (Some("sync_pool"), Some(true))
+    );
+    let d = outstanding_at(&run, "sync_dropped_forgot");
+    assert_eq!(
+        (d["kind"].as_str(), d["pool_alive"].as_bool()),
+        (Some("sync_pool"), Some(false))
+    );
+    expect_code(&run, 23);
+}
+
+#[test]
+fn a_cycle_of_pool_objects_is_one_definitely_and_one_indirectly_lost() {
+    let run = run_tracked(&["pool_cycle"], &[]);
+    check_report_shape(&run);
+    // As Valgrind counts a cycle: the first object taken leads it.
+    expect_site(&run, "pool_cycle_a", DEFINITELY, 40, 1, "make_pool_cycle");
+    expect_site(&run, "pool_cycle_b", INDIRECTLY, 40, 1, "make_pool_cycle");
+    expect_lost(&run, (40, 1), (40, 1), (0, 0));
+    expect_no_pool_internals(&run);
+    assert!(
+        text_entry(&run, "pool_cycle_a").ends_with(
+            "40 bytes in 1 block (and 40 bytes indirectly) is definitely lost (leak 1 of 2)"
+        ),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        text_entry(&run, "pool_cycle_b")
+            .ends_with("40 bytes in 1 block is indirectly lost (leak 2 of 2)"),
+        "{}",
+        run.describe()
+    );
+    let outstanding = run.report()["outstanding"].as_array().expect("outstanding");
+    assert_eq!(outstanding.len(), 2, "{}", run.describe());
+    for tag in ["pool_cycle_a", "pool_cycle_b"] {
+        assert_eq!(outstanding_at(&run, tag)["bytes"], 40);
+    }
     expect_code(&run, 23);
 }
 

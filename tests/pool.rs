@@ -198,6 +198,37 @@ fn pool_capacity_error_gives_the_value_back() {
     assert_eq!(*pool.alloc("c".to_owned()).unwrap(), "c");
 }
 
+/// A node that owns another pool object's box.
+struct Node {
+    next: Option<PoolBox<Node>>,
+    _payload: u64,
+}
+
+#[test]
+fn objects_in_a_cycle_stay_in_leaks_until_the_cycle_is_broken() {
+    let pool: Pool<Node> = Pool::new();
+    let node = |x| Node {
+        next: None,
+        _payload: x,
+    };
+    let line = line!() + 1;
+    let mut a = pool.alloc(node(1)).unwrap();
+    let b = pool.alloc(node(2)).unwrap();
+    a.next = Some(b);
+    let a_value: *mut Node = &mut *a;
+    // SAFETY: `a`'s slot stays taken while its box lives inside `b`.
+    unsafe { (*a_value).next.as_mut().unwrap().next = Some(a) };
+    // Both boxes are now owned only by each other.
+    let lines: Vec<u32> = pool.leaks().iter().map(|l| l.taken_at.line()).collect();
+    assert_eq!(lines, [line, line + 1]);
+    assert_eq!(pool.stats().live, 2);
+    // Break the cycle: `b` goes, and with it `a`.
+    // SAFETY: as above; `b` is dropped once, here.
+    drop(unsafe { (*a_value).next.take() });
+    assert!(pool.leaks().is_empty());
+    assert_eq!(pool.stats().live, 0);
+}
+
 #[test]
 fn leaks_name_this_file_and_line() {
     let pool: Pool<[u8; 24]> = Pool::new();

@@ -71,6 +71,9 @@ const SCENARIOS: &[&str] = &[
     "own_sigpwr",
     "toggle",
     "pool_leak",
+    "pool_alive",
+    "sync_pool_leak",
+    "pool_cycle",
     "tracked_cycle",
 ];
 
@@ -125,6 +128,9 @@ fn parse(args: &[String]) -> Action {
         Some("own_sigpwr") => run(own_sigpwr),
         Some("toggle") => run(toggle),
         Some("pool_leak") => run(pool_leak),
+        Some("pool_alive") => run(pool_alive),
+        Some("sync_pool_leak") => run(sync_pool_leak),
+        Some("pool_cycle") => run(pool_cycle),
         Some("tracked_cycle") => run(tracked_cycle),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
@@ -836,6 +842,118 @@ fn pool_leak() {
 fn take_and_forget(pool: &memwarden::pool::Pool<[u64; 4]>) {
     let taken = pool.alloc([1u64; 4]).unwrap(); // SITE: pool_leak
     std::mem::forget(black_box(taken));
+}
+
+// ---------------------------------------------------------------------------
+// pool_alive: a pool still alive at exit (on this frame, which calls
+// `exit`), with one object forgotten, one held in a local, and others
+// taken and returned. The forgotten one is definitely lost at its line;
+// the held one still reachable; the returned ones (free slots) and the
+// pool itself are not lost.
+
+fn pool_alive() {
+    let pool: memwarden::pool::Pool<[u64; 4]> = memwarden::pool::Pool::new();
+    warm_up(&pool);
+    take_and_return(&pool);
+    forget_one(&pool);
+    let held = hold_one(&pool);
+    take_and_return(&pool);
+    black_box((&pool, &held));
+    scrub_stack();
+    std::process::exit(0);
+}
+
+/// The first `alloc` allocates the pool's chunk and lists (still
+/// reachable, at that line): not at a SITE line.
+#[inline(never)]
+fn warm_up(pool: &memwarden::pool::Pool<[u64; 4]>) {
+    drop(black_box(pool.alloc([0; 4]).unwrap()));
+}
+
+#[inline(never)]
+fn take_and_return(pool: &memwarden::pool::Pool<[u64; 4]>) {
+    let boxes: Vec<_> = (0..10)
+        .map(|i| pool.alloc([i; 4]).unwrap()) // SITE: pool_returned
+        .collect();
+    drop(black_box(boxes));
+}
+
+#[inline(never)]
+fn forget_one(pool: &memwarden::pool::Pool<[u64; 4]>) {
+    let taken = pool.alloc([5u64; 4]).unwrap(); // SITE: pool_alive_forgot
+    std::mem::forget(black_box(taken));
+}
+
+#[inline(never)]
+fn hold_one(pool: &memwarden::pool::Pool<[u64; 4]>) -> memwarden::pool::PoolBox<[u64; 4]> {
+    pool.alloc([6u64; 4]).unwrap() // SITE: pool_held
+}
+
+// ---------------------------------------------------------------------------
+// sync_pool_leak: a SyncPool in a static, alive at exit, with one object
+// forgotten on another thread and objects returned across threads; and a
+// SyncPool dropped after one of its objects was forgotten. Each forgotten
+// object is definitely lost at its line; neither pool is lost.
+
+static SYNC_POOL: LazyLock<memwarden::pool::SyncPool<[u64; 6]>> =
+    LazyLock::new(memwarden::pool::SyncPool::new);
+
+fn sync_pool_leak() {
+    let taken: Vec<_> = (0..100).map(|i| SYNC_POOL.alloc([i; 6]).unwrap()).collect();
+    thread::spawn(move || {
+        drop(taken); // returned on another thread
+        forget_sync(&SYNC_POOL);
+    })
+    .join()
+    .unwrap();
+    let dropped = memwarden::pool::SyncPool::new();
+    forget_sync_dropped(&dropped);
+    drop(dropped);
+    scrub_stack();
+}
+
+#[inline(never)]
+fn forget_sync(pool: &memwarden::pool::SyncPool<[u64; 6]>) {
+    let taken = pool.alloc([7u64; 6]).unwrap(); // SITE: sync_static_forgot
+    std::mem::forget(black_box(taken));
+}
+
+#[inline(never)]
+fn forget_sync_dropped(pool: &memwarden::pool::SyncPool<[u64; 2]>) {
+    let taken = pool.alloc([8u64; 2]).unwrap(); // SITE: sync_dropped_forgot
+    std::mem::forget(black_box(taken));
+}
+
+// ---------------------------------------------------------------------------
+// pool_cycle: two pool objects owning each other's box, their pool
+// dropped: like an Rc cycle, the first is definitely lost and carries the
+// second, indirectly lost. The pool's own memory is not reported.
+
+struct PoolNode {
+    next: Option<memwarden::pool::PoolBox<PoolNode>>,
+    _payload: [u64; 3],
+}
+
+fn pool_cycle() {
+    let pool = memwarden::pool::Pool::new();
+    make_pool_cycle(&pool);
+    drop(pool);
+    scrub_stack();
+}
+
+#[inline(never)]
+fn make_pool_cycle(pool: &memwarden::pool::Pool<PoolNode>) {
+    let node = |x| PoolNode {
+        next: None,
+        _payload: [x; 3],
+    };
+    let mut a = pool.alloc(node(1)).unwrap(); // SITE: pool_cycle_a
+    let b = pool.alloc(node(2)).unwrap(); // SITE: pool_cycle_b
+    a.next = Some(b);
+    let a_value: *mut PoolNode = &mut *a;
+    // SAFETY: `a`'s slot stays taken (its box is moved, never dropped), so
+    // `a_value` stays valid; `b` is reached through it and nothing else.
+    unsafe { (*a_value).next.as_mut().unwrap().next = Some(a) };
 }
 
 // ---------------------------------------------------------------------------
