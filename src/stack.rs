@@ -33,7 +33,9 @@ const INDEX_BITS: u32 = 32 - SHARD_BITS;
 /// into the program's function, that frame is the program's.
 ///
 /// Never allocates: the unwinder (`_Unwind_Backtrace`) walks the stack in
-/// place.
+/// place. The allocation path goes through [`here`] instead (the same walk
+/// behind a per-thread cache); this is what the tests compare with.
+#[cfg(test)]
 #[inline(never)]
 pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usize) -> usize {
     let max = max.min(MAX_CAPTURE);
@@ -85,12 +87,24 @@ pub(crate) fn capture_slow(out: &mut [usize], max: usize, entry_sp: usize) -> us
 /// `entry_sp` (memwarden's own) are left out.
 #[inline(always)]
 pub(crate) fn here(entry_sp: usize) -> StackId {
+    let max = (crate::state::frames() + INTERNAL_FRAMES).min(MAX_CAPTURE);
+    if max == 0 {
+        return 0;
+    }
+    // The fast unwinder through its per-thread cache of recent walks: a
+    // repeated stack costs a read per frame and no hashing.
+    if let Some(id) = crate::unwind::here_fast(max, entry_sp, intern) {
+        return id;
+    }
+    here_slow(max, entry_sp)
+}
+
+/// libgcc's unwinder, where the fast one gave up.
+#[cold]
+#[inline(never)]
+fn here_slow(max: usize, entry_sp: usize) -> StackId {
     let mut frames = [0usize; MAX_CAPTURE];
-    let n = capture(
-        &mut frames,
-        crate::state::frames() + INTERNAL_FRAMES,
-        entry_sp,
-    );
+    let n = capture_slow(&mut frames, max, entry_sp);
     intern(&frames[..n])
 }
 

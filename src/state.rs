@@ -136,17 +136,20 @@ pub(crate) fn abort_on_error() -> bool {
 }
 
 /// Quarantine bytes (`DEBUG_MEMORY_QUARANTINE`).
+#[inline]
 pub(crate) fn quarantine() -> usize {
     QUARANTINE.load(Ordering::Relaxed)
 }
 
 /// Red zones around tracked blocks (`DEBUG_MEMORY_REDZONES`)? Fixed once
 /// tracking has started: every tracked block has the same layout.
+#[inline]
 pub(crate) fn redzones() -> bool {
     REDZONES.load(Ordering::Relaxed)
 }
 
 /// Poison freed blocks (`DEBUG_MEMORY_POISON`)?
+#[inline]
 pub(crate) fn poison() -> bool {
     POISON.load(Ordering::Relaxed)
 }
@@ -158,6 +161,7 @@ pub(crate) fn note_untracked() {
 
 /// True if every block the program allocated so far was tracked, so an
 /// unknown pointer handed to `dealloc` is an invalid free.
+#[inline]
 pub(crate) fn all_tracked() -> bool {
     !UNTRACKED_SEEN.load(Ordering::Relaxed)
 }

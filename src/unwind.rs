@@ -73,13 +73,29 @@ mod rules;
 #[cfg(target_arch = "x86_64")]
 #[inline(never)]
 pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Option<usize> {
+    let (pc, rsp, rbp) = registers();
+    walk(out, max, entry_sp, (pc, rsp, rbp), None)
+}
+
+/// The walk of [`capture_fast`] from registers `(pc, rsp, rbp)` read in the
+/// function this is inlined into (its frame is the first one). With
+/// `steps`, every frame's reads are recorded there for the trace cache
+/// (see [`here_fast`]); the recording is cleared if it does not fit.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn walk(
+    out: &mut [usize],
+    max: usize,
+    entry_sp: usize,
+    (pc, mut rsp, mut rbp): (usize, usize, usize),
+    mut steps: Option<&mut Steps>,
+) -> Option<usize> {
     use rules::Rule;
 
     let max = max.min(out.len());
     if max == 0 {
         return Some(0);
     }
-    let (pc, mut rsp, mut rbp) = registers();
     let (lo, hi) = stack_bounds()?;
     if rsp < lo || rsp >= entry_sp || entry_sp >= hi {
         return None;
@@ -124,6 +140,12 @@ pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Op
             // stack as above; `at` is 8-aligned since `cfa` and `below` are.
             rbp = unsafe { (at as *const usize).read() };
         }
+        if let Some(s) = steps.as_deref_mut() {
+            s.push(cfa - 8, ra);
+            if below != 0 {
+                s.push(cfa - below, rbp);
+            }
+        }
         rsp = cfa;
         if ra == 0 {
             break; // libgcc hands out a zero ip at the end: the slow path stops there
@@ -137,14 +159,222 @@ pub(crate) fn capture_fast(out: &mut [usize], max: usize, entry_sp: usize) -> Op
         }
         key = ra;
     }
+    if let Some(s) = steps {
+        s.epoch = epoch;
+    }
     // A flush while we walked may have cleared a rule of an unloaded
     // library that we had already used.
     (rules::epoch() == Some(epoch)).then_some(n)
 }
 
+/// A word one walk read from the stack, and its address.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Read {
+    at: usize,
+    word: usize,
+}
+
+/// Stack words a cached trace holds at most (a return address per frame,
+/// and the saved rbp of frames that saved it); longer walks are not
+/// cached.
+#[cfg(target_arch = "x86_64")]
+const TRACE_READS: usize = 56;
+
+/// The stack words one walk read, in order.
+#[cfg(target_arch = "x86_64")]
+struct Steps {
+    len: usize,
+    /// More than [`TRACE_READS`] words were read: not cacheable.
+    overflow: bool,
+    epoch: u64,
+    read: [Read; TRACE_READS],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Steps {
+    const fn new() -> Self {
+        Steps {
+            len: 0,
+            overflow: false,
+            epoch: 0,
+            read: [Read { at: 0, word: 0 }; TRACE_READS],
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, at: usize, word: usize) {
+        if self.len < TRACE_READS {
+            self.read[self.len] = Read { at, word };
+            self.len += 1;
+        } else {
+            self.overflow = true;
+        }
+    }
+
+    /// True if every recorded word still holds its value.
+    ///
+    /// # Safety
+    /// Only on the thread that recorded the walk, with the stack pointer
+    /// it started from: every address is then in a live frame of this
+    /// thread's stack (above the stack pointer, below its top).
+    #[inline(always)]
+    unsafe fn unchanged(&self) -> bool {
+        // No early exit: a branch-free sum of differences runs at several
+        // words a cycle, and a mismatch is rare.
+        let mut diff = 0;
+        for r in &self.read[..self.len.min(TRACE_READS)] {
+            // SAFETY: per the contract.
+            diff |= unsafe { (r.at as *const usize).read() } ^ r.word;
+        }
+        diff == 0
+    }
+}
+
+/// One cached walk and the stack id it gave: valid for a later walk that
+/// starts with the same registers, the same `entry_sp` and `max`, in the
+/// same rule epoch, and finds every recorded word unchanged.
+#[cfg(target_arch = "x86_64")]
+struct Trace {
+    /// 0: empty.
+    id: u32,
+    rsp: usize,
+    rbp: usize,
+    entry_sp: usize,
+    max: usize,
+    steps: Steps,
+}
+
+/// Cached traces per thread.
+#[cfg(target_arch = "x86_64")]
+const TRACE_WAYS: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+struct TraceCache {
+    /// Set while a capture uses the cache: a capture that interrupts it
+    /// (a signal handler that allocates) walks without it.
+    busy: bool,
+    /// The way to replace next.
+    next: usize,
+    way: [Trace; TRACE_WAYS],
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// This thread's cached traces (see [`here_fast`]).
+    static TRACES: std::cell::UnsafeCell<TraceCache> = const {
+        std::cell::UnsafeCell::new(TraceCache {
+            busy: false,
+            next: 0,
+            way: [const {
+                Trace { id: 0, rsp: 0, rbp: 0, entry_sp: 0, max: 0, steps: Steps::new() }
+            }; TRACE_WAYS],
+        })
+    };
+}
+
+/// Captures the calling thread's stack as [`capture_fast`] does, at most
+/// `max` frames, and returns its id from `intern`, going through a
+/// per-thread cache of recent walks.
+///
+/// A walk is a function of the registers it starts from and of the stack
+/// words it reads (each frame's return address, and the caller's rbp where
+/// the frame saved it): with the same rules (the same epoch), the same
+/// starting registers and the same words, every step computes the same
+/// frame again. So a cached walk whose starting registers match is
+/// replayed by reading its recorded words only, comparing each with what
+/// it was, and its stack id is reused when all match: no rule lookups and
+/// no hashing of the stack. A loop allocating at one place from one
+/// caller hits every time. Any difference, and the walk runs in full and
+/// replaces the oldest cached one.
+///
+/// The words read lie between the current stack pointer (equal to the
+/// cached walk's) and the top of this thread's stack, as the full walk's
+/// do. `None`: the fast walk gave up; use the slow path.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+pub(crate) fn here_fast(
+    max: usize,
+    entry_sp: usize,
+    intern: impl FnOnce(&[usize]) -> u32,
+) -> Option<u32> {
+    let regs = registers();
+    let (_, rsp, rbp) = regs;
+    let Ok(cache) = TRACES.try_with(|c| c.get()) else {
+        return walk_and_intern(max, entry_sp, regs, None, intern);
+    };
+    // SAFETY: the cache is this thread's; `busy` keeps a nested capture
+    // (from a signal handler interrupting this one) from using it at the
+    // same time, and nothing else on this thread touches it.
+    let cache = unsafe { &mut *cache };
+    if cache.busy {
+        return walk_and_intern(max, entry_sp, regs, None, intern);
+    }
+    cache.busy = true;
+    let epoch = rules::epoch();
+    let hit = cache.way.iter().find(|t| {
+        t.id != 0
+            && t.rsp == rsp
+            && t.rbp == rbp
+            && t.entry_sp == entry_sp
+            && t.max == max
+            && epoch == Some(t.steps.epoch)
+            // SAFETY: this thread's walk, from this stack pointer.
+            && unsafe { t.steps.unchanged() }
+    });
+    if let Some(t) = hit {
+        let id = t.id;
+        cache.busy = false;
+        return Some(id);
+    }
+    // Replace the ways in turn: a few stacks used alternately (an
+    // allocation and its free, a loop allocating at two places) stay.
+    let victim = cache.next % TRACE_WAYS;
+    cache.next = cache.next.wrapping_add(1);
+    let t = &mut cache.way[victim];
+    t.steps.len = 0;
+    t.steps.overflow = false;
+    t.id = 0;
+    let id = walk_and_intern(max, entry_sp, regs, Some(&mut t.steps), intern);
+    if let (Some(id), false) = (id, t.steps.overflow) {
+        t.id = id;
+        t.rsp = rsp;
+        t.rbp = rbp;
+        t.entry_sp = entry_sp;
+        t.max = max;
+    }
+    cache.busy = false;
+    id
+}
+
+/// The full walk of [`here_fast`] (a cache miss), inlined into it.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn walk_and_intern(
+    max: usize,
+    entry_sp: usize,
+    regs: (usize, usize, usize),
+    steps: Option<&mut Steps>,
+    intern: impl FnOnce(&[usize]) -> u32,
+) -> Option<u32> {
+    let mut out = [0usize; crate::stack::MAX_CAPTURE];
+    let n = walk(&mut out, max, entry_sp, regs, steps)?;
+    Some(intern(&out[..n]))
+}
+
 /// [`capture_fast`] elsewhere: always the slow path.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn capture_fast(_out: &mut [usize], _max: usize, _entry_sp: usize) -> Option<usize> {
+    None
+}
+
+/// [`here_fast`] elsewhere: always the slow path.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn here_fast(
+    _max: usize,
+    _entry_sp: usize,
+    _intern: impl FnOnce(&[usize]) -> u32,
+) -> Option<u32> {
     None
 }
 

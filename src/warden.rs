@@ -240,18 +240,9 @@ mod tracked {
                     let busy = Reentry::enter();
                     // SAFETY: `rec` is a live tracked block we just took
                     // out of the registry; nobody else frees it.
-                    let found = unsafe { check_block(&rec, layout, entry_sp) };
+                    unsafe { check_block(&rec, layout, entry_sp, busy.is_some()) };
                     // SAFETY: as above; the block is released exactly once.
-                    let evicted_errors = unsafe { self.release(rec, entry_sp) };
-                    if busy.is_some() {
-                        for f in found
-                            .into_iter()
-                            .flatten()
-                            .chain(evicted_errors.into_iter().flatten())
-                        {
-                            check::report(f);
-                        }
-                    }
+                    unsafe { self.release(rec, entry_sp, busy.is_some()) };
                 }
                 Lookup::Freed(f) => {
                     let _busy = Reentry::enter();
@@ -273,21 +264,18 @@ mod tracked {
         }
 
         /// Gives a tracked block back: into quarantine (poisoned) if it is
-        /// on, else to the inner allocator. Returns use-after-free errors of
-        /// the blocks that left quarantine to make room.
+        /// on, else to the inner allocator. Use-after-free errors of the
+        /// blocks that left quarantine to make room are reported if
+        /// `report` (not under the re-entrancy guard).
         ///
         /// # Safety
         /// `rec` must be a tracked block just removed from the registry.
-        unsafe fn release(
-            &self,
-            rec: Record,
-            entry_sp: usize,
-        ) -> [Option<Found>; registry::MAX_EVICT] {
-            let mut errors = [None; registry::MAX_EVICT];
+        unsafe fn release(&self, rec: Record, entry_sp: usize, report: bool) {
             let budget = state::quarantine() / SHARDS;
             if budget > 0 && rec.size() <= budget / 2 {
                 let user = rec.addr as *mut u8;
-                if state::poison() {
+                let poison = state::poison();
+                if poison {
                     // SAFETY: the block is ours now (see the contract).
                     unsafe { check::poison(user, rec.size()) };
                 }
@@ -298,33 +286,26 @@ mod tracked {
                 };
                 let mut evicted = Evicted::new();
                 if registry::quarantine(freed, budget, &mut evicted) {
-                    for (i, old) in evicted.as_slice().iter().enumerate() {
-                        if state::poison() {
+                    for old in evicted.as_slice() {
+                        if poison {
                             // SAFETY: a quarantined block is still allocated
                             // and no longer the program's.
-                            if let Some(off) = unsafe {
+                            let changed = unsafe {
                                 check::check_poison(old.rec.addr as *const u8, old.rec.size())
-                            } {
-                                let mut f = Found::new(
-                                    HeapErrorKind::UseAfterFree,
-                                    old.rec.addr,
-                                    here(entry_sp),
-                                )
-                                .freed(old);
-                                f.offset = Some(off);
-                                errors[i] = Some(f);
+                            };
+                            if let (Some(off), true) = (changed, report) {
+                                use_after_free(old, off, entry_sp);
                             }
                         }
                         // SAFETY: the evicted block left the quarantine
                         // and is freed exactly once, here.
                         unsafe { self.free_inner(old.rec) };
                     }
-                    return errors;
+                    return;
                 }
             }
             // SAFETY: per the contract.
             unsafe { self.free_inner(rec) };
-            errors
         }
 
         /// Moves an untracked block into a new tracked one of `new_size`
@@ -431,7 +412,7 @@ mod tracked {
             registry::count_free(old.size());
             let busy = Reentry::enter();
             // SAFETY: a live tracked block, ours until we put it back.
-            let found = unsafe { check_block(&old, layout, entry_sp) };
+            unsafe { check_block(&old, layout, entry_sp, busy.is_some()) };
             let align = old.align();
             let front = check::front(align);
             let new = match (
@@ -475,11 +456,6 @@ mod tracked {
                     }
                 }
             }
-            if busy.is_some() {
-                for f in found.into_iter().flatten() {
-                    check::report(f);
-                }
-            }
             if new.is_null() {
                 new
             } else {
@@ -489,30 +465,56 @@ mod tracked {
         }
     }
 
-    /// The errors a free or realloc of tracked block `rec` with the
-    /// program's `layout` shows: a layout other than the block's, and
-    /// written red zones.
+    /// Checks a tracked block being freed or reallocated with the
+    /// program's `layout`: a layout other than the block's, and written
+    /// red zones. Errors are reported if `report` (not under the
+    /// re-entrancy guard).
     ///
     /// # Safety
     /// `rec` must be a live tracked block that nobody else frees meanwhile.
-    unsafe fn check_block(rec: &Record, layout: Layout, entry_sp: usize) -> [Option<Found>; 2] {
-        let mut found = [None, None];
-        if (rec.size(), rec.align()) != (layout.size(), layout.align()) {
-            let mut f = Found::new(HeapErrorKind::LayoutMismatch, rec.addr, here(entry_sp));
-            f.block = Some(*rec);
-            f.passed = Some((layout.size(), layout.align()));
-            found[0] = Some(f);
-        }
+    #[inline(always)]
+    unsafe fn check_block(rec: &Record, layout: Layout, entry_sp: usize, report: bool) {
+        let mismatch = (rec.size(), rec.align()) != (layout.size(), layout.align());
         // SAFETY: per the contract, the block and its red zones are live.
         let overrun =
             unsafe { check::check_redzones(rec.addr as *const u8, rec.size(), rec.align()) };
+        if (mismatch || overrun.is_some()) && report {
+            block_errors(rec, layout, mismatch, overrun, entry_sp);
+        }
+    }
+
+    /// Reports what [`check_block`] found.
+    #[cold]
+    #[inline(never)]
+    fn block_errors(
+        rec: &Record,
+        layout: Layout,
+        mismatch: bool,
+        overrun: Option<check::Overrun>,
+        entry_sp: usize,
+    ) {
+        if mismatch {
+            let mut f = Found::new(HeapErrorKind::LayoutMismatch, rec.addr, here(entry_sp));
+            f.block = Some(*rec);
+            f.passed = Some((layout.size(), layout.align()));
+            check::report(f);
+        }
         if let Some(o) = overrun {
             let mut f = Found::new(HeapErrorKind::Overrun, rec.addr, here(entry_sp));
             f.block = Some(*rec);
             f.overrun = Some(o);
-            found[1] = Some(f);
+            check::report(f);
         }
-        found
+    }
+
+    /// Reports a change found in quarantined block `old` at offset `off`.
+    #[cold]
+    #[inline(never)]
+    fn use_after_free(old: &Freed, off: usize, entry_sp: usize) {
+        let mut f =
+            Found::new(HeapErrorKind::UseAfterFree, old.rec.addr, here(entry_sp)).freed(old);
+        f.offset = Some(off);
+        check::report(f);
     }
 
     /// Records a new tracked block with the current call stack.

@@ -264,20 +264,29 @@ pub(crate) const MAX_EVICT: usize = 8;
 
 /// Blocks leaving quarantine, to be checked and given back.
 pub(crate) struct Evicted {
-    pub(crate) blocks: [Freed; MAX_EVICT],
-    pub(crate) len: usize,
+    /// The first `len` are initialised. (Uninitialised storage: this is
+    /// made on every free, and zeroing it cost more than the rest.)
+    blocks: [std::mem::MaybeUninit<Freed>; MAX_EVICT],
+    len: usize,
 }
 
 impl Evicted {
     pub(crate) const fn new() -> Self {
         Evicted {
-            blocks: [Freed::EMPTY; MAX_EVICT],
+            blocks: [std::mem::MaybeUninit::uninit(); MAX_EVICT],
             len: 0,
         }
     }
 
+    fn push(&mut self, f: Freed) {
+        self.blocks[self.len].write(f);
+        self.len += 1;
+    }
+
     pub(crate) fn as_slice(&self) -> &[Freed] {
-        &self.blocks[..self.len]
+        // SAFETY: the first `len` blocks were written by `push`, and
+        // `MaybeUninit<Freed>` has the layout of `Freed`.
+        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<Freed>(), self.len) }
     }
 }
 
@@ -306,8 +315,7 @@ pub(crate) fn quarantine(f: Freed, budget: usize, out: &mut Evicted) -> bool {
         let Some(addr) = s.fifo.pop() else { break };
         if let Some(old) = s.freed.remove(addr) {
             s.fifo_bytes -= quarantine_cost(&old.rec);
-            out.blocks[out.len] = old;
-            out.len += 1;
+            out.push(old);
         }
     }
     true

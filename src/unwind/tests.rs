@@ -264,3 +264,106 @@ fn unloading_a_library_is_noticed_and_walks_go_on() {
     );
     assert!(level1() > 3);
 }
+
+// === the trace cache of `here_fast` ===
+
+/// The stack `here_fast` gives, or libgcc's, captured from one call
+/// site of the caller: frames below `entry_sp` (this one) are left out.
+#[inline(never)]
+fn grab(fast: bool, entry_sp: usize) -> Vec<usize> {
+    if fast {
+        let start = std::time::Instant::now();
+        loop {
+            // Retried like `both`: a capture overlapping a cache flush
+            // gives up.
+            if let Some(id) = here_fast(MAX_CAPTURE, entry_sp, stack::intern) {
+                return stack::frames(id);
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(2));
+            std::thread::yield_now();
+        }
+    }
+    let mut slow = [0usize; MAX_CAPTURE];
+    let m = stack::capture(&mut slow, MAX_CAPTURE, entry_sp);
+    slow[..m].to_vec()
+}
+
+/// The stack `here_fast` gives here, the one libgcc gives from the same
+/// place, and the `entry_sp` used (this frame's stack pointer).
+#[inline(never)]
+fn cached_and_slow() -> (Vec<usize>, Vec<usize>, usize) {
+    let entry_sp = crate::roots::stack_pointer();
+    let cached = grab(black_box(true), entry_sp);
+    let slow = grab(black_box(false), entry_sp);
+    (cached, slow, entry_sp)
+}
+
+/// Asserts two stacks of [`cached_and_slow`] are the same but for the
+/// first frame, its own, where the two calls of `grab` differ: that one
+/// must be a nearby address.
+fn same_stack(cached: &[usize], slow: &[usize], what: &str) {
+    assert_eq!(cached.len(), slow.len(), "{what}: {cached:x?} vs {slow:x?}");
+    assert!(!cached.is_empty());
+    assert_eq!(cached[1..], slow[1..], "{what}: the cached trace is stale");
+    assert!(
+        cached[0].abs_diff(slow[0]) < 256,
+        "{what}: {cached:x?} vs {slow:x?}"
+    );
+}
+
+/// Two callers of the same shape (two instances of one generic function,
+/// kept apart by their constant): `cached_and_slow` runs at the same
+/// stack pointer from both, and only a return address deeper in the stack
+/// tells them apart.
+#[inline(never)]
+fn caller<const K: u8>() -> (Vec<usize>, Vec<usize>, usize) {
+    black_box(K);
+    let r = black_box(cached_and_slow());
+    black_box(K);
+    r
+}
+
+#[test]
+fn cached_traces_follow_a_changed_caller() {
+    let mut seen = Vec::new();
+    for round in 0..6 {
+        let (cached, slow, sp) = if round % 2 == 0 {
+            caller::<1>()
+        } else {
+            caller::<2>()
+        };
+        same_stack(&cached, &slow, &format!("round {round}"));
+        seen.push((cached, sp));
+    }
+    // The case the cache must get right: the same starting registers.
+    assert_eq!(
+        seen[0].1, seen[1].1,
+        "the two callers' frames differ in size"
+    );
+    // Both callers were seen, with different stacks each time.
+    assert_ne!(seen[0].0[1..], seen[1].0[1..]);
+    assert_eq!(seen[0].0, seen[2].0);
+    assert_eq!(seen[1].0, seen[3].0);
+}
+
+#[test]
+fn cached_traces_follow_recursion_depth_and_threads() {
+    fn at_depth(d: usize) -> (Vec<usize>, Vec<usize>, usize) {
+        if d == 0 {
+            cached_and_slow()
+        } else {
+            black_box(at_depth(black_box(d - 1)))
+        }
+    }
+    let run = || {
+        for d in [3, 5, 3, 0, 5, 5, 1] {
+            let (cached, slow, _) = at_depth(d);
+            same_stack(&cached, &slow, &format!("depth {d}"));
+        }
+    };
+    run();
+    let handles: Vec<_> = (0..3).map(|_| std::thread::spawn(run)).collect();
+    for h in handles {
+        h.join().expect("thread failed");
+    }
+}
