@@ -106,6 +106,12 @@ fn walk(
     let mut key = pc + 1;
     let mut n = 0;
     let mut walked = 0;
+    // Where rbp's current value was read (None: it is the starting
+    // value), and whether the trace recorded that read. A value matters to
+    // the walk only once a frame's CFA is computed from it; until then it
+    // may be anything (a caller's loop counter), and is not recorded.
+    let mut rbp_from: Option<usize> = None;
+    let mut rbp_recorded = false;
     loop {
         walked += 1;
         if walked > MAX_WALK {
@@ -130,6 +136,15 @@ fn walk(
         // lies in this thread's stack between the current stack pointer
         // and its top: mapped, and part of a live caller frame.
         let ra = unsafe { ((cfa - 8) as *const usize).read() };
+        if rule.uses_rbp() && !rbp_recorded {
+            rbp_recorded = true;
+            if let Some(s) = steps.as_deref_mut() {
+                match rbp_from {
+                    None => s.entry_rbp_used = true,
+                    Some(at) => s.push(at, rbp),
+                }
+            }
+        }
         let below = rule.rbp_below_cfa();
         if below != 0 {
             let at = cfa.wrapping_sub(below);
@@ -139,12 +154,11 @@ fn walk(
             // SAFETY: `rsp <= at <= cfa - 8 < hi`, inside this thread's
             // stack as above; `at` is 8-aligned since `cfa` and `below` are.
             rbp = unsafe { (at as *const usize).read() };
+            rbp_from = Some(at);
+            rbp_recorded = false;
         }
         if let Some(s) = steps.as_deref_mut() {
             s.push(cfa - 8, ra);
-            if below != 0 {
-                s.push(cfa - below, rbp);
-            }
         }
         rsp = cfa;
         if ra == 0 {
@@ -187,6 +201,11 @@ struct Steps {
     len: usize,
     /// More than [`TRACE_READS`] words were read: not cacheable.
     overflow: bool,
+    /// A frame's CFA came from rbp as it was at the start: the walk
+    /// depends on that register. (Otherwise rbp is only an ordinary
+    /// register of some caller, a loop counter say, and a cached walk
+    /// holds whatever it is.)
+    entry_rbp_used: bool,
     epoch: u64,
     read: [Read; TRACE_READS],
 }
@@ -197,6 +216,7 @@ impl Steps {
         Steps {
             len: 0,
             overflow: false,
+            entry_rbp_used: false,
             epoch: 0,
             read: [Read { at: 0, word: 0 }; TRACE_READS],
         }
@@ -279,13 +299,15 @@ thread_local! {
 ///
 /// A walk is a function of the registers it starts from and of the stack
 /// words it reads (each frame's return address, and the caller's rbp where
-/// the frame saved it): with the same rules (the same epoch), the same
-/// starting registers and the same words, every step computes the same
-/// frame again. So a cached walk whose starting registers match is
+/// the frame saved it and a later frame's CFA is computed from it): with
+/// the same rules (the same epoch), the same starting registers and the
+/// same words, every step computes the same frame again. So a cached walk whose starting registers match is
 /// replayed by reading its recorded words only, comparing each with what
 /// it was, and its stack id is reused when all match: no rule lookups and
-/// no hashing of the stack. A loop allocating at one place from one
-/// caller hits every time. Any difference, and the walk runs in full and
+/// no hashing of the stack. rbp is compared only if some frame's CFA
+/// came from its starting value: in code without frame pointers it is an
+/// ordinary register (a caller's loop counter, say) that the walk never
+/// reads. A loop allocating at one place from one caller hits every time. Any difference, and the walk runs in full and
 /// replaces the oldest cached one.
 ///
 /// The words read lie between the current stack pointer (equal to the
@@ -315,7 +337,7 @@ pub(crate) fn here_fast(
     let hit = cache.way.iter().find(|t| {
         t.id != 0
             && t.rsp == rsp
-            && t.rbp == rbp
+            && (t.rbp == rbp || !t.steps.entry_rbp_used)
             && t.entry_sp == entry_sp
             && t.max == max
             && epoch == Some(t.steps.epoch)
@@ -334,6 +356,7 @@ pub(crate) fn here_fast(
     let t = &mut cache.way[victim];
     t.steps.len = 0;
     t.steps.overflow = false;
+    t.steps.entry_rbp_used = false;
     t.id = 0;
     let id = walk_and_intern(max, entry_sp, regs, Some(&mut t.steps), intern);
     if let (Some(id), false) = (id, t.steps.overflow) {

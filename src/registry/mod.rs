@@ -116,7 +116,8 @@ impl Record {
     }
 }
 
-/// A FIFO of addresses in `System` memory (a ring buffer).
+/// A FIFO of addresses in `System` memory (a ring buffer whose capacity
+/// is 0 or a power of two, so positions wrap with a mask, not a division).
 struct Fifo {
     buf: SysVec<usize>,
     head: usize,
@@ -135,19 +136,19 @@ impl Fifo {
     fn push(&mut self, v: usize) -> bool {
         let cap = self.buf.len();
         if self.len == cap {
-            // Grow: unroll the ring into a bigger buffer.
+            // Grow: unroll the ring into a buffer twice as big.
             let mut next = SysVec::new();
             if !next.fill(0usize, (cap * 2).max(64)) {
                 return false;
             }
             for i in 0..self.len {
-                next.as_mut_slice()[i] = self.buf.as_slice()[(self.head + i) % cap];
+                next.as_mut_slice()[i] = self.buf.as_slice()[(self.head + i) & (cap - 1)];
             }
             self.buf = next;
             self.head = 0;
         }
-        let cap = self.buf.len();
-        self.buf.as_mut_slice()[(self.head + self.len) % cap] = v;
+        let mask = self.buf.len() - 1;
+        self.buf.as_mut_slice()[(self.head + self.len) & mask] = v;
         self.len += 1;
         true
     }
@@ -157,7 +158,7 @@ impl Fifo {
             return None;
         }
         let v = self.buf.as_slice()[self.head];
-        self.head = (self.head + 1) % self.buf.len();
+        self.head = (self.head + 1) & (self.buf.len() - 1);
         self.len -= 1;
         Some(v)
     }

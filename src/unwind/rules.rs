@@ -91,6 +91,12 @@ impl Rule {
         base.checked_add((self.0 & OFFSET_MASK) as usize)
     }
 
+    /// True if the CFA is computed from rbp.
+    #[inline(always)]
+    pub(super) fn uses_rbp(self) -> bool {
+        self.0 & 3 == KIND_RBP
+    }
+
     /// How far below the CFA the caller's rbp is saved (0: not saved).
     #[inline(always)]
     pub(super) fn rbp_below_cfa(self) -> usize {
