@@ -133,12 +133,12 @@ impl<T> Default for Builder<T> {
 
 impl<T> Builder<T> {
     /// The defaults: chunks of about 16 KiB, no capacity limit, thread
-    /// caches of 64 objects.
+    /// caches of 256 objects.
     pub const fn new() -> Self {
         Builder {
             chunk_len: None,
             capacity: usize::MAX,
-            thread_cache: 64,
+            thread_cache: 256,
             _for: PhantomData,
         }
     }
@@ -159,7 +159,7 @@ impl<T> Builder<T> {
     }
 
     /// [`SyncPool`] only: how many free objects each thread keeps for
-    /// itself (default 64). Objects move between a thread's cache and the
+    /// itself (default 256). Objects move between a thread's cache and the
     /// shared free list half a cache at a time, so most `alloc`s and drops
     /// take no lock and use no atomic instruction. 0 turns the caches off:
     /// every operation takes the pool's lock, and a capacity limit is

@@ -38,6 +38,17 @@
 //! empty thread-local with a destructor gives them back at thread exit. A
 //! `busy` flag, set by slow paths (which may allocate) and for good at
 //! thread exit, sends a re-entrant or late operation straight to the depot.
+//!
+//! **The fast path** looks at one thread-local entry, the cache of the pool
+//! used last (`mru`), and compares its pool *pointer* with its own (no load
+//! from the shared core: an entry holds a reference, so an equal pointer
+//! is the same live pool). It does not read `busy`: a slow path takes the
+//! entry out of `mru` (leaving an entry of no pool) while it works, so a
+//! re-entrant fast path misses and goes the slow way. With the default
+//! cache of 256 objects (half moved at a time), a thread that takes a
+//! thousand objects and then returns them takes the depot's lock about 16
+//! times; with 64, four times as often, which made `SyncPool` slower than
+//! mimalloc in that pattern (see docs/pools.md).
 use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
@@ -157,6 +168,8 @@ struct Entry {
     len: usize,
     /// A full list of `batch` free slots kept in reserve, or null.
     prev: *mut u8,
+    /// The pool's `batch`, here so that a fast path reads only this entry.
+    batch: usize,
 }
 
 const NO_ENTRY: Entry = Entry {
@@ -165,6 +178,7 @@ const NO_ENTRY: Entry = Entry {
     head: ptr::null_mut(),
     len: 0,
     prev: ptr::null_mut(),
+    batch: 0,
 };
 
 /// This thread's caches.
@@ -172,8 +186,9 @@ const NO_ENTRY: Entry = Entry {
 /// No destructor, so that a fast path reaches it with no "initialised?"
 /// check; [`ExitHook`] gives the caches back when the thread exits.
 struct Local {
-    /// True while a slow path changes the caches (a fast path then keeps
-    /// out), and for good once the thread is exiting.
+    /// True while a slow path changes the caches (which it does with the
+    /// `mru` entry taken out, so that a fast path misses), and for good
+    /// once the thread is exiting.
     busy: Cell<bool>,
     /// True once [`EXIT`] is registered on this thread.
     hooked: Cell<bool>,
@@ -251,6 +266,25 @@ unsafe fn release_entry(e: Entry) {
     }
 }
 
+/// Removes entry `i` of `others`, and overwrites the copy left past the
+/// end: the leak scan reads the whole buffer, and a stale entry's list
+/// head may be a slot taken (and forgotten) since.
+fn take_entry(others: &mut Vec<Entry>, i: usize) -> Entry {
+    let e = others.swap_remove(i);
+    if let Some(gone) = others.spare_capacity_mut().first_mut() {
+        gone.write(NO_ENTRY);
+    }
+    e
+}
+
+/// The last entry of `others` (`NO_ENTRY` if none), as [`take_entry`].
+fn pop_entry(others: &mut Vec<Entry>) -> Entry {
+    match others.len() {
+        0 => NO_ENTRY,
+        n => take_entry(others, n - 1),
+    }
+}
+
 /// True if the entry's pool has no handle left.
 fn is_closed(e: &Entry) -> bool {
     // SAFETY: a non-empty entry keeps its core alive.
@@ -265,7 +299,7 @@ impl<T> Default for SyncPool<T> {
 
 impl<T> SyncPool<T> {
     /// An empty pool with the default settings (chunks of about 16 KiB, no
-    /// capacity limit, thread caches of 64 objects).
+    /// capacity limit, thread caches of 256 objects).
     pub fn new() -> Self {
         SyncPool::with_builder(Builder::new())
     }
@@ -445,6 +479,12 @@ impl<T> fmt::Debug for SyncPool<T> {
 // === impl Shared ===
 
 impl<T> Shared<T> {
+    /// This pool's address, as thread-cache entries hold it.
+    #[inline(always)]
+    fn header(&self) -> *const Header {
+        ptr::from_ref(self).cast::<Header>()
+    }
+
     fn depot(&self) -> MutexGuard<'_, Depot<T>> {
         self.depot.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -455,14 +495,14 @@ impl<T> Shared<T> {
     fn pop_cached(&self) -> Option<NonNull<Slot<T>>> {
         LOCAL
             .try_with(|l| {
-                if l.busy.get() {
-                    return None;
-                }
-                // SAFETY: not busy, so no slow path holds the caches, and a
-                // fast path neither nests nor calls out: this is the only
-                // reference.
+                // SAFETY: a slow path takes the entry out of `mru` (leaving
+                // `NO_ENTRY`, no pool's) for as long as it works on the
+                // caches, and a fast path neither nests nor calls out: this
+                // is the only reference.
                 let e = unsafe { &mut *l.mru.get() };
-                if e.id != self.head.id {
+                // The pointer, not the id: an entry holds a reference to its
+                // pool, so an equal pointer is this very pool.
+                if e.pool != self.header() {
                     return None;
                 }
                 let s = NonNull::new(e.head.cast::<Slot<T>>())?;
@@ -482,12 +522,9 @@ impl<T> Shared<T> {
     fn push_cached(&self, slot: NonNull<Slot<T>>) -> bool {
         LOCAL
             .try_with(|l| {
-                if l.busy.get() {
-                    return false;
-                }
                 // SAFETY: as in `pop_cached`.
                 let e = unsafe { &mut *l.mru.get() };
-                if e.id != self.head.id || e.len >= self.batch {
+                if e.pool != self.header() || e.len >= e.batch {
                     return false;
                 }
                 // SAFETY: the slot is free (its value gone) and ours.
@@ -508,23 +545,41 @@ impl<T> Shared<T> {
                 if l.busy.replace(true) {
                     return None;
                 }
-                struct Unbusy<'a>(&'a Cell<bool>);
-                impl Drop for Unbusy<'_> {
+                /// Puts the most recent entry back and clears `busy`, also
+                /// on a panic.
+                struct Done<'a> {
+                    l: &'a Local,
+                    mru: Entry,
+                }
+                impl Drop for Done<'_> {
                     fn drop(&mut self) {
-                        self.0.set(false);
+                        // SAFETY: no reference to `mru` is held: fast paths
+                        // make theirs only for the length of their call.
+                        unsafe { *self.l.mru.get() = self.mru };
+                        self.l.busy.set(false);
                     }
                 }
-                let _unbusy = Unbusy(&l.busy);
                 if !l.hooked.get() {
                     if EXIT.try_with(|_| ()).is_err() {
+                        l.busy.set(false);
                         return None; // exiting: cache nothing more
                     }
                     l.hooked.set(true);
                 }
-                // SAFETY: we set `busy`: fast paths keep out, and a nested
-                // slow path returns above; these are the only references.
-                let (mru, others) = unsafe { (&mut *l.mru.get(), &mut **l.others.get()) };
-                Some(f(mru, others))
+                // Take the most recent entry out while we work: a fast path
+                // entered meanwhile (from a signal handler) finds no pool's
+                // entry there, takes the slow path, finds `busy`, and uses
+                // the depot.
+                let mut done = Done {
+                    l,
+                    // SAFETY: as in `Done::drop`.
+                    mru: std::mem::replace(unsafe { &mut *l.mru.get() }, NO_ENTRY),
+                };
+                // SAFETY: we set `busy`: a nested slow path returns above,
+                // and fast paths do not touch `others`; this is the only
+                // reference.
+                let others = unsafe { &mut **l.others.get() };
+                Some(f(&mut done.mru, others))
             })
             .ok()
             .flatten()
@@ -543,14 +598,14 @@ impl<T> Shared<T> {
 
     fn bring_to_front(&self, mru: &mut Entry, others: &mut Vec<Entry>) {
         let old = if let Some(i) = others.iter().position(|e| e.id == self.head.id) {
-            std::mem::replace(mru, others.swap_remove(i))
+            std::mem::replace(mru, take_entry(others, i))
         } else {
             // A miss: drop the caches of pools that are gone.
             let mut i = 0;
             while i < others.len() {
                 if is_closed(&others[i]) {
                     // SAFETY: taken out of the caches.
-                    unsafe { release_entry(others.swap_remove(i)) };
+                    unsafe { release_entry(take_entry(others, i)) };
                 } else {
                     i += 1;
                 }
@@ -562,11 +617,12 @@ impl<T> Shared<T> {
                 Entry {
                     // From the whole `Shared`, not just its header: the
                     // depot is reached through this pointer too.
-                    pool: ptr::from_ref(self).cast::<Header>(),
+                    pool: self.header(),
                     id: self.head.id,
                     head: ptr::null_mut(),
                     len: 0,
                     prev: ptr::null_mut(),
+                    batch: self.batch,
                 },
             )
         };
@@ -701,9 +757,9 @@ impl<T> Shared<T> {
         self.with_caches(|mru, others| {
             let id = self.head.id;
             let e = if mru.id == id {
-                std::mem::replace(mru, others.pop().unwrap_or(NO_ENTRY))
+                std::mem::replace(mru, pop_entry(others))
             } else if let Some(i) = others.iter().position(|e| e.id == id) {
-                others.swap_remove(i)
+                take_entry(others, i)
             } else {
                 return;
             };
