@@ -3,12 +3,12 @@
 //!
 //! Capture keeps raw return addresses only; symbolization (function, file,
 //! line, inlined frames) happens when a report is made, in `report::symbols`.
-//! [`capture`] is the one place that walks the stack, `#[inline(never)]`, so
-//! that every stack starts with the same memwarden frames; those frames are
-//! dropped right away by comparing each frame's stack pointer with the one
-//! `Warden`'s entry point had. It tries `unwind::capture_fast` (a caching
-//! `.eh_frame` unwinder) first and falls back to libgcc's `_Unwind_Backtrace`
-//! (through the `backtrace` crate) whenever that gives up.
+//! Memwarden's own frames are dropped right away by comparing each frame's
+//! stack pointer with the one `Warden`'s entry point had. [`here`] tries `unwind::here_fast` (a caching
+//! `.eh_frame` unwinder behind a per-thread cache of recent walks, which
+//! also remembers each walk's stack id) first and falls back to libgcc's
+//! `_Unwind_Backtrace` (through the `backtrace` crate) whenever that gives
+//! up.
 use crate::sync::SpinLock;
 use crate::sys::SysVec;
 
