@@ -247,7 +247,7 @@ pub(crate) fn check_all(here: StackId, may_abort: bool) -> usize {
                 // SAFETY: a quarantined block stays allocated while in
                 // the quarantine, which we hold locked.
                 if let Some(off) = unsafe { check_poison(q.rec.addr as *const u8, q.rec.size()) } {
-                    let mut f = Found::new(HeapErrorKind::UseAfterFree, q.rec.addr, here).freed(q);
+                    let mut f = Found::new(HeapErrorKind::UseAfterFree, q.rec.addr, here).freed(&q);
                     f.offset = Some(off);
                     let _ = bad.push(f);
                     // SAFETY: as above.

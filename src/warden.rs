@@ -229,7 +229,7 @@ mod tracked {
         #[inline(never)]
         unsafe fn dealloc_tracked(&self, ptr: *mut u8, layout: Layout, entry_sp: usize) {
             let addr = ptr as usize;
-            match registry::remove(addr) {
+            match registry::mark_freed(addr) {
                 Lookup::Live(rec) if rec.is_internal() => {
                     // SAFETY: an internal block, allocated with exactly this
                     // layout by memwarden's own code.
@@ -269,7 +269,8 @@ mod tracked {
         /// `report` (not under the re-entrancy guard).
         ///
         /// # Safety
-        /// `rec` must be a tracked block just removed from the registry.
+        /// `rec` must be a tracked block just marked freed in the registry
+        /// (`registry::mark_freed`).
         unsafe fn release(&self, rec: Record, entry_sp: usize, report: bool) {
             let budget = state::quarantine() / SHARDS;
             if budget > 0 && rec.size() <= budget / 2 {
@@ -279,13 +280,15 @@ mod tracked {
                     // SAFETY: the block is ours now (see the contract).
                     unsafe { check::poison(user, rec.size()) };
                 }
-                let freed = Freed {
-                    rec,
-                    free_stack: here(entry_sp),
-                    free_thread: guard::thread_id(),
-                };
                 let mut evicted = Evicted::new();
-                if registry::quarantine(freed, budget, &mut evicted) {
+                let free_stack = here(entry_sp);
+                if registry::quarantine(
+                    rec.addr,
+                    free_stack,
+                    guard::thread_id(),
+                    budget,
+                    &mut evicted,
+                ) {
                     for old in evicted.as_slice() {
                         if poison {
                             // SAFETY: a quarantined block is still allocated
@@ -304,7 +307,8 @@ mod tracked {
                     return;
                 }
             }
-            // SAFETY: per the contract.
+            registry::forget(rec.addr);
+            // SAFETY: per the contract; its record is gone.
             unsafe { self.free_inner(rec) };
         }
 

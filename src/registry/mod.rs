@@ -11,8 +11,12 @@
 //! the global allocator (see `sys`).
 //!
 //! Each shard also keeps the blocks freed recently (the quarantine): their
-//! records, with the stack that freed them, in a second table and a FIFO
-//! bounded in bytes. A free of an address found there is a double free.
+//! records stay in the same table, marked freed and carrying the stack that
+//! freed them instead of their sequence number, and their addresses go
+//! into a FIFO bounded in bytes. A free of an address found marked freed is
+//! a double free. (One table rather than a second one for freed blocks: a
+//! free marks the record it looked up anyway, where a second table cost an
+//! insert and a removal in memory that is rarely in cache.)
 //!
 //! memwarden's own allocations (made under the re-entrancy guard) are
 //! recorded too, as *internal* records without a stack, so that freeing
@@ -32,7 +36,12 @@ const SHARD_BITS: u32 = 7;
 /// Number of shards.
 pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 const ALIGN_SHIFT: u32 = 58;
-const SIZE_MASK: u64 = (1 << ALIGN_SHIFT) - 1;
+/// Set in a freed (quarantined) block's record.
+const FREED_BIT: u64 = 1 << 57;
+/// Set, with [`FREED_BIT`], while the block is being freed: marked, but
+/// not poisoned and in the FIFO yet.
+const PENDING_BIT: u64 = 1 << 56;
+const SIZE_MASK: u64 = (1 << 56) - 1;
 
 /// One live tracked block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,17 +81,6 @@ pub(crate) struct Freed {
     pub(crate) free_thread: u32,
 }
 
-impl Slot for Freed {
-    const EMPTY: Freed = Freed {
-        rec: Record::EMPTY,
-        free_stack: 0,
-        free_thread: 0,
-    };
-    fn key(&self) -> usize {
-        self.rec.addr
-    }
-}
-
 impl Record {
     pub(crate) fn new(
         addr: usize,
@@ -113,6 +111,29 @@ impl Record {
     /// True for memwarden's own blocks.
     pub(crate) fn is_internal(&self) -> bool {
         self.stack == INTERNAL
+    }
+
+    /// True for a block freed (or being freed) and kept in quarantine.
+    fn is_freed(&self) -> bool {
+        self.size_align & FREED_BIT != 0
+    }
+
+    /// True for a block in quarantine, poisoned and in the FIFO.
+    fn is_quarantined(&self) -> bool {
+        self.size_align & (FREED_BIT | PENDING_BIT) == FREED_BIT
+    }
+
+    /// The quarantined block this record describes (see [`Freed`]).
+    fn as_freed(&self) -> Freed {
+        Freed {
+            rec: Record {
+                size_align: self.size_align & !(FREED_BIT | PENDING_BIT),
+                seq: 0,
+                ..*self
+            },
+            free_stack: (self.seq >> 32) as StackId,
+            free_thread: self.seq as u32,
+        }
     }
 }
 
@@ -166,9 +187,12 @@ impl Fifo {
 
 /// One shard: live blocks, and the quarantine of recently freed ones.
 pub(crate) struct Shard {
-    live: Table<Record>,
+    /// Live and freed records (see the module docs).
+    table: Table<Record>,
+    /// Records of memwarden's own blocks.
     internal: usize,
-    freed: Table<Freed>,
+    /// Records marked freed.
+    freed: usize,
     fifo: Fifo,
     fifo_bytes: usize,
 }
@@ -176,9 +200,9 @@ pub(crate) struct Shard {
 impl Shard {
     const fn new() -> Self {
         Shard {
-            live: Table::new(),
+            table: Table::new(),
             internal: 0,
-            freed: Table::new(),
+            freed: 0,
             fifo: Fifo::new(),
             fifo_bytes: 0,
         }
@@ -186,17 +210,31 @@ impl Shard {
 
     /// Live blocks of the program (memwarden's own not counted).
     pub(crate) fn len(&self) -> usize {
-        self.live.len() - self.internal
+        self.table.len() - self.internal - self.freed
     }
 
     /// Live records, memwarden's own included.
     pub(crate) fn records(&self) -> impl Iterator<Item = &Record> {
-        self.live.iter()
+        self.table.iter().filter(|r| !r.is_freed())
     }
 
-    /// Quarantined blocks.
-    pub(crate) fn freed(&self) -> impl Iterator<Item = &Freed> {
-        self.freed.iter()
+    /// Quarantined blocks (poisoned, waiting in the FIFO).
+    pub(crate) fn freed(&self) -> impl Iterator<Item = Freed> + '_ {
+        self.table
+            .iter()
+            .filter(|r| r.is_quarantined())
+            .map(Record::as_freed)
+    }
+
+    /// Drops the record of `addr` from the table, keeping the counts.
+    fn take(&mut self, addr: usize) -> Option<Record> {
+        let rec = self.table.remove(addr)?;
+        if rec.is_freed() {
+            self.freed -= 1;
+        } else if rec.is_internal() {
+            self.internal -= 1;
+        }
+        Some(rec)
     }
 }
 
@@ -214,14 +252,15 @@ fn shard_of(addr: usize) -> &'static SpinLock<Shard> {
 #[inline]
 pub(crate) fn insert(rec: Record) -> bool {
     let mut s = shard_of(rec.addr).lock();
-    match s.live.replace(rec) {
+    match s.table.replace(rec) {
         None => false,
         Some(old) => {
-            // Keep the count of memwarden's own records exact, also when a
-            // record replaces another (an address the registry missed a
-            // free of).
-            if old.is_some_and(|o| o.is_internal()) {
-                s.internal -= 1;
+            // Keep the counts exact, also when a record replaces another
+            // (an address the registry missed a free of).
+            match old {
+                Some(o) if o.is_freed() => s.freed -= 1,
+                Some(o) if o.is_internal() => s.internal -= 1,
+                _ => {}
             }
             if rec.is_internal() {
                 s.internal += 1;
@@ -234,7 +273,7 @@ pub(crate) fn insert(rec: Record) -> bool {
 /// What the registry knew about an address being freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lookup {
-    /// A live block: its record, now removed.
+    /// A live block: its record (removed, or marked freed by [`mark_freed`]).
     Live(Record),
     /// A block freed earlier and still in quarantine.
     Freed(Freed),
@@ -246,17 +285,46 @@ pub(crate) enum Lookup {
 #[inline]
 pub(crate) fn remove(addr: usize) -> Lookup {
     let mut s = shard_of(addr).lock();
-    match s.live.remove(addr) {
-        Some(rec) => {
-            if rec.is_internal() {
-                s.internal -= 1;
-            }
-            Lookup::Live(rec)
-        }
-        None => match s.freed.get(addr) {
-            Some(f) => Lookup::Freed(f),
+    match s.table.get(addr) {
+        Some(rec) if rec.is_freed() => Lookup::Freed(rec.as_freed()),
+        Some(_) => match s.take(addr) {
+            Some(rec) => Lookup::Live(rec),
             None => Lookup::Unknown,
         },
+        None => Lookup::Unknown,
+    }
+}
+
+/// As [`remove`], but a live block of the program is not removed: its
+/// record is marked as being freed, so that a second free from now on is
+/// a double free. Then either [`quarantine`] or [`forget`] it. (memwarden's
+/// own blocks are removed.)
+#[inline]
+pub(crate) fn mark_freed(addr: usize) -> Lookup {
+    let mut s = shard_of(addr).lock();
+    let Some(rec) = s.table.get_mut(addr) else {
+        return Lookup::Unknown;
+    };
+    if rec.is_freed() {
+        return Lookup::Freed(rec.as_freed());
+    }
+    let live = *rec;
+    if live.is_internal() {
+        s.take(addr);
+    } else {
+        rec.size_align |= FREED_BIT | PENDING_BIT;
+        rec.seq = 0;
+        s.freed += 1;
+    }
+    Lookup::Live(live)
+}
+
+/// Drops the record of a block [`mark_freed`] marked, for a block that is
+/// not kept in quarantine.
+pub(crate) fn forget(addr: usize) {
+    let mut s = shard_of(addr).lock();
+    if s.table.get(addr).is_some_and(|r| r.is_freed()) {
+        s.take(addr);
     }
 }
 
@@ -298,25 +366,41 @@ fn quarantine_cost(rec: &Record) -> usize {
     rec.size() + rec.align().max(16) + 48
 }
 
-/// Puts a freed block in its shard's quarantine and evicts the oldest
-/// blocks while the shard holds more than `budget` bytes (at most
-/// [`MAX_EVICT`] per call). `false` if the block could not be
-/// quarantined (memory for the tables ran out): free it at once.
-pub(crate) fn quarantine(f: Freed, budget: usize, out: &mut Evicted) -> bool {
-    let mut s = shard_of(f.rec.addr).lock();
-    if !s.freed.insert(f) {
+/// Puts a block [`mark_freed`] marked (and the caller poisoned) in its
+/// shard's quarantine, freed by `free_stack` on `free_thread`, and evicts
+/// the oldest blocks while the shard holds more than `budget` bytes (at
+/// most [`MAX_EVICT`] per call); their records are gone when this returns.
+/// `false` if the block could not be quarantined (memory for the FIFO ran
+/// out): [`forget`] it and free it at once.
+pub(crate) fn quarantine(
+    addr: usize,
+    free_stack: StackId,
+    free_thread: u32,
+    budget: usize,
+    out: &mut Evicted,
+) -> bool {
+    let mut s = shard_of(addr).lock();
+    let s = &mut *s;
+    let Some(rec) = s.table.get_mut(addr).filter(|r| r.is_freed()) else {
+        return false;
+    };
+    let cost = quarantine_cost(rec);
+    if !s.fifo.push(addr) {
         return false;
     }
-    if !s.fifo.push(f.rec.addr) {
-        s.freed.remove(f.rec.addr);
-        return false;
-    }
-    s.fifo_bytes += quarantine_cost(&f.rec);
+    rec.size_align &= !PENDING_BIT;
+    rec.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
+    s.fifo_bytes += cost;
     while s.fifo_bytes > budget && out.len < MAX_EVICT {
-        let Some(addr) = s.fifo.pop() else { break };
-        if let Some(old) = s.freed.remove(addr) {
-            s.fifo_bytes -= quarantine_cost(&old.rec);
-            out.push(old);
+        let Some(old) = s.fifo.pop() else { break };
+        // Only a quarantined record leaves (the address was re-used if
+        // anything else is there now, which the FIFO cannot know).
+        if !s.table.get(old).is_some_and(|r| r.is_quarantined()) {
+            continue;
+        }
+        if let Some(r) = s.take(old) {
+            s.fifo_bytes -= quarantine_cost(&r);
+            out.push(r.as_freed());
         }
     }
     true
@@ -438,6 +522,68 @@ mod tests {
             (12345, 4096, 9, 3, 4)
         );
         assert_eq!(size_of::<Record>(), 32);
+    }
+
+    /// `n` leaked 64-byte buffers whose addresses all fall in one shard:
+    /// real memory, since a scan or heap check may read any record.
+    fn addresses_in_one_shard(n: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        while out.len() < n {
+            let a = Box::leak(Box::new([0u8; 64])).as_ptr() as usize;
+            if out.is_empty() || std::ptr::eq(shard_of(a), shard_of(out[0])) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    fn shard_counts(addr: usize) -> (usize, usize, usize) {
+        let s = shard_of(addr).lock();
+        (s.len(), s.freed, s.freed().count())
+    }
+
+    #[test]
+    fn a_free_marks_then_quarantines_then_evicts() {
+        let a = addresses_in_one_shard(3);
+        let (live0, freed0, quarantined0) = shard_counts(a[0]);
+        let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
+        assert!(insert(rec(a[0])));
+        assert_eq!(shard_counts(a[0]).0, live0 + 1);
+
+        // Marked: no longer live, and a second free is a double free.
+        assert_eq!(mark_freed(a[0]), Lookup::Live(rec(a[0])));
+        assert_eq!(shard_counts(a[0]), (live0, freed0 + 1, quarantined0));
+        let Lookup::Freed(f) = mark_freed(a[0]) else {
+            panic!("a second free must find the block freed");
+        };
+        assert_eq!((f.rec.addr, f.rec.size(), f.rec.align()), (a[0], 32, 8));
+        assert!(matches!(remove(a[0]), Lookup::Freed(_)));
+
+        // Quarantined, with who freed it; the record keeps its block.
+        let mut out = Evicted::new();
+        let budget = quarantine_cost(&rec(a[0])) + 1;
+        assert!(quarantine(a[0], 77, 3, budget, &mut out));
+        assert!(out.as_slice().is_empty());
+        let Lookup::Freed(f) = remove(a[0]) else {
+            panic!("a quarantined block must be found freed");
+        };
+        assert_eq!((f.free_stack, f.free_thread, f.rec.stack), (77, 3, 11));
+        assert!(shard_of(a[0]).lock().freed().any(|q| q == f));
+        assert!(!shard_of(a[0]).lock().records().any(|r| r.addr == a[0]));
+
+        // A second block over the budget pushes the first one out.
+        assert!(insert(rec(a[1])));
+        assert!(matches!(mark_freed(a[1]), Lookup::Live(_)));
+        assert!(quarantine(a[1], 78, 3, budget, &mut out));
+        assert_eq!(out.as_slice().len(), 1);
+        assert_eq!(out.as_slice()[0], f);
+        assert_eq!(remove(a[0]), Lookup::Unknown);
+
+        // A block not kept in quarantine is forgotten at once.
+        assert!(insert(rec(a[2])));
+        assert!(matches!(mark_freed(a[2]), Lookup::Live(_)));
+        forget(a[2]);
+        assert_eq!(remove(a[2]), Lookup::Unknown);
     }
 
     #[test]

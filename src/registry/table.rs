@@ -58,6 +58,7 @@ impl<R: Slot> Table<R> {
     }
 
     /// Inserts or replaces; `false` if the table could not grow.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, rec: R) -> bool {
         self.replace(rec).is_some()
     }
@@ -103,6 +104,12 @@ impl<R: Slot> Table<R> {
 
     pub(crate) fn get(&self, addr: usize) -> Option<R> {
         self.find(addr).map(|i| self.slots.as_slice()[i])
+    }
+
+    /// The value of `addr`, to change in place (not its key).
+    pub(crate) fn get_mut(&mut self, addr: usize) -> Option<&mut R> {
+        let i = self.find(addr)?;
+        Some(&mut self.slots.as_mut_slice()[i])
     }
 
     pub(crate) fn remove(&mut self, addr: usize) -> Option<R> {
