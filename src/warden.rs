@@ -198,7 +198,7 @@ mod tracked {
             let user = unsafe { inner.add(check::front(align)) };
             if !zeroed {
                 // SAFETY: `user` starts `size` fresh bytes of the inner block.
-                unsafe { user.write_bytes(JUNK, size.min(FILL_LIMIT)) };
+                unsafe { check::fill(user, JUNK, size.min(FILL_LIMIT)) };
             }
             if state::redzones() {
                 // SAFETY: `user` was allocated with `inner_layout(size, align)`.
