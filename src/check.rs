@@ -36,8 +36,11 @@ pub(crate) const REDZONE: u8 = 0xfa;
 pub(crate) const FREED: u8 = 0xdd;
 /// Back red zone size, and the least front red zone.
 pub(crate) const BACK: usize = 16;
-/// Most bytes of a freed block poisoned and checked.
-pub(crate) const POISON_LIMIT: usize = 1 << 16;
+/// Most bytes of a freed block poisoned and checked: its first 4 KiB, as
+/// much as a new block's junk fill. (64 KiB at first: then poisoning and
+/// checking large freed buffers took most of the time of programs that
+/// grow and drop big `Vec`s, for the rare write past their first pages.)
+pub(crate) const POISON_LIMIT: usize = 4096;
 
 /// Front red zone size for a block of alignment `align` (0 without red zones).
 #[inline]
