@@ -613,7 +613,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "reads memory with process_vm_readv and volatile word reads")]
+    #[cfg_attr(
+        miri,
+        ignore = "reads memory with process_vm_readv and volatile word reads"
+    )]
     fn pool_bookkeeping_does_not_keep_objects_alive() {
         // 0: core, 1: its chunk list, 2 and 3: objects taken from it.
         let mut h = Heap::new(4, 4);
@@ -640,7 +643,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "reads memory with process_vm_readv and volatile word reads")]
+    #[cfg_attr(
+        miri,
+        ignore = "reads memory with process_vm_readv and volatile word reads"
+    )]
     fn a_lost_pool_object_folds_its_dropped_pool_in() {
         // 0: core, 1: chunk list, 2: a forgotten object; nothing else.
         let mut h = Heap::new(3, 4);
@@ -661,7 +667,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "reads memory with process_vm_readv and volatile word reads")]
+    #[cfg_attr(
+        miri,
+        ignore = "reads memory with process_vm_readv and volatile word reads"
+    )]
     fn a_cycle_of_pool_objects_has_one_leader() {
         // 0: core; 1 and 2: objects holding each other's header.
         let mut h = Heap::new(3, 4);

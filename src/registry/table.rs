@@ -106,6 +106,17 @@ impl<R: Slot> Table<R> {
         self.find(addr).map(|i| self.slots.as_slice()[i])
     }
 
+    /// Brings the slot where a lookup of `addr` starts into cache.
+    pub(crate) fn prefetch(&self, addr: usize) {
+        if let Some(r) = self
+            .slots
+            .as_slice()
+            .get((mix(addr) as usize) & self.mask())
+        {
+            super::prefetch(r as *const R as usize);
+        }
+    }
+
     /// The value of `addr`, to change in place (not its key).
     pub(crate) fn get_mut(&mut self, addr: usize) -> Option<&mut R> {
         let i = self.find(addr)?;
