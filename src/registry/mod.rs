@@ -262,7 +262,13 @@ pub(crate) fn insert(rec: Record) -> bool {
             // Keep the counts exact, also when a record replaces another
             // (an address the registry missed a free of).
             match old {
-                Some(o) if o.is_freed() => s.freed -= 1,
+                Some(o) if o.is_freed() => {
+                    // Its FIFO entry stays, and is skipped when it comes up.
+                    s.freed -= 1;
+                    if o.is_quarantined() {
+                        s.fifo_bytes -= quarantine_cost(&o);
+                    }
+                }
                 Some(o) if o.is_internal() => s.internal -= 1,
                 _ => {}
             }
