@@ -76,10 +76,10 @@ pub(crate) unsafe fn paint(user: *mut u8, size: usize, align: usize) {
     // multiple of 16.
     unsafe {
         let front = user.sub(f);
-        let mut at = 0;
-        while at < f {
-            front.add(at).cast::<u128>().write_unaligned(ZONE_WORD);
-            at += 16;
+        if f == BACK {
+            front.cast::<u128>().write_unaligned(ZONE_WORD);
+        } else {
+            front.write_bytes(REDZONE, f);
         }
         user.add(size).cast::<u128>().write_unaligned(ZONE_WORD);
     }
@@ -151,16 +151,21 @@ pub(crate) unsafe fn check_redzones(user: *const u8, size: usize, align: usize) 
 pub(crate) unsafe fn fill(at: *mut u8, byte: u8, len: usize) {
     let word = u128::from_ne_bytes([byte; 16]);
     // SAFETY: every store below lies in `at[..len]`: for 16 <= len <= 64,
-    // the stores at 0, 16, 32 (each only when it ends by `len`) and the
-    // last one at `len - 16`.
+    // the stores at 0, 16 and 32 (each only when it ends by `len`) and the
+    // last one at `len - 16`, which together cover it.
     unsafe {
+        // Straight-line stores: LLVM turns a store loop into a `memset`
+        // call, which is what this avoids.
+        let store = |i: usize| at.add(i).cast::<u128>().write_unaligned(word);
         if (16..=64).contains(&len) {
-            let mut i = 0;
-            while i + 16 <= len {
-                at.add(i).cast::<u128>().write_unaligned(word);
-                i += 16;
+            store(0);
+            if len > 32 {
+                store(16);
             }
-            at.add(len - 16).cast::<u128>().write_unaligned(word);
+            if len > 48 {
+                store(32);
+            }
+            store(len - 16);
         } else {
             at.write_bytes(byte, len);
         }

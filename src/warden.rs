@@ -87,8 +87,9 @@ mod tracked {
     use super::*;
     use crate::check::{self, Found};
     use crate::guard::{self, Reentry};
-    use crate::registry::{self, Evicted, Freed, INTERNAL, Lookup, Record, SHARDS};
+    use crate::registry::{self, Evicted, Freed, Freeing, INTERNAL, Lookup, Record, SHARDS};
     use crate::report::HeapErrorKind;
+    use crate::stack::StackId;
     use crate::stack::here;
     use crate::state::{self, MODE, OFF, ON};
     use std::sync::atomic::Ordering;
@@ -229,31 +230,77 @@ mod tracked {
         #[inline(never)]
         unsafe fn dealloc_tracked(&self, ptr: *mut u8, layout: Layout, entry_sp: usize) {
             let addr = ptr as usize;
-            match registry::mark_freed(addr) {
-                Lookup::Live(rec) if rec.is_internal() => {
+            // Reports are made only outside memwarden's own code.
+            let busy = Reentry::enter();
+            let report = busy.is_some();
+            let budget = state::quarantine() / SHARDS;
+            // The freeing stack, for the quarantine and for any error
+            // found: taken before the registry's lock, not under it.
+            let free_stack = if report { here(entry_sp) } else { 0 };
+            let here_or = |stack: StackId| if stack != 0 { stack } else { here(entry_sp) };
+            let poison = state::poison();
+            let mut found = (false, None);
+            let mut evicted = Evicted::new();
+            let freeing = registry::free(
+                addr,
+                free_stack,
+                guard::thread_id(),
+                budget,
+                |rec, kept| {
+                    // SAFETY: a live tracked block, which nobody else can
+                    // free while the registry's lock is held.
+                    found = unsafe { check_block(rec, layout) };
+                    if kept && poison {
+                        // SAFETY: as above; the block is ours now.
+                        unsafe { check::poison(rec.addr as *mut u8, rec.size()) };
+                    }
+                },
+                &mut evicted,
+            );
+            match freeing {
+                Freeing::Internal(_) => {
                     // SAFETY: an internal block, allocated with exactly this
                     // layout by memwarden's own code.
                     unsafe { self.inner.dealloc(ptr, layout) }
                 }
-                Lookup::Live(rec) => {
+                Freeing::Live { rec, kept } => {
                     registry::count_free(rec.size());
-                    let busy = Reentry::enter();
-                    // SAFETY: `rec` is a live tracked block we just took
-                    // out of the registry; nobody else frees it.
-                    unsafe { check_block(&rec, layout, entry_sp, busy.is_some()) };
-                    // SAFETY: as above; the block is released exactly once.
-                    unsafe { self.release(rec, entry_sp, busy.is_some()) };
+                    if report && (found.0 || found.1.is_some()) {
+                        block_errors(&rec, layout, found, free_stack);
+                    }
+                    if !kept {
+                        // SAFETY: the block's record is gone; it is freed
+                        // exactly once, here.
+                        unsafe { self.free_inner(rec) };
+                    }
+                    for old in evicted.as_slice() {
+                        if poison {
+                            // SAFETY: a block that just left the quarantine
+                            // is still allocated and no longer the program's.
+                            let changed = unsafe {
+                                check::check_poison(old.rec.addr as *const u8, old.rec.size())
+                            };
+                            if let (Some(off), true) = (changed, report) {
+                                use_after_free(old, off, free_stack);
+                            }
+                        }
+                        // SAFETY: the evicted block left the quarantine
+                        // and is freed exactly once, here.
+                        unsafe { self.free_inner(old.rec) };
+                    }
                 }
-                Lookup::Freed(f) => {
-                    let _busy = Reentry::enter();
+                Freeing::Freed(f) => {
                     check::report(
-                        Found::new(HeapErrorKind::DoubleFree, addr, here(entry_sp)).freed(&f),
+                        Found::new(HeapErrorKind::DoubleFree, addr, here_or(free_stack)).freed(&f),
                     );
                 }
-                Lookup::Unknown => {
+                Freeing::Unknown => {
                     if state::all_tracked() {
-                        let _busy = Reentry::enter();
-                        check::report(Found::new(HeapErrorKind::InvalidFree, addr, here(entry_sp)));
+                        check::report(Found::new(
+                            HeapErrorKind::InvalidFree,
+                            addr,
+                            here_or(free_stack),
+                        ));
                     } else {
                         // Allocated while tracking was off: not ours to judge.
                         // SAFETY: the caller upholds the `dealloc` contract.
@@ -261,55 +308,6 @@ mod tracked {
                     }
                 }
             }
-        }
-
-        /// Gives a tracked block back: into quarantine (poisoned) if it is
-        /// on, else to the inner allocator. Use-after-free errors of the
-        /// blocks that left quarantine to make room are reported if
-        /// `report` (not under the re-entrancy guard).
-        ///
-        /// # Safety
-        /// `rec` must be a tracked block just marked freed in the registry
-        /// (`registry::mark_freed`).
-        unsafe fn release(&self, rec: Record, entry_sp: usize, report: bool) {
-            let budget = state::quarantine() / SHARDS;
-            if budget > 0 && rec.size() <= budget / 2 {
-                let user = rec.addr as *mut u8;
-                let poison = state::poison();
-                if poison {
-                    // SAFETY: the block is ours now (see the contract).
-                    unsafe { check::poison(user, rec.size()) };
-                }
-                let mut evicted = Evicted::new();
-                let free_stack = here(entry_sp);
-                if registry::quarantine(
-                    rec.addr,
-                    free_stack,
-                    guard::thread_id(),
-                    budget,
-                    &mut evicted,
-                ) {
-                    for old in evicted.as_slice() {
-                        if poison {
-                            // SAFETY: a quarantined block is still allocated
-                            // and no longer the program's.
-                            let changed = unsafe {
-                                check::check_poison(old.rec.addr as *const u8, old.rec.size())
-                            };
-                            if let (Some(off), true) = (changed, report) {
-                                use_after_free(old, off, entry_sp);
-                            }
-                        }
-                        // SAFETY: the evicted block left the quarantine
-                        // and is freed exactly once, here.
-                        unsafe { self.free_inner(old.rec) };
-                    }
-                    return;
-                }
-            }
-            registry::forget(rec.addr);
-            // SAFETY: per the contract; its record is gone.
-            unsafe { self.free_inner(rec) };
         }
 
         /// Moves an untracked block into a new tracked one of `new_size`
@@ -416,7 +414,10 @@ mod tracked {
             registry::count_free(old.size());
             let busy = Reentry::enter();
             // SAFETY: a live tracked block, ours until we put it back.
-            unsafe { check_block(&old, layout, entry_sp, busy.is_some()) };
+            let found = unsafe { check_block(&old, layout) };
+            if busy.is_some() && (found.0 || found.1.is_some()) {
+                block_errors(&old, layout, found, here(entry_sp));
+            }
             let align = old.align();
             let front = check::front(align);
             let new = match (
@@ -470,41 +471,37 @@ mod tracked {
     }
 
     /// Checks a tracked block being freed or reallocated with the
-    /// program's `layout`: a layout other than the block's, and written
-    /// red zones. Errors are reported if `report` (not under the
-    /// re-entrancy guard).
+    /// program's `layout`: is the layout other than the block's, and where
+    /// are its red zones written, if they are.
     ///
     /// # Safety
     /// `rec` must be a live tracked block that nobody else frees meanwhile.
     #[inline(always)]
-    unsafe fn check_block(rec: &Record, layout: Layout, entry_sp: usize, report: bool) {
+    unsafe fn check_block(rec: &Record, layout: Layout) -> (bool, Option<check::Overrun>) {
         let mismatch = (rec.size(), rec.align()) != (layout.size(), layout.align());
         // SAFETY: per the contract, the block and its red zones are live.
         let overrun =
             unsafe { check::check_redzones(rec.addr as *const u8, rec.size(), rec.align()) };
-        if (mismatch || overrun.is_some()) && report {
-            block_errors(rec, layout, mismatch, overrun, entry_sp);
-        }
+        (mismatch, overrun)
     }
 
-    /// Reports what [`check_block`] found.
+    /// Reports what [`check_block`] found, at stack `here`.
     #[cold]
     #[inline(never)]
     fn block_errors(
         rec: &Record,
         layout: Layout,
-        mismatch: bool,
-        overrun: Option<check::Overrun>,
-        entry_sp: usize,
+        (mismatch, overrun): (bool, Option<check::Overrun>),
+        here: StackId,
     ) {
         if mismatch {
-            let mut f = Found::new(HeapErrorKind::LayoutMismatch, rec.addr, here(entry_sp));
+            let mut f = Found::new(HeapErrorKind::LayoutMismatch, rec.addr, here);
             f.block = Some(*rec);
             f.passed = Some((layout.size(), layout.align()));
             check::report(f);
         }
         if let Some(o) = overrun {
-            let mut f = Found::new(HeapErrorKind::Overrun, rec.addr, here(entry_sp));
+            let mut f = Found::new(HeapErrorKind::Overrun, rec.addr, here);
             f.block = Some(*rec);
             f.overrun = Some(o);
             check::report(f);
@@ -514,9 +511,8 @@ mod tracked {
     /// Reports a change found in quarantined block `old` at offset `off`.
     #[cold]
     #[inline(never)]
-    fn use_after_free(old: &Freed, off: usize, entry_sp: usize) {
-        let mut f =
-            Found::new(HeapErrorKind::UseAfterFree, old.rec.addr, here(entry_sp)).freed(old);
+    fn use_after_free(old: &Freed, off: usize, here: StackId) {
+        let mut f = Found::new(HeapErrorKind::UseAfterFree, old.rec.addr, here).freed(old);
         f.offset = Some(off);
         check::report(f);
     }

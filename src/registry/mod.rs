@@ -38,10 +38,7 @@ pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 const ALIGN_SHIFT: u32 = 58;
 /// Set in a freed (quarantined) block's record.
 const FREED_BIT: u64 = 1 << 57;
-/// Set, with [`FREED_BIT`], while the block is being freed: marked, but
-/// not poisoned and in the FIFO yet.
-const PENDING_BIT: u64 = 1 << 56;
-const SIZE_MASK: u64 = (1 << 56) - 1;
+const SIZE_MASK: u64 = FREED_BIT - 1;
 
 /// One live tracked block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,21 +110,16 @@ impl Record {
         self.stack == INTERNAL
     }
 
-    /// True for a block freed (or being freed) and kept in quarantine.
+    /// True for a block freed and kept in quarantine.
     fn is_freed(&self) -> bool {
         self.size_align & FREED_BIT != 0
-    }
-
-    /// True for a block in quarantine, poisoned and in the FIFO.
-    fn is_quarantined(&self) -> bool {
-        self.size_align & (FREED_BIT | PENDING_BIT) == FREED_BIT
     }
 
     /// The quarantined block this record describes (see [`Freed`]).
     fn as_freed(&self) -> Freed {
         Freed {
             rec: Record {
-                size_align: self.size_align & !(FREED_BIT | PENDING_BIT),
+                size_align: self.size_align & !FREED_BIT,
                 seq: 0,
                 ..*self
             },
@@ -191,11 +183,11 @@ impl Fifo {
 
 /// One shard: live blocks, and the quarantine of recently freed ones.
 pub(crate) struct Shard {
-    /// Live and freed records (see the module docs).
+    /// Live and quarantined records (see the module docs).
     table: Table<Record>,
     /// Records of memwarden's own blocks.
     internal: usize,
-    /// Records marked freed.
+    /// Quarantined records.
     freed: usize,
     fifo: Fifo,
     fifo_bytes: usize,
@@ -222,11 +214,11 @@ impl Shard {
         self.table.iter().filter(|r| !r.is_freed())
     }
 
-    /// Quarantined blocks (poisoned, waiting in the FIFO).
+    /// Quarantined blocks.
     pub(crate) fn freed(&self) -> impl Iterator<Item = Freed> + '_ {
         self.table
             .iter()
-            .filter(|r| r.is_quarantined())
+            .filter(|r| r.is_freed())
             .map(Record::as_freed)
     }
 
@@ -265,9 +257,7 @@ pub(crate) fn insert(rec: Record) -> bool {
                 Some(o) if o.is_freed() => {
                     // Its FIFO entry stays, and is skipped when it comes up.
                     s.freed -= 1;
-                    if o.is_quarantined() {
-                        s.fifo_bytes -= quarantine_cost(&o);
-                    }
+                    s.fifo_bytes -= quarantine_cost(&o);
                 }
                 Some(o) if o.is_internal() => s.internal -= 1,
                 _ => {}
@@ -283,7 +273,7 @@ pub(crate) fn insert(rec: Record) -> bool {
 /// What the registry knew about an address being freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lookup {
-    /// A live block: its record (removed, or marked freed by [`mark_freed`]).
+    /// A live block: its record, now removed.
     Live(Record),
     /// A block freed earlier and still in quarantine.
     Freed(Freed),
@@ -305,37 +295,83 @@ pub(crate) fn remove(addr: usize) -> Lookup {
     }
 }
 
-/// As [`remove`], but a live block of the program is not removed: its
-/// record is marked as being freed, so that a second free from now on is
-/// a double free. Then either [`quarantine`] or [`forget`] it. (memwarden's
-/// own blocks are removed.)
-#[inline]
-pub(crate) fn mark_freed(addr: usize) -> Lookup {
-    let mut s = shard_of(addr).lock();
-    let Some(rec) = s.table.get_mut(addr) else {
-        return Lookup::Unknown;
-    };
-    if rec.is_freed() {
-        return Lookup::Freed(rec.as_freed());
-    }
-    let live = *rec;
-    if live.is_internal() {
-        s.take(addr);
-    } else {
-        rec.size_align |= FREED_BIT | PENDING_BIT;
-        rec.seq = 0;
-        s.freed += 1;
-    }
-    Lookup::Live(live)
+/// What [`free`] did with a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freeing {
+    /// A live block of the program: its record as it was. `kept`: it went
+    /// into quarantine; otherwise its record is gone and the block is to be
+    /// given back now.
+    Live { rec: Record, kept: bool },
+    /// memwarden's own block: its record, now removed.
+    Internal(Record),
+    /// A block freed earlier and still in quarantine.
+    Freed(Freed),
+    /// Never seen (or freed long ago).
+    Unknown,
 }
 
-/// Drops the record of a block [`mark_freed`] marked, for a block that is
-/// not kept in quarantine.
-pub(crate) fn forget(addr: usize) {
+/// Frees `addr` in the registry, under one lock: a live block of the
+/// program goes into its shard's quarantine if `budget` (the shard's share)
+/// allows, freed by `free_stack` on `free_thread`, and the oldest blocks
+/// leave to make room (at most [`MAX_EVICT`], into `out`, their records
+/// removed); else its record is removed. Before that, `inspect(rec, kept)`
+/// runs on the block under the lock (to check its red zones, and to poison
+/// it when kept, before anyone can see it in quarantine); it must not
+/// allocate.
+#[inline]
+pub(crate) fn free(
+    addr: usize,
+    free_stack: StackId,
+    free_thread: u32,
+    budget: usize,
+    inspect: impl FnOnce(&Record, bool),
+    out: &mut Evicted,
+) -> Freeing {
     let mut s = shard_of(addr).lock();
-    if s.table.get(addr).is_some_and(|r| r.is_freed()) {
-        s.take(addr);
+    let s = &mut *s;
+    let Some(i) = s.table.find(addr) else {
+        return Freeing::Unknown;
+    };
+    let rec = s.table.at(i);
+    if rec.is_freed() {
+        return Freeing::Freed(rec.as_freed());
     }
+    if rec.is_internal() {
+        s.take(addr);
+        return Freeing::Internal(rec);
+    }
+    let kept = budget > 0 && rec.size() <= budget / 2 && s.fifo.push(addr);
+    inspect(&rec, kept);
+    if !kept {
+        s.take(addr);
+        return Freeing::Live { rec, kept };
+    }
+    let slot = s.table.at_mut(i);
+    slot.size_align |= FREED_BIT;
+    slot.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
+    s.freed += 1;
+    s.fifo_bytes += quarantine_cost(&rec);
+    while s.fifo_bytes > budget && out.len < MAX_EVICT {
+        let Some(old) = s.fifo.pop() else { break };
+        // Only a quarantined record leaves (the address was re-used if
+        // anything else is there now, which the FIFO cannot know).
+        if !s.table.get(old).is_some_and(|r| r.is_freed()) {
+            continue;
+        }
+        if let Some(r) = s.take(old) {
+            s.fifo_bytes -= quarantine_cost(&r);
+            out.push(r.as_freed());
+        }
+    }
+    // The next block to leave has been out of cache for long: fetch its
+    // record, its first bytes (to be checked) and the inner allocator's
+    // header before it now, so that they are there when it leaves.
+    if let Some(next) = s.fifo.peek() {
+        s.table.prefetch(next);
+        prefetch(next);
+        prefetch(next.wrapping_sub(32));
+    }
+    Freeing::Live { rec, kept }
 }
 
 /// Most blocks evicted from quarantine per free.
@@ -350,9 +386,16 @@ pub(crate) struct Evicted {
 }
 
 impl Evicted {
-    pub(crate) const fn new() -> Self {
+    #[inline(always)]
+    pub(crate) fn new() -> Self {
         Evicted {
-            blocks: [std::mem::MaybeUninit::uninit(); MAX_EVICT],
+            // SAFETY: an array of `MaybeUninit` needs no initialisation.
+            // (Written this way, not as `[MaybeUninit::uninit(); N]`, which
+            // was compiled into a `memset` of the whole array.)
+            blocks: unsafe {
+                std::mem::MaybeUninit::<[std::mem::MaybeUninit<Freed>; MAX_EVICT]>::uninit()
+                    .assume_init()
+            },
             len: 0,
         }
     }
@@ -374,54 +417,6 @@ impl Evicted {
 /// small blocks cannot hold many times the budget.
 fn quarantine_cost(rec: &Record) -> usize {
     rec.size() + rec.align().max(16) + 48
-}
-
-/// Puts a block [`mark_freed`] marked (and the caller poisoned) in its
-/// shard's quarantine, freed by `free_stack` on `free_thread`, and evicts
-/// the oldest blocks while the shard holds more than `budget` bytes (at
-/// most [`MAX_EVICT`] per call); their records are gone when this returns.
-/// `false` if the block could not be quarantined (memory for the FIFO ran
-/// out): [`forget`] it and free it at once.
-pub(crate) fn quarantine(
-    addr: usize,
-    free_stack: StackId,
-    free_thread: u32,
-    budget: usize,
-    out: &mut Evicted,
-) -> bool {
-    let mut s = shard_of(addr).lock();
-    let s = &mut *s;
-    let Some(rec) = s.table.get_mut(addr).filter(|r| r.is_freed()) else {
-        return false;
-    };
-    let cost = quarantine_cost(rec);
-    if !s.fifo.push(addr) {
-        return false;
-    }
-    rec.size_align &= !PENDING_BIT;
-    rec.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
-    s.fifo_bytes += cost;
-    while s.fifo_bytes > budget && out.len < MAX_EVICT {
-        let Some(old) = s.fifo.pop() else { break };
-        // Only a quarantined record leaves (the address was re-used if
-        // anything else is there now, which the FIFO cannot know).
-        if !s.table.get(old).is_some_and(|r| r.is_quarantined()) {
-            continue;
-        }
-        if let Some(r) = s.take(old) {
-            s.fifo_bytes -= quarantine_cost(&r);
-            out.push(r.as_freed());
-        }
-    }
-    // The next block to leave has been out of cache for long: fetch its
-    // record, its first bytes (to be checked) and the inner allocator's
-    // header before it now, so that they are there when it leaves.
-    if let Some(next) = s.fifo.peek() {
-        s.table.prefetch(next);
-        prefetch(next);
-        prefetch(next.wrapping_sub(32));
-    }
-    true
 }
 
 /// Asks the CPU to bring the cache line of `addr` in (a hint: never
@@ -575,46 +570,105 @@ mod tests {
     }
 
     #[test]
-    fn a_free_marks_then_quarantines_then_evicts() {
-        let a = addresses_in_one_shard(3);
+    fn a_free_quarantines_then_evicts() {
+        let a = addresses_in_one_shard(4);
         let (live0, freed0, quarantined0) = shard_counts(a[0]);
         let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
+        let budget = quarantine_cost(&rec(a[0])) + 1;
+        let mut out = Evicted::new();
         assert!(insert(rec(a[0])));
         assert_eq!(shard_counts(a[0]).0, live0 + 1);
 
-        // Marked: no longer live, and a second free is a double free.
-        assert_eq!(mark_freed(a[0]), Lookup::Live(rec(a[0])));
-        assert_eq!(shard_counts(a[0]), (live0, freed0 + 1, quarantined0));
-        let Lookup::Freed(f) = mark_freed(a[0]) else {
-            panic!("a second free must find the block freed");
-        };
-        assert_eq!((f.rec.addr, f.rec.size(), f.rec.align()), (a[0], 32, 8));
-        assert!(matches!(remove(a[0]), Lookup::Freed(_)));
-
-        // Quarantined, with who freed it; the record keeps its block.
-        let mut out = Evicted::new();
-        let budget = quarantine_cost(&rec(a[0])) + 1;
-        assert!(quarantine(a[0], 77, 3, budget, &mut out));
+        // Kept in quarantine, with who freed it; `inspect` saw the block.
+        let mut seen = None;
+        let freeing = free(
+            a[0],
+            77,
+            3,
+            budget,
+            |r, kept| seen = Some((*r, kept)),
+            &mut out,
+        );
+        assert_eq!(
+            freeing,
+            Freeing::Live {
+                rec: rec(a[0]),
+                kept: true
+            }
+        );
+        assert_eq!(seen, Some((rec(a[0]), true)));
         assert!(out.as_slice().is_empty());
+        assert_eq!(shard_counts(a[0]), (live0, freed0 + 1, quarantined0 + 1));
         let Lookup::Freed(f) = remove(a[0]) else {
             panic!("a quarantined block must be found freed");
         };
         assert_eq!((f.free_stack, f.free_thread, f.rec.stack), (77, 3, 11));
+        assert_eq!((f.rec.addr, f.rec.size(), f.rec.align()), (a[0], 32, 8));
         assert!(shard_of(a[0]).lock().freed().any(|q| q == f));
         assert!(!shard_of(a[0]).lock().records().any(|r| r.addr == a[0]));
 
+        // A second free is a double free, and changes nothing.
+        let again = free(a[0], 78, 3, budget, |_, _| panic!("not live"), &mut out);
+        assert_eq!(again, Freeing::Freed(f));
+
         // A second block over the budget pushes the first one out.
         assert!(insert(rec(a[1])));
-        assert!(matches!(mark_freed(a[1]), Lookup::Live(_)));
-        assert!(quarantine(a[1], 78, 3, budget, &mut out));
-        assert_eq!(out.as_slice().len(), 1);
-        assert_eq!(out.as_slice()[0], f);
+        let freeing = free(a[1], 79, 3, budget, |_, _| {}, &mut out);
+        assert_eq!(
+            freeing,
+            Freeing::Live {
+                rec: rec(a[1]),
+                kept: true
+            }
+        );
+        assert_eq!(out.as_slice(), [f]);
         assert_eq!(remove(a[0]), Lookup::Unknown);
 
-        // A block not kept in quarantine is forgotten at once.
+        // Without a budget, or too big for it, a block is not kept.
         assert!(insert(rec(a[2])));
-        assert!(matches!(mark_freed(a[2]), Lookup::Live(_)));
-        forget(a[2]);
+        let freeing = free(
+            a[2],
+            80,
+            3,
+            0,
+            |_, kept| assert!(!kept),
+            &mut Evicted::new(),
+        );
+        assert_eq!(
+            freeing,
+            Freeing::Live {
+                rec: rec(a[2]),
+                kept: false
+            }
+        );
+        assert_eq!(remove(a[2]), Lookup::Unknown);
+        let big = Record::new(a[3], 4096, 8, 5, 11, 2);
+        assert!(insert(big));
+        let freeing = free(
+            a[3],
+            81,
+            3,
+            budget,
+            |_, kept| assert!(!kept),
+            &mut Evicted::new(),
+        );
+        assert_eq!(
+            freeing,
+            Freeing::Live {
+                rec: big,
+                kept: false
+            }
+        );
+        assert_eq!(
+            free(a[3], 81, 3, budget, |_, _| {}, &mut Evicted::new()),
+            Freeing::Unknown
+        );
+
+        // memwarden's own blocks are only removed.
+        let own = Record::new(a[2], 32, 8, 0, INTERNAL, 0);
+        assert!(insert(own));
+        let freeing = free(a[2], 82, 3, budget, |_, _| panic!("internal"), &mut out);
+        assert_eq!(freeing, Freeing::Internal(own));
         assert_eq!(remove(a[2]), Lookup::Unknown);
     }
 

@@ -86,7 +86,8 @@ impl<R: Slot> Table<R> {
         }
     }
 
-    fn find(&self, addr: usize) -> Option<usize> {
+    /// The slot index holding `addr`.
+    pub(crate) fn find(&self, addr: usize) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
@@ -117,10 +118,15 @@ impl<R: Slot> Table<R> {
         }
     }
 
-    /// The value of `addr`, to change in place (not its key).
-    pub(crate) fn get_mut(&mut self, addr: usize) -> Option<&mut R> {
-        let i = self.find(addr)?;
-        Some(&mut self.slots.as_mut_slice()[i])
+    /// The value in slot `i` (from [`Table::find`]).
+    pub(crate) fn at(&self, i: usize) -> R {
+        self.slots.as_slice()[i]
+    }
+
+    /// The value in slot `i` (from [`Table::find`]), to change in place
+    /// (not its key).
+    pub(crate) fn at_mut(&mut self, i: usize) -> &mut R {
+        &mut self.slots.as_mut_slice()[i]
     }
 
     pub(crate) fn remove(&mut self, addr: usize) -> Option<R> {
