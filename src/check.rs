@@ -103,7 +103,7 @@ pub(crate) struct Overrun {
 ///
 /// # Safety
 /// As for [`paint`], and the block must not be freed meanwhile.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn check_redzones(user: *const u8, size: usize, align: usize) -> Option<Overrun> {
     if !state::redzones() {
         return None;
@@ -125,6 +125,17 @@ pub(crate) unsafe fn check_redzones(user: *const u8, size: usize, align: usize) 
     if clean {
         return None;
     }
+    // SAFETY: as above.
+    unsafe { find_overrun(user, size, f) }
+}
+
+/// Where the red zones of a block ([`check_redzones`]) were written.
+///
+/// # Safety
+/// As for [`check_redzones`], with `f` the front red zone's size.
+#[cold]
+#[inline(never)]
+unsafe fn find_overrun(user: *const u8, size: usize, f: usize) -> Option<Overrun> {
     // SAFETY: the back red zone is BACK bytes right after the block.
     let back = unsafe { std::slice::from_raw_parts(user.add(size), BACK) };
     if let Some(i) = back.iter().rposition(|&b| b != REDZONE) {

@@ -146,19 +146,10 @@ impl Fifo {
         }
     }
 
+    #[inline]
     fn push(&mut self, v: usize) -> bool {
-        let cap = self.buf.len();
-        if self.len == cap {
-            // Grow: unroll the ring into a buffer twice as big.
-            let mut next = SysVec::new();
-            if !next.fill(0usize, (cap * 2).max(64)) {
-                return false;
-            }
-            for i in 0..self.len {
-                next.as_mut_slice()[i] = self.buf.as_slice()[(self.head + i) & (cap - 1)];
-            }
-            self.buf = next;
-            self.head = 0;
+        if self.len == self.buf.len() && !self.grow() {
+            return false;
         }
         let mask = self.buf.len() - 1;
         self.buf.as_mut_slice()[(self.head + self.len) & mask] = v;
@@ -166,10 +157,29 @@ impl Fifo {
         true
     }
 
+    /// Unrolls the ring into a buffer twice as big.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) -> bool {
+        let cap = self.buf.len();
+        let mut next = SysVec::new();
+        if !next.fill(0usize, (cap * 2).max(64)) {
+            return false;
+        }
+        for i in 0..self.len {
+            next.as_mut_slice()[i] = self.buf.as_slice()[(self.head + i) & (cap - 1)];
+        }
+        self.buf = next;
+        self.head = 0;
+        true
+    }
+
+    #[inline]
     fn peek(&self) -> Option<usize> {
         (self.len > 0).then(|| self.buf.as_slice()[self.head])
     }
 
+    #[inline]
     fn pop(&mut self) -> Option<usize> {
         if self.len == 0 {
             return None;
@@ -223,6 +233,7 @@ impl Shard {
     }
 
     /// Drops the record of `addr` from the table, keeping the counts.
+    #[inline]
     fn take(&mut self, addr: usize) -> Option<Record> {
         let rec = self.table.remove(addr)?;
         if rec.is_freed() {
@@ -415,6 +426,7 @@ impl Evicted {
 /// What a quarantined block really holds: its bytes, its red zones and
 /// the inner allocator's header (about 64 bytes in all), so that many
 /// small blocks cannot hold many times the budget.
+#[inline]
 fn quarantine_cost(rec: &Record) -> usize {
     rec.size() + rec.align().max(16) + 48
 }
