@@ -259,3 +259,32 @@ fn untracked_objects_have_no_holders_but_know_their_site() {
         assert!(held.is_empty());
     }
 }
+
+#[test]
+fn into_inner_gives_up_its_reference_as_drop_does() {
+    // Tracked or not (tests run in parallel): holders checked if tracked.
+    let line = line!() + 1;
+    let a = TrackedRc::new(String::from("rc"));
+    let b = a.clone();
+    let w = TrackedRc::downgrade(&a);
+    assert_eq!(format!("{w:?}"), "(WeakRc)");
+    assert_eq!(TrackedRc::into_inner(b), None);
+    assert_eq!((TrackedRc::strong_count(&a), w.weak_count()), (1, 1));
+    if TrackedRc::is_tracked(&a) {
+        assert_eq!(lines(&TrackedRc::holders(&a)), [line]);
+    }
+    assert_eq!(TrackedRc::into_inner(a).as_deref(), Some("rc"));
+    assert!(w.upgrade().is_none());
+
+    let line = line!() + 1;
+    let x = TrackedArc::new(String::from("arc"));
+    let y = x.clone();
+    let wx = TrackedArc::downgrade(&y);
+    assert_eq!(format!("{wx:?}"), "(WeakArc)");
+    assert_eq!(TrackedArc::into_inner(y), None);
+    if TrackedArc::is_tracked(&x) {
+        assert_eq!(lines(&TrackedArc::holders(&x)), [line]);
+    }
+    assert_eq!(TrackedArc::into_inner(x).as_deref(), Some("arc"));
+    assert_eq!((wx.strong_count(), wx.weak_count()), (0, 0));
+}

@@ -47,319 +47,289 @@
 //! where each reference was taken ([`TrackedRc::taken_at`]);
 //! [`TrackedRc::holders`] and [`outstanding`] are empty.
 use std::borrow::Borrow;
-use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::panic::Location;
-use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicUsize, Ordering, fence};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::ptr::NonNull;
 
 pub use crate::pool::{Holder, Outstanding, OutstandingKind};
-use crate::pool::{hide, next_id, quiet, read_word, reveal};
 
-/// Counts above this abort, as in `std` (a count that could overflow).
-const MAX_REFCOUNT: usize = isize::MAX as usize;
+mod inner;
+mod registry;
 
-// === TrackedRc ===
+use inner::{ArcCounts, Counts, Inner, RcCounts};
 
-/// A single-thread reference-counted pointer that records where each
-/// strong reference was taken; see the [module docs](self).
-#[repr(C)] // the leak scan finds `ptr` followed by `site`
-pub struct TrackedRc<T> {
-    ptr: NonNull<RcInner<T>>,
-    site: &'static Location<'static>,
-    _owns: PhantomData<RcInner<T>>,
-}
+// === TrackedRc and TrackedArc ===
 
-/// A weak reference to a [`TrackedRc`] object: does not keep the value
-/// alive, and is not a holder.
-pub struct WeakRc<T> {
-    ptr: NonNull<RcInner<T>>,
-}
-
-#[repr(C)]
-struct RcInner<T> {
-    strong: Cell<usize>,
-    /// Weak references, plus one for all the strong ones together.
-    weak: Cell<usize>,
-    /// Registry id; 0 if created while tracking was off.
-    id: u64,
-    value: T,
-}
-
-impl<T> TrackedRc<T> {
-    /// Moves `value` to the heap. Tracked if tracking is on now.
-    #[track_caller]
-    #[inline]
-    pub fn new(value: T) -> Self {
-        let site = Location::caller();
-        let id = if crate::is_enabled() { next_id() } else { 0 };
-        let ptr = NonNull::from(Box::leak(Box::new(RcInner {
-            strong: Cell::new(1),
-            weak: Cell::new(1),
-            id,
-            value,
-        })));
-        if id != 0 {
-            // SAFETY: just allocated.
-            let value = unsafe { &raw const (*ptr.as_ptr()).value };
-            registry::created(id, OutstandingKind::Rc, ptr.as_ptr(), value, site);
+/// Stamps out a strong and a weak pointer type over [`Inner`] with the
+/// counts `$Counts` (`Cell`s or atomics: where `TrackedRc` and `TrackedArc`
+/// differ). Takes the docs of the types and of the methods whose docs
+/// differ between the two.
+macro_rules! tracked_pointer {
+    (
+        $(#[$strong_doc:meta])*
+        pub struct $Strong:ident;
+        $(#[$weak_doc:meta])*
+        pub struct $Weak:ident;
+        counts: $Counts:ty;
+        $(#[$strong_count_doc:meta])*
+        fn strong_count;
+        $(#[$weak_count_doc:meta])*
+        fn weak_count;
+        $(#[$try_unwrap_doc:meta])*
+        fn try_unwrap;
+        $(#[$into_inner_doc:meta])*
+        fn into_inner;
+    ) => {
+        $(#[$strong_doc])*
+        #[repr(C)] // the leak scan finds `ptr` followed by `site`
+        pub struct $Strong<T> {
+            ptr: NonNull<Inner<T, $Counts>>,
+            site: &'static Location<'static>,
+            _owns: PhantomData<Inner<T, $Counts>>,
         }
-        TrackedRc {
-            ptr,
-            site,
-            _owns: PhantomData,
+
+        $(#[$weak_doc])*
+        pub struct $Weak<T> {
+            ptr: NonNull<Inner<T, $Counts>>,
         }
-    }
 
-    #[inline(always)]
-    fn inner(&self) -> &RcInner<T> {
-        // SAFETY: a strong reference keeps the allocation and value alive.
-        unsafe { self.ptr.as_ref() }
-    }
+        impl<T> $Strong<T> {
+            /// Moves `value` to the heap. Tracked if tracking is on now.
+            #[track_caller]
+            #[inline]
+            pub fn new(value: T) -> Self {
+                let site = Location::caller();
+                $Strong {
+                    ptr: Inner::create(value, site),
+                    site,
+                    _owns: PhantomData,
+                }
+            }
 
-    /// A weak reference to the same object.
-    pub fn downgrade(this: &Self) -> WeakRc<T> {
-        let w = this.inner().weak.get() + 1;
-        if w > MAX_REFCOUNT {
-            std::process::abort();
-        }
-        this.inner().weak.set(w);
-        WeakRc { ptr: this.ptr }
-    }
+            /// The handle of a strong reference to `ptr` just counted,
+            /// taken at `site`; recorded if the object is tracked.
+            #[inline(always)]
+            fn taken(ptr: NonNull<Inner<T, $Counts>>, site: &'static Location<'static>) -> Self {
+                // SAFETY: the reference just counted keeps the allocation
+                // and value alive.
+                let id = unsafe { ptr.as_ref() }.id;
+                if id != 0 {
+                    registry::taken(id, site);
+                }
+                $Strong {
+                    ptr,
+                    site,
+                    _owns: PhantomData,
+                }
+            }
 
-    /// Strong references to the object.
-    pub fn strong_count(this: &Self) -> usize {
-        this.inner().strong.get()
-    }
+            #[inline(always)]
+            fn inner(&self) -> &Inner<T, $Counts> {
+                // SAFETY: a strong reference keeps the allocation and value
+                // alive.
+                unsafe { self.ptr.as_ref() }
+            }
 
-    /// Weak references to the object.
-    pub fn weak_count(this: &Self) -> usize {
-        this.inner().weak.get() - 1
-    }
+            /// A weak reference to the same object.
+            pub fn downgrade(this: &Self) -> $Weak<T> {
+                this.inner().counts.downgrade();
+                $Weak { ptr: this.ptr }
+            }
 
-    /// True if both point to the same object.
-    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
-        a.ptr == b.ptr
-    }
+            $(#[$strong_count_doc])*
+            pub fn strong_count(this: &Self) -> usize {
+                this.inner().counts.strong()
+            }
 
-    /// A pointer to the value.
-    pub fn as_ptr(this: &Self) -> *const T {
-        // SAFETY: projecting to a field of the live allocation.
-        unsafe { &raw const (*this.ptr.as_ptr()).value }
-    }
+            $(#[$weak_count_doc])*
+            pub fn weak_count(this: &Self) -> usize {
+                this.inner().counts.weak()
+            }
 
-    /// Where this reference was taken.
-    pub fn taken_at(this: &Self) -> &'static Location<'static> {
-        this.site
-    }
+            /// True if both point to the same object.
+            pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+                a.ptr == b.ptr
+            }
 
-    /// True if the object is tracked (created while tracking was on).
-    pub fn is_tracked(this: &Self) -> bool {
-        this.inner().id != 0
-    }
+            /// A pointer to the value.
+            pub fn as_ptr(this: &Self) -> *const T {
+                // SAFETY: this strong reference keeps the allocation alive.
+                unsafe { Inner::value_ptr(this.ptr) }
+            }
 
-    /// Where each strong reference still held was taken, oldest first
-    /// (empty if the object is not tracked).
-    pub fn holders(this: &Self) -> Vec<&'static Location<'static>> {
-        registry::holders(this.inner().id)
-    }
+            /// Where this reference was taken.
+            pub fn taken_at(this: &Self) -> &'static Location<'static> {
+                this.site
+            }
 
-    /// The value, if this is the only strong reference (weak ones are
-    /// then left dangling); otherwise `this` back.
-    pub fn try_unwrap(this: Self) -> Result<T, Self> {
-        if this.inner().strong.get() != 1 {
-            return Err(this);
-        }
-        let this = std::mem::ManuallyDrop::new(this);
-        let inner = this.inner();
-        inner.strong.set(0);
-        if inner.id != 0 {
-            registry::gone(inner.id);
-        }
-        // SAFETY: strong was 1: the value is ours to move out, once.
-        let value = unsafe { ptr::read(&raw const (*this.ptr.as_ptr()).value) };
-        // SAFETY: the strong references' implicit weak one goes.
-        unsafe { WeakRc::release(this.ptr) };
-        Ok(value)
-    }
+            /// True if the object is tracked (created while tracking was on).
+            pub fn is_tracked(this: &Self) -> bool {
+                this.inner().id != 0
+            }
 
-    /// The value if this is the only strong reference; otherwise drops
-    /// this reference and returns `None`.
-    pub fn into_inner(this: Self) -> Option<T> {
-        TrackedRc::try_unwrap(this).ok()
-    }
+            /// Where each strong reference still held was taken, oldest first
+            /// (empty if the object is not tracked).
+            pub fn holders(this: &Self) -> Vec<&'static Location<'static>> {
+                registry::holders(this.inner().id)
+            }
 
-    /// A mutable reference to the value, if no other strong or weak
-    /// reference exists.
-    pub fn get_mut(this: &mut Self) -> Option<&mut T> {
-        let inner = this.inner();
-        if inner.strong.get() == 1 && inner.weak.get() == 1 {
-            // SAFETY: the only reference of any kind, borrowed mutably.
-            Some(unsafe { &mut (*this.ptr.as_ptr()).value })
-        } else {
-            None
-        }
-    }
-}
+            $(#[$try_unwrap_doc])*
+            pub fn try_unwrap(this: Self) -> Result<T, Self> {
+                if !this.inner().counts.take_unique() {
+                    return Err(this);
+                }
+                let this = ManuallyDrop::new(this);
+                let id = this.inner().id;
+                if id != 0 {
+                    registry::gone(id);
+                }
+                // SAFETY: the strong count went from 1 to 0 here.
+                Ok(unsafe { Inner::take_value(this.ptr) })
+            }
 
-impl<T> Clone for TrackedRc<T> {
-    /// Another strong reference, recorded as taken here.
-    #[track_caller]
-    #[inline]
-    fn clone(&self) -> Self {
-        let inner = self.inner();
-        let s = inner.strong.get() + 1;
-        if s > MAX_REFCOUNT {
-            std::process::abort();
-        }
-        inner.strong.set(s);
-        let site = Location::caller();
-        if inner.id != 0 {
-            registry::taken(inner.id, site);
-        }
-        TrackedRc {
-            ptr: self.ptr,
-            site,
-            _owns: PhantomData,
-        }
-    }
-}
+            $(#[$into_inner_doc])*
+            pub fn into_inner(this: Self) -> Option<T> {
+                let this = ManuallyDrop::new(this);
+                let inner = this.inner();
+                if !inner.counts.dec_strong(inner.id, this.site) {
+                    return None;
+                }
+                // SAFETY: that was the last strong reference.
+                Some(unsafe { Inner::take_value(this.ptr) })
+            }
 
-impl<T> Drop for TrackedRc<T> {
-    #[inline]
-    fn drop(&mut self) {
-        let inner = self.inner();
-        let s = inner.strong.get() - 1;
-        inner.strong.set(s);
-        if inner.id != 0 {
-            registry::released(inner.id, self.site, s == 0);
-        }
-        if s == 0 {
-            // SAFETY: that was the last strong reference: drop the value
-            // once (the registry no longer lists it), then the implicit
-            // weak reference.
-            unsafe {
-                ptr::drop_in_place(&raw mut (*self.ptr.as_ptr()).value);
-                WeakRc::release(self.ptr);
+            /// A mutable reference to the value, if no other strong or weak
+            /// reference exists.
+            pub fn get_mut(this: &mut Self) -> Option<&mut T> {
+                if this.inner().counts.is_unique() {
+                    // SAFETY: the only reference of any kind, borrowed
+                    // mutably.
+                    Some(unsafe { &mut *Inner::value_ptr(this.ptr) })
+                } else {
+                    None
+                }
             }
         }
-    }
+
+        impl<T> Clone for $Strong<T> {
+            /// Another strong reference, recorded as taken here.
+            #[track_caller]
+            #[inline]
+            fn clone(&self) -> Self {
+                self.inner().counts.inc_strong();
+                $Strong::taken(self.ptr, Location::caller())
+            }
+        }
+
+        impl<T> Drop for $Strong<T> {
+            #[inline]
+            fn drop(&mut self) {
+                let inner = self.inner();
+                if inner.counts.dec_strong(inner.id, self.site) {
+                    // SAFETY: that was the last strong reference.
+                    unsafe { Inner::drop_value(self.ptr) }
+                }
+            }
+        }
+
+        impl<T> $Weak<T> {
+            #[inline(always)]
+            fn inner(&self) -> &Inner<T, $Counts> {
+                // SAFETY: a weak reference keeps the allocation (not the
+                // value).
+                unsafe { self.ptr.as_ref() }
+            }
+
+            /// A strong reference, if the value is still alive; recorded as taken
+            /// here.
+            #[track_caller]
+            pub fn upgrade(&self) -> Option<$Strong<T>> {
+                if !self.inner().counts.inc_strong_if_alive() {
+                    return None;
+                }
+                Some($Strong::taken(self.ptr, Location::caller()))
+            }
+
+            /// Strong references to the object (0 once it is gone).
+            pub fn strong_count(&self) -> usize {
+                self.inner().counts.strong()
+            }
+
+            /// Weak references to the object (0 once it is gone).
+            pub fn weak_count(&self) -> usize {
+                self.inner().counts.weak_if_alive()
+            }
+
+            /// True if both point to the same object.
+            pub fn ptr_eq(&self, other: &Self) -> bool {
+                self.ptr == other.ptr
+            }
+        }
+
+        impl<T> Clone for $Weak<T> {
+            fn clone(&self) -> Self {
+                self.inner().counts.inc_weak();
+                $Weak { ptr: self.ptr }
+            }
+        }
+
+        impl<T> Drop for $Weak<T> {
+            fn drop(&mut self) {
+                // SAFETY: this weak reference's count, given up once.
+                unsafe { Inner::release_weak(self.ptr) }
+            }
+        }
+
+        impl<T> fmt::Debug for $Weak<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!("(", stringify!($Weak), ")"))
+            }
+        }
+    };
 }
 
-impl<T> WeakRc<T> {
-    /// A strong reference, if the value is still alive; recorded as taken
-    /// here.
-    #[track_caller]
-    pub fn upgrade(&self) -> Option<TrackedRc<T>> {
-        // SAFETY: a weak reference keeps the allocation (not the value).
-        let inner = unsafe { self.ptr.as_ref() };
-        let s = inner.strong.get();
-        if s == 0 {
-            return None;
-        }
-        if s + 1 > MAX_REFCOUNT {
-            std::process::abort();
-        }
-        inner.strong.set(s + 1);
-        let site = Location::caller();
-        if inner.id != 0 {
-            registry::taken(inner.id, site);
-        }
-        Some(TrackedRc {
-            ptr: self.ptr,
-            site,
-            _owns: PhantomData,
-        })
-    }
-
-    /// Strong references to the object (0 once it is gone).
-    pub fn strong_count(&self) -> usize {
-        // SAFETY: a weak reference keeps the allocation.
-        unsafe { self.ptr.as_ref() }.strong.get()
-    }
-
-    /// Weak references to the object (0 once it is gone).
-    pub fn weak_count(&self) -> usize {
-        // SAFETY: as above.
-        let inner = unsafe { self.ptr.as_ref() };
-        if inner.strong.get() == 0 {
-            0
-        } else {
-            inner.weak.get() - 1
-        }
-    }
-
-    /// True if both point to the same object.
-    pub fn ptr_eq(&self, other: &Self) -> bool {
-        self.ptr == other.ptr
-    }
-
-    /// Drops one weak count, freeing the allocation at zero.
-    ///
-    /// # Safety
-    /// The caller gives up one weak count of `ptr` (a `WeakRc`, or the
-    /// strong references' implicit one after the value was dropped or
-    /// moved out).
-    unsafe fn release(ptr: NonNull<RcInner<T>>) {
-        // SAFETY: the count being given up keeps the allocation alive.
-        let inner = unsafe { ptr.as_ref() };
-        let w = inner.weak.get() - 1;
-        inner.weak.set(w);
-        if w == 0 {
-            // SAFETY: no reference is left, and the value is gone: free the
-            // memory `Box::new` gave, without dropping the value again.
-            unsafe {
-                std::alloc::dealloc(ptr.as_ptr().cast(), std::alloc::Layout::new::<RcInner<T>>())
-            };
-        }
-    }
+tracked_pointer! {
+    /// A single-thread reference-counted pointer that records where each
+    /// strong reference was taken; see the [module docs](self).
+    pub struct TrackedRc;
+    /// A weak reference to a [`TrackedRc`] object: does not keep the value
+    /// alive, and is not a holder.
+    pub struct WeakRc;
+    counts: RcCounts;
+    /// Strong references to the object.
+    fn strong_count;
+    /// Weak references to the object.
+    fn weak_count;
+    /// The value, if this is the only strong reference (weak ones are
+    /// then left dangling); otherwise `this` back.
+    fn try_unwrap;
+    /// The value if this is the only strong reference; otherwise drops
+    /// this reference and returns `None`.
+    fn into_inner;
 }
 
-impl<T> Clone for WeakRc<T> {
-    fn clone(&self) -> Self {
-        // SAFETY: a weak reference keeps the allocation.
-        let inner = unsafe { self.ptr.as_ref() };
-        let w = inner.weak.get() + 1;
-        if w > MAX_REFCOUNT {
-            std::process::abort();
-        }
-        inner.weak.set(w);
-        WeakRc { ptr: self.ptr }
-    }
-}
-
-impl<T> Drop for WeakRc<T> {
-    fn drop(&mut self) {
-        // SAFETY: this weak reference's count, given up once.
-        unsafe { WeakRc::release(self.ptr) }
-    }
-}
-
-impl<T> fmt::Debug for WeakRc<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("(WeakRc)")
-    }
-}
-
-// === TrackedArc ===
-
-/// A thread-safe reference-counted pointer that records where each strong
-/// reference was taken; see the [module docs](self).
-#[repr(C)] // the leak scan finds `ptr` followed by `site`
-pub struct TrackedArc<T> {
-    ptr: NonNull<ArcInner<T>>,
-    site: &'static Location<'static>,
-    _owns: PhantomData<ArcInner<T>>,
-}
-
-/// A weak reference to a [`TrackedArc`] object.
-pub struct WeakArc<T> {
-    ptr: NonNull<ArcInner<T>>,
+tracked_pointer! {
+    /// A thread-safe reference-counted pointer that records where each strong
+    /// reference was taken; see the [module docs](self).
+    pub struct TrackedArc;
+    /// A weak reference to a [`TrackedArc`] object.
+    pub struct WeakArc;
+    counts: ArcCounts;
+    /// Strong references to the object (a snapshot).
+    fn strong_count;
+    /// Weak references to the object (a snapshot).
+    fn weak_count;
+    /// The value, if this is the only strong reference; otherwise `this`
+    /// back.
+    fn try_unwrap;
+    /// The value if this is the only strong reference; otherwise drops
+    /// this reference and returns `None`. Of several threads calling this
+    /// on the last references, exactly one gets the value.
+    fn into_inner;
 }
 
 // SAFETY: as for `Arc`: the counts are atomic; the value is shared between
@@ -371,327 +341,6 @@ unsafe impl<T: Send + Sync> Sync for TrackedArc<T> {}
 unsafe impl<T: Send + Sync> Send for WeakArc<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync> Sync for WeakArc<T> {}
-
-#[repr(C)]
-struct ArcInner<T> {
-    strong: AtomicUsize,
-    /// Weak references, plus one for all the strong ones together;
-    /// `usize::MAX` while `get_mut` checks uniqueness.
-    weak: AtomicUsize,
-    /// Registry id; 0 if created while tracking was off.
-    id: u64,
-    value: T,
-}
-
-impl<T> TrackedArc<T> {
-    /// Moves `value` to the heap. Tracked if tracking is on now.
-    #[track_caller]
-    #[inline]
-    pub fn new(value: T) -> Self {
-        let site = Location::caller();
-        let id = if crate::is_enabled() { next_id() } else { 0 };
-        let ptr = NonNull::from(Box::leak(Box::new(ArcInner {
-            strong: AtomicUsize::new(1),
-            weak: AtomicUsize::new(1),
-            id,
-            value,
-        })));
-        if id != 0 {
-            // SAFETY: just allocated.
-            let value = unsafe { &raw const (*ptr.as_ptr()).value };
-            registry::created(id, OutstandingKind::Arc, ptr.as_ptr(), value, site);
-        }
-        TrackedArc {
-            ptr,
-            site,
-            _owns: PhantomData,
-        }
-    }
-
-    #[inline(always)]
-    fn inner(&self) -> &ArcInner<T> {
-        // SAFETY: a strong reference keeps the allocation and value alive.
-        unsafe { self.ptr.as_ref() }
-    }
-
-    /// A weak reference to the same object.
-    pub fn downgrade(this: &Self) -> WeakArc<T> {
-        let weak = &this.inner().weak;
-        let mut cur = weak.load(Ordering::Relaxed);
-        loop {
-            if cur == usize::MAX {
-                // `get_mut` is checking uniqueness on another thread.
-                std::hint::spin_loop();
-                cur = weak.load(Ordering::Relaxed);
-                continue;
-            }
-            if cur > MAX_REFCOUNT {
-                std::process::abort();
-            }
-            match weak.compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return WeakArc { ptr: this.ptr },
-                Err(old) => cur = old,
-            }
-        }
-    }
-
-    /// Strong references to the object (a snapshot).
-    pub fn strong_count(this: &Self) -> usize {
-        this.inner().strong.load(Ordering::Relaxed)
-    }
-
-    /// Weak references to the object (a snapshot).
-    pub fn weak_count(this: &Self) -> usize {
-        match this.inner().weak.load(Ordering::Relaxed) {
-            usize::MAX => 0,
-            n => n - 1,
-        }
-    }
-
-    /// True if both point to the same object.
-    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
-        a.ptr == b.ptr
-    }
-
-    /// A pointer to the value.
-    pub fn as_ptr(this: &Self) -> *const T {
-        // SAFETY: projecting to a field of the live allocation.
-        unsafe { &raw const (*this.ptr.as_ptr()).value }
-    }
-
-    /// Where this reference was taken.
-    pub fn taken_at(this: &Self) -> &'static Location<'static> {
-        this.site
-    }
-
-    /// True if the object is tracked (created while tracking was on).
-    pub fn is_tracked(this: &Self) -> bool {
-        this.inner().id != 0
-    }
-
-    /// Where each strong reference still held was taken, oldest first
-    /// (empty if the object is not tracked).
-    pub fn holders(this: &Self) -> Vec<&'static Location<'static>> {
-        registry::holders(this.inner().id)
-    }
-
-    /// The value, if this is the only strong reference; otherwise `this`
-    /// back.
-    pub fn try_unwrap(this: Self) -> Result<T, Self> {
-        if this
-            .inner()
-            .strong
-            .compare_exchange(1, 0, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return Err(this);
-        }
-        fence(Ordering::Acquire);
-        let this = std::mem::ManuallyDrop::new(this);
-        if this.inner().id != 0 {
-            registry::gone(this.inner().id);
-        }
-        // SAFETY: strong went from 1 to 0 here: the value is ours to move
-        // out, once.
-        let value = unsafe { ptr::read(&raw const (*this.ptr.as_ptr()).value) };
-        // SAFETY: the strong references' implicit weak one goes.
-        unsafe { WeakArc::release(this.ptr) };
-        Ok(value)
-    }
-
-    /// The value if this is the only strong reference; otherwise drops
-    /// this reference and returns `None`. Of several threads calling this
-    /// on the last references, exactly one gets the value.
-    pub fn into_inner(this: Self) -> Option<T> {
-        let this = std::mem::ManuallyDrop::new(this);
-        let inner = this.inner();
-        if inner.id != 0 {
-            registry::released(inner.id, this.site, false);
-        }
-        if inner.strong.fetch_sub(1, Ordering::Release) != 1 {
-            return None;
-        }
-        fence(Ordering::Acquire);
-        if inner.id != 0 {
-            registry::gone(inner.id);
-        }
-        // SAFETY: the last strong reference: the value is ours, once.
-        let value = unsafe { ptr::read(&raw const (*this.ptr.as_ptr()).value) };
-        // SAFETY: the strong references' implicit weak one goes.
-        unsafe { WeakArc::release(this.ptr) };
-        Some(value)
-    }
-
-    /// A mutable reference to the value, if no other strong or weak
-    /// reference exists.
-    pub fn get_mut(this: &mut Self) -> Option<&mut T> {
-        let inner = this.inner();
-        // Lock out `downgrade` while checking, as `std` does: with the weak
-        // count at MAX, no weak reference exists or can be made, so none
-        // can be upgraded behind our back.
-        if inner
-            .weak
-            .compare_exchange(1, usize::MAX, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return None;
-        }
-        let unique = inner.strong.load(Ordering::Acquire) == 1;
-        inner.weak.store(1, Ordering::Release);
-        if unique {
-            // SAFETY: the only reference of any kind, borrowed mutably.
-            Some(unsafe { &mut (*this.ptr.as_ptr()).value })
-        } else {
-            None
-        }
-    }
-}
-
-impl<T> Clone for TrackedArc<T> {
-    /// Another strong reference, recorded as taken here.
-    #[track_caller]
-    #[inline]
-    fn clone(&self) -> Self {
-        let inner = self.inner();
-        if inner.strong.fetch_add(1, Ordering::Relaxed) > MAX_REFCOUNT {
-            std::process::abort();
-        }
-        let site = Location::caller();
-        if inner.id != 0 {
-            registry::taken(inner.id, site);
-        }
-        TrackedArc {
-            ptr: self.ptr,
-            site,
-            _owns: PhantomData,
-        }
-    }
-}
-
-impl<T> Drop for TrackedArc<T> {
-    #[inline]
-    fn drop(&mut self) {
-        let inner = self.inner();
-        let id = inner.id;
-        if id != 0 {
-            registry::released(id, self.site, false);
-        }
-        if inner.strong.fetch_sub(1, Ordering::Release) != 1 {
-            return;
-        }
-        fence(Ordering::Acquire);
-        if id != 0 {
-            registry::gone(id);
-        }
-        // SAFETY: that was the last strong reference: drop the value once
-        // (the registry no longer lists it), then the implicit weak one.
-        unsafe {
-            ptr::drop_in_place(&raw mut (*self.ptr.as_ptr()).value);
-            WeakArc::release(self.ptr);
-        }
-    }
-}
-
-impl<T> WeakArc<T> {
-    /// A strong reference, if the value is still alive; recorded as taken
-    /// here.
-    #[track_caller]
-    pub fn upgrade(&self) -> Option<TrackedArc<T>> {
-        // SAFETY: a weak reference keeps the allocation (not the value).
-        let inner = unsafe { self.ptr.as_ref() };
-        let mut n = inner.strong.load(Ordering::Relaxed);
-        loop {
-            if n == 0 {
-                return None;
-            }
-            if n > MAX_REFCOUNT {
-                std::process::abort();
-            }
-            match inner
-                .strong
-                .compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(old) => n = old,
-            }
-        }
-        let site = Location::caller();
-        if inner.id != 0 {
-            registry::taken(inner.id, site);
-        }
-        Some(TrackedArc {
-            ptr: self.ptr,
-            site,
-            _owns: PhantomData,
-        })
-    }
-
-    /// Strong references to the object (0 once it is gone).
-    pub fn strong_count(&self) -> usize {
-        // SAFETY: a weak reference keeps the allocation.
-        unsafe { self.ptr.as_ref() }.strong.load(Ordering::Relaxed)
-    }
-
-    /// Weak references to the object (0 once it is gone).
-    pub fn weak_count(&self) -> usize {
-        // SAFETY: as above.
-        let inner = unsafe { self.ptr.as_ref() };
-        let weak = inner.weak.load(Ordering::Acquire);
-        if inner.strong.load(Ordering::Acquire) == 0 || weak == usize::MAX {
-            0
-        } else {
-            weak - 1
-        }
-    }
-
-    /// True if both point to the same object.
-    pub fn ptr_eq(&self, other: &Self) -> bool {
-        self.ptr == other.ptr
-    }
-
-    /// Drops one weak count, freeing the allocation at zero.
-    ///
-    /// # Safety
-    /// As [`WeakRc::release`].
-    unsafe fn release(ptr: NonNull<ArcInner<T>>) {
-        // SAFETY: the count being given up keeps the allocation alive.
-        let inner = unsafe { ptr.as_ref() };
-        if inner.weak.fetch_sub(1, Ordering::Release) == 1 {
-            fence(Ordering::Acquire);
-            // SAFETY: no reference is left, and the value is gone.
-            unsafe {
-                std::alloc::dealloc(
-                    ptr.as_ptr().cast(),
-                    std::alloc::Layout::new::<ArcInner<T>>(),
-                )
-            };
-        }
-    }
-}
-
-impl<T> Clone for WeakArc<T> {
-    fn clone(&self) -> Self {
-        // SAFETY: a weak reference keeps the allocation.
-        let inner = unsafe { self.ptr.as_ref() };
-        if inner.weak.fetch_add(1, Ordering::Relaxed) > MAX_REFCOUNT {
-            std::process::abort();
-        }
-        WeakArc { ptr: self.ptr }
-    }
-}
-
-impl<T> Drop for WeakArc<T> {
-    fn drop(&mut self) {
-        // SAFETY: this weak reference's count, given up once.
-        unsafe { WeakArc::release(self.ptr) }
-    }
-}
-
-impl<T> fmt::Debug for WeakArc<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("(WeakArc)")
-    }
-}
 
 // === shared trait impls ===
 
@@ -785,295 +434,6 @@ forward_impls!(TrackedArc);
 /// found inside an object.
 pub fn outstanding() -> Vec<Outstanding> {
     registry::outstanding()
-}
-
-mod registry {
-    use super::*;
-
-    /// One tracked object.
-    struct Obj {
-        kind: OutstandingKind,
-        type_name: &'static str,
-        /// Hidden address and size of the allocation.
-        block: (usize, usize),
-        /// Hidden address and size of the value.
-        value: (usize, usize),
-        bytes: usize,
-        taken_at: &'static Location<'static>,
-        /// One entry per strong reference held.
-        holders: Vec<&'static Location<'static>>,
-    }
-
-    static OBJECTS: Mutex<BTreeMap<u64, Obj>> = Mutex::new(BTreeMap::new());
-
-    fn lock() -> MutexGuard<'static, BTreeMap<u64, Obj>> {
-        OBJECTS.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    #[cold]
-    #[inline(never)]
-    pub(super) fn created<T, B>(
-        id: u64,
-        kind: OutstandingKind,
-        block: *const B,
-        value: *const T,
-        site: &'static Location<'static>,
-    ) {
-        let obj = Obj {
-            kind,
-            type_name: std::any::type_name::<T>(),
-            block: (hide(block), size_of::<B>()),
-            value: (hide(value), size_of::<T>()),
-            bytes: size_of::<T>(),
-            taken_at: site,
-            holders: Vec::new(),
-        };
-        quiet(|| {
-            let mut objs = lock();
-            let o = objs.entry(id).or_insert(obj);
-            o.holders.push(site);
-        });
-    }
-
-    #[cold]
-    #[inline(never)]
-    pub(super) fn taken(id: u64, site: &'static Location<'static>) {
-        quiet(|| {
-            if let Some(o) = lock().get_mut(&id) {
-                o.holders.push(site);
-            }
-        });
-    }
-
-    /// A strong reference taken at `site` was dropped; `last`: it was the
-    /// last one (the object goes).
-    #[cold]
-    #[inline(never)]
-    pub(super) fn released(id: u64, site: &'static Location<'static>, last: bool) {
-        quiet(|| {
-            let mut objs = lock();
-            if last {
-                objs.remove(&id);
-            } else if let Some(o) = objs.get_mut(&id) {
-                let i = o
-                    .holders
-                    .iter()
-                    .rposition(|h| ptr::eq(*h, site))
-                    .or_else(|| o.holders.iter().rposition(|h| **h == *site));
-                if let Some(i) = i {
-                    o.holders.remove(i);
-                }
-            }
-        });
-    }
-
-    /// The object goes (its last strong reference was dropped or unwrapped).
-    #[cold]
-    #[inline(never)]
-    pub(super) fn gone(id: u64) {
-        quiet(|| {
-            lock().remove(&id);
-        });
-    }
-
-    pub(super) fn holders(id: u64) -> Vec<&'static Location<'static>> {
-        if id == 0 {
-            return Vec::new();
-        }
-        lock()
-            .get(&id)
-            .map(|o| o.holders.clone())
-            .unwrap_or_default()
-    }
-
-    pub(super) fn outstanding() -> Vec<Outstanding> {
-        quiet(|| {
-            let objs = lock();
-            let ids: Vec<u64> = objs.keys().copied().collect();
-            let index: HashMap<u64, usize> =
-                ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-            let by_block: HashMap<usize, usize> = objs
-                .values()
-                .enumerate()
-                .map(|(i, o)| (reveal::<u8>(o.block.0) as usize, i))
-                .collect();
-            let mut holders: Vec<Vec<Holder>> = objs
-                .values()
-                .map(|o| {
-                    o.holders
-                        .iter()
-                        .map(|&taken_at| Holder {
-                            taken_at,
-                            inside: None,
-                        })
-                        .collect()
-                })
-                .collect();
-            // References stored in each value: a word holding an object's
-            // address followed by a word holding one of its holders' sites.
-            for (p, o) in objs.values().enumerate() {
-                let start = reveal::<usize>(o.value.0);
-                let words = o.value.1 / size_of::<usize>();
-                if start as usize % align_of::<usize>() != 0 || words < 2 {
-                    continue;
-                }
-                for w in 0..words - 1 {
-                    // SAFETY: the object is listed, so its value is alive
-                    // (it is unlisted before it is dropped, under this
-                    // lock); both words lie inside it, aligned.
-                    let (a, s) = unsafe { (read_word(start.add(w)), read_word(start.add(w + 1))) };
-                    let Some(&target) = by_block.get(&a) else {
-                        continue;
-                    };
-                    if let Some(h) = holders[target]
-                        .iter_mut()
-                        .find(|h| h.inside.is_none() && ptr::from_ref(h.taken_at) as usize == s)
-                    {
-                        h.inside = Some(ids[p]);
-                    }
-                }
-            }
-            let (unreachable, cycle) = analyse(&ids, &index, &holders);
-            objs.values()
-                .zip(holders)
-                .enumerate()
-                .map(|(i, (o, holders))| Outstanding {
-                    kind: o.kind,
-                    id: ids[i],
-                    type_name: o.type_name,
-                    bytes: o.bytes,
-                    taken_at: o.taken_at,
-                    holders,
-                    cycle: cycle[i],
-                    unreachable: unreachable[i],
-                    pool_alive: false,
-                    block: (reveal::<u8>(o.block.0) as usize, o.block.1),
-                    stack: 0,
-                })
-                .collect()
-        })
-    }
-
-    /// Which objects are held only from inside unreachable objects, and
-    /// which of those form cycles (strongly connected components with a
-    /// loop), named by their smallest id.
-    fn analyse(
-        ids: &[u64],
-        index: &HashMap<u64, usize>,
-        holders: &[Vec<Holder>],
-    ) -> (Vec<bool>, Vec<Option<u64>>) {
-        let n = ids.len();
-        // Edges p -> o: o is held inside p.
-        let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (o, hs) in holders.iter().enumerate() {
-            for h in hs {
-                if let Some(p) = h.inside.and_then(|id| index.get(&id)) {
-                    out[*p].push(o);
-                }
-            }
-        }
-        // Reachable from objects that something outside holds.
-        let mut reached = vec![false; n];
-        let mut todo: Vec<usize> = (0..n)
-            .filter(|&o| holders[o].iter().any(|h| h.inside.is_none()))
-            .collect();
-        for &o in &todo {
-            reached[o] = true;
-        }
-        while let Some(p) = todo.pop() {
-            for &o in &out[p] {
-                if !reached[o] {
-                    reached[o] = true;
-                    todo.push(o);
-                }
-            }
-        }
-        let unreachable: Vec<bool> = reached.iter().map(|r| !r).collect();
-        // Tarjan's strongly connected components over unreachable objects.
-        let mut cycle = vec![None; n];
-        let mut t = Tarjan {
-            out: &out,
-            keep: &unreachable,
-            index: vec![usize::MAX; n],
-            low: vec![0; n],
-            on_stack: vec![false; n],
-            stack: Vec::new(),
-            next: 0,
-            sccs: Vec::new(),
-        };
-        for (v, &lost) in unreachable.iter().enumerate() {
-            if lost && t.index[v] == usize::MAX {
-                t.visit(v);
-            }
-        }
-        for scc in t.sccs {
-            let looped = scc.len() > 1 || out[scc[0]].contains(&scc[0]);
-            if looped {
-                let name = scc.iter().map(|&v| ids[v]).min();
-                for v in scc {
-                    cycle[v] = name;
-                }
-            }
-        }
-        (unreachable, cycle)
-    }
-
-    struct Tarjan<'a> {
-        out: &'a [Vec<usize>],
-        keep: &'a [bool],
-        index: Vec<usize>,
-        low: Vec<usize>,
-        on_stack: Vec<bool>,
-        stack: Vec<usize>,
-        next: usize,
-        sccs: Vec<Vec<usize>>,
-    }
-
-    impl Tarjan<'_> {
-        fn visit(&mut self, v: usize) {
-            // Iterative, so that long chains do not overflow the stack.
-            let mut call: Vec<(usize, usize)> = vec![(v, 0)];
-            self.open(v);
-            while let Some(&mut (v, ref mut i)) = call.last_mut() {
-                if let Some(&w) = self.out[v].get(*i) {
-                    *i += 1;
-                    if !self.keep[w] {
-                        continue;
-                    }
-                    if self.index[w] == usize::MAX {
-                        self.open(w);
-                        call.push((w, 0));
-                    } else if self.on_stack[w] {
-                        self.low[v] = self.low[v].min(self.index[w]);
-                    }
-                } else {
-                    call.pop();
-                    if let Some(&(u, _)) = call.last() {
-                        self.low[u] = self.low[u].min(self.low[v]);
-                    }
-                    if self.low[v] == self.index[v] {
-                        let mut scc = Vec::new();
-                        while let Some(w) = self.stack.pop() {
-                            self.on_stack[w] = false;
-                            scc.push(w);
-                            if w == v {
-                                break;
-                            }
-                        }
-                        self.sccs.push(scc);
-                    }
-                }
-            }
-        }
-
-        fn open(&mut self, v: usize) {
-            self.index[v] = self.next;
-            self.low[v] = self.next;
-            self.next += 1;
-            self.stack.push(v);
-            self.on_stack[v] = true;
-        }
-    }
 }
 
 #[cfg(test)]
