@@ -36,11 +36,17 @@ pub(crate) const REDZONE: u8 = 0xfa;
 pub(crate) const FREED: u8 = 0xdd;
 /// Back red zone size, and the least front red zone.
 pub(crate) const BACK: usize = 16;
-/// Most bytes of a freed block poisoned and checked: its first 4 KiB, as
-/// much as a new block's junk fill. (64 KiB at first: then poisoning and
-/// checking large freed buffers took most of the time of programs that
-/// grow and drop big `Vec`s, for the rare write past their first pages.)
-pub(crate) const POISON_LIMIT: usize = 4096;
+/// Most bytes of a freed block poisoned: all of a block the quarantine
+/// takes (64 KiB at most), so that no pointer it held survives into the
+/// memory the inner allocator hands out next, where the leak scan would
+/// find it and take a leaked block for reachable.
+pub(crate) const POISON_LIMIT: usize = 1 << 16;
+/// Most bytes of a freed block checked when it leaves the quarantine: its
+/// first 4 KiB, as much as a new block's junk fill. (All 64 KiB at first:
+/// checking large freed buffers then took most of the time of programs
+/// that grow and drop big `Vec`s, for the rare write past their first
+/// pages.)
+pub(crate) const CHECK_LIMIT: usize = 4096;
 
 /// Front red zone size for a block of alignment `align` (0 without red zones).
 #[inline]
@@ -193,13 +199,14 @@ pub(crate) unsafe fn poison(user: *mut u8, size: usize) {
     unsafe { fill(user, FREED, size.min(POISON_LIMIT)) };
 }
 
-/// Offset of the first byte of a poisoned block that changed.
+/// Offset of the first byte of a poisoned block that changed, within its
+/// first [`CHECK_LIMIT`] bytes.
 ///
 /// # Safety
 /// As for [`poison`], on a block poisoned by it.
 pub(crate) unsafe fn check_poison(user: *const u8, size: usize) -> Option<usize> {
     // SAFETY: per the contract.
-    let bytes = unsafe { std::slice::from_raw_parts(user, size.min(POISON_LIMIT)) };
+    let bytes = unsafe { std::slice::from_raw_parts(user, size.min(CHECK_LIMIT)) };
     // Compare eight bytes at a time; look closer only at a word that differs.
     const WORD: u64 = u64::from_ne_bytes([FREED; 8]);
     let mut chunks = bytes.chunks_exact(8);

@@ -141,6 +141,15 @@ impl Drop for Scope {
 /// ran before).
 #[inline(never)]
 fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
+    let report = scan_report_inner(caller_sp, keep);
+    // The scan held the addresses of the blocks it classified, lost ones
+    // included, in its own (now dead) frames.
+    scrub_dead_stack();
+    report
+}
+
+#[inline(never)]
+fn scan_report_inner(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
     let entry_sp = caller_sp;
     let Some(_busy) = Reentry::enter() else {
         return report::build(&[], 0, Counters::default(), &Suppressions::default());
@@ -170,6 +179,38 @@ fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
     scan::build_report(&blocks)
 }
 
+/// Bytes of dead stack below the caller that [`scrub_dead_stack`] zeroes
+/// (less when the thread's stack has less room left).
+const SCRUB: usize = 32 << 10;
+
+/// Zeroes the dead stack just below the caller, where the closure of a
+/// scoped check (or the scan) ran. The pointers left there (to a block the
+/// closure leaked, say)
+/// would otherwise linger, and whatever runs at that depth next (a panic
+/// message, std's backtrace printer) may copy such stale words into its
+/// own memory, uninitialised bytes and all, where the exit report's scan
+/// would find them and call the leak reachable.
+#[inline(never)]
+fn scrub_dead_stack() {
+    let sp = crate::roots::stack_pointer();
+    // Keep 16 KiB of headroom above the thread's guard page.
+    let room = crate::unwind::stack_bounds().map_or(8 << 10, |(lo, _)| {
+        sp.saturating_sub(lo).saturating_sub(16 << 10)
+    });
+    if room >= SCRUB {
+        scrub::<SCRUB>();
+    } else if room >= SCRUB / 4 {
+        scrub::<{ SCRUB / 4 }>();
+    }
+}
+
+/// Zeroes `N` bytes of this frame.
+#[inline(never)]
+fn scrub<const N: usize>() {
+    let mut dead = [0u8; N];
+    std::hint::black_box(&mut dead);
+}
+
 /// Runs `f` in a frame of its own, so that its locals (and pointers they
 /// held) die with that frame instead of lingering in the caller's.
 #[inline(never)]
@@ -183,6 +224,7 @@ pub(crate) fn check_leaks<R>(f: impl FnOnce() -> R) -> (R, Report) {
     let scope = Scope::open();
     let value = isolated(f);
     let value = std::hint::black_box(value);
+    scrub_dead_stack();
     let report = scan_report(crate::roots::stack_pointer(), &|b| scope.contains(b));
     drop(scope);
     (value, report)

@@ -63,29 +63,42 @@ impl<T: Copy> SysVec<T> {
         let Ok(new_layout) = Layout::array::<T>(new_cap) else {
             return false;
         };
-        let new_ptr = if self.cap == 0 {
-            // SAFETY: `new_layout` has a non-zero size (new_cap >= 8, and
-            // zero-sized T is never used with SysVec).
-            unsafe { System.alloc(new_layout) }
-        } else {
-            // SAFETY: `ptr` was allocated by System with the layout of
-            // `cap` values, and the new size is non-zero.
-            unsafe {
-                System.realloc(
-                    self.ptr.as_ptr().cast(),
-                    Layout::array::<T>(self.cap).unwrap_unchecked(),
-                    new_layout.size(),
-                )
-            }
+        // A new buffer, the values copied, the old one wiped and freed (not
+        // `realloc`): see `release`.
+        // SAFETY: `new_layout` has a non-zero size (new_cap >= 8, and
+        // zero-sized T is never used with SysVec).
+        let Some(new_ptr) = NonNull::new(unsafe { System.alloc(new_layout) }.cast::<T>()) else {
+            return false;
         };
-        match NonNull::new(new_ptr.cast::<T>()) {
-            Some(p) => {
-                self.ptr = p;
-                self.cap = new_cap;
-                true
-            }
-            None => false,
+        // SAFETY: the old buffer holds `len` values, the new one has room
+        // for `new_cap >= len`, and the two are distinct.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), new_ptr.as_ptr(), self.len) };
+        self.release();
+        self.ptr = new_ptr;
+        self.cap = new_cap;
+        true
+    }
+
+    /// Wipes and frees the buffer (leaving the vector without one). The
+    /// buffers hold block addresses (registry records, quarantine FIFOs):
+    /// `System` hands the memory to the program next, and a stale address
+    /// left in a block the program does not fully write would look to the
+    /// leak scan like a pointer keeping a leaked block reachable.
+    fn release(&mut self) {
+        if self.cap == 0 {
+            return;
         }
+        // SAFETY: allocated by System with this layout in `reserve`; the
+        // whole buffer is ours to overwrite (T is plain data) and is freed
+        // exactly once.
+        unsafe {
+            let layout = Layout::array::<T>(self.cap).unwrap_unchecked();
+            let p = self.ptr.as_ptr().cast::<u8>();
+            p.write_bytes(0, layout.size());
+            System.dealloc(p, layout);
+        }
+        self.ptr = NonNull::dangling();
+        self.cap = 0;
     }
 
     /// Appends `value`; `false` if memory ran out.
@@ -116,15 +129,7 @@ impl<T: Copy> SysVec<T> {
 
 impl<T: Copy> Drop for SysVec<T> {
     fn drop(&mut self) {
-        if self.cap != 0 {
-            // SAFETY: allocated by System with this layout in `reserve`.
-            unsafe {
-                System.dealloc(
-                    self.ptr.as_ptr().cast(),
-                    Layout::array::<T>(self.cap).unwrap_unchecked(),
-                )
-            }
-        }
+        self.release();
     }
 }
 

@@ -181,13 +181,22 @@ fn walk(
     (rules::epoch() == Some(epoch)).then_some(n)
 }
 
-/// A word one walk read from the stack, and its address.
+/// A word one walk read from the stack (kept as `word ^ HIDE`), and its
+/// address.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Read {
     at: usize,
     word: usize,
 }
+
+/// What the trace cache XORs every stack word it keeps with. The cache is
+/// thread-local, and the leak scan reads thread-local storage as a root: a
+/// saved rbp is often a heap pointer, and kept as it was it would make a
+/// leaked block look reachable. With the top 16 bits set, no kept word is
+/// a user-space address.
+#[cfg(target_arch = "x86_64")]
+const HIDE: usize = 0xa5c3_0000_0000_0000;
 
 /// Stack words a cached trace holds at most (a return address per frame,
 /// and the saved rbp of frames that saved it); longer walks are not
@@ -225,7 +234,10 @@ impl Steps {
     #[inline(always)]
     fn push(&mut self, at: usize, word: usize) {
         if self.len < TRACE_READS {
-            self.read[self.len] = Read { at, word };
+            self.read[self.len] = Read {
+                at,
+                word: word ^ HIDE,
+            };
             self.len += 1;
         } else {
             self.overflow = true;
@@ -245,7 +257,7 @@ impl Steps {
         let mut diff = 0;
         for r in &self.read[..self.len.min(TRACE_READS)] {
             // SAFETY: per the contract.
-            diff |= unsafe { (r.at as *const usize).read() } ^ r.word;
+            diff |= unsafe { (r.at as *const usize).read() } ^ HIDE ^ r.word;
         }
         diff == 0
     }
@@ -259,6 +271,7 @@ struct Trace {
     /// 0: empty.
     id: u32,
     rsp: usize,
+    /// The starting rbp, `^ HIDE` (see [`HIDE`]).
     rbp: usize,
     entry_sp: usize,
     max: usize,
@@ -337,7 +350,7 @@ pub(crate) fn here_fast(
     let hit = cache.way.iter().find(|t| {
         t.id != 0
             && t.rsp == rsp
-            && (t.rbp == rbp || !t.steps.entry_rbp_used)
+            && (t.rbp == rbp ^ HIDE || !t.steps.entry_rbp_used)
             && t.entry_sp == entry_sp
             && t.max == max
             && epoch == Some(t.steps.epoch)
@@ -362,7 +375,7 @@ pub(crate) fn here_fast(
     if let (Some(id), false) = (id, t.steps.overflow) {
         t.id = id;
         t.rsp = rsp;
-        t.rbp = rbp;
+        t.rbp = rbp ^ HIDE;
         t.entry_sp = entry_sp;
         t.max = max;
     }
@@ -383,6 +396,12 @@ fn walk_and_intern(
     let mut out = [0usize; crate::stack::MAX_CAPTURE];
     let n = walk(&mut out, max, entry_sp, regs, steps)?;
     Some(intern(&out[..n]))
+}
+
+/// The calling thread's stack: unknown off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
+    None
 }
 
 /// [`capture_fast`] elsewhere: always the slow path.
@@ -457,7 +476,7 @@ thread_local! {
 /// The calling thread's stack, `lo..hi`, if known.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn stack_bounds() -> Option<(usize, usize)> {
+pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     let known = STACK.try_with(std::cell::Cell::get).ok()?;
     let bounds = if known.1 != 0 {
         known

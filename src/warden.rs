@@ -100,6 +100,12 @@ mod tracked {
     /// bytes for the same reason), and so reads of uninitialised memory
     /// stand out. Same limit as AddressSanitizer's `max_malloc_fill_size`.
     const FILL_LIMIT: usize = 4096;
+    /// Bytes of the part a `realloc` grows filled with [`JUNK`]: more than
+    /// [`FILL_LIMIT`], since a block grown in place takes in the memory
+    /// after it as it was, and collections that grow by `realloc` seldom
+    /// write all of their new capacity (a stale pointer there made a leak
+    /// look reachable). As much as a freed block is poisoned.
+    const GROW_FILL_LIMIT: usize = check::POISON_LIMIT;
     /// The fill byte for new memory.
     pub(crate) const JUNK: u8 = 0xbe;
 
@@ -259,9 +265,16 @@ mod tracked {
             );
             match freeing {
                 Freeing::Internal(_) => {
+                    // memwarden's own buffers hold the addresses of the
+                    // blocks it scanned and reported: wiped, so that none
+                    // survives into a block the program gets next, where
+                    // the scan would take it for a pointer.
                     // SAFETY: an internal block, allocated with exactly this
-                    // layout by memwarden's own code.
-                    unsafe { self.inner.dealloc(ptr, layout) }
+                    // layout by memwarden's own code, and no longer used.
+                    unsafe {
+                        ptr.write_bytes(check::FREED, layout.size());
+                        self.inner.dealloc(ptr, layout)
+                    }
                 }
                 Freeing::Live { rec, kept } => {
                     registry::count_free(rec.size());
@@ -307,6 +320,37 @@ mod tracked {
                         unsafe { self.inner.dealloc(ptr, layout) }
                     }
                 }
+            }
+        }
+
+        /// `realloc` of one of memwarden's own blocks: a new block, the
+        /// bytes copied, the old one wiped (as an internal free is) and
+        /// freed. The inner allocator's `realloc` would free the old block
+        /// with the block addresses a scan put there still in it.
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::realloc`, for an internal block.
+        unsafe fn realloc_internal(
+            &self,
+            ptr: *mut u8,
+            layout: Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: `new_layout` has the non-zero `new_size` (realloc's
+            // contract); on success both blocks are live and distinct, the
+            // old one has `layout.size()` bytes, the new one `new_size`,
+            // and the old one is freed exactly once with its layout.
+            unsafe {
+                let new = self.inner.alloc(new_layout);
+                if !new.is_null() {
+                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    ptr.write_bytes(check::FREED, layout.size());
+                    self.inner.dealloc(ptr, layout);
+                }
+                new
             }
         }
 
@@ -400,7 +444,7 @@ mod tracked {
             };
             if old.is_internal() {
                 // SAFETY: an internal block with exactly this layout.
-                let new = unsafe { self.inner.realloc(ptr, layout, new_size) };
+                let new = unsafe { self.realloc_internal(ptr, layout, new_size) };
                 let rec = if new.is_null() {
                     old
                 } else {
@@ -439,7 +483,7 @@ mod tracked {
                 // zone, `new_size` bytes and the back red zone.
                 let user = unsafe { new.add(front) };
                 if new_size > old.size() {
-                    let grown = (new_size - old.size()).min(FILL_LIMIT);
+                    let grown = (new_size - old.size()).min(GROW_FILL_LIMIT);
                     // SAFETY: bytes old.size()..new_size are the block's.
                     unsafe { user.add(old.size()).write_bytes(JUNK, grown) };
                 }

@@ -367,3 +367,34 @@ fn cached_traces_follow_recursion_depth_and_threads() {
         h.join().expect("thread failed");
     }
 }
+
+#[test]
+fn the_trace_cache_keeps_no_word_that_looks_like_an_address() {
+    // Fill this thread's cache with a few walks.
+    for d in [0, 2, 4] {
+        fn at_depth(d: usize) -> Option<u32> {
+            if d == 0 {
+                here_fast(MAX_CAPTURE, crate::roots::stack_pointer(), stack::intern)
+            } else {
+                black_box(at_depth(black_box(d - 1)))
+            }
+        }
+        assert!(at_depth(d).is_some());
+    }
+    let user_space = |w: usize| w >> 48 == 0;
+    TRACES.with(|c| {
+        // SAFETY: this thread's cache, and no capture runs meanwhile.
+        let cache = unsafe { &*c.get() };
+        let mut words = 0;
+        for t in cache.way.iter().filter(|t| t.id != 0) {
+            assert!(!user_space(t.rbp), "the starting rbp is kept as it was");
+            for r in &t.steps.read[..t.steps.len] {
+                // The leak scan reads thread-local storage: a kept return
+                // address or saved rbp must not look like a pointer.
+                assert!(!user_space(r.word), "word {:#x} kept as it was", r.word);
+                words += 1;
+            }
+        }
+        assert!(words > 0, "the walks were cached");
+    });
+}
