@@ -36,6 +36,12 @@ pub(crate) struct Suppressions {
 #[derive(Debug, Clone)]
 struct Pattern {
     glob: String,
+    /// For a pattern that is a plain Rust path (`a::b::name`, no wildcard
+    /// in its last segment): that last segment, matched against frames
+    /// known only by their short name. Release builds with line tables
+    /// only name an inlined function by its short name (`name`, not
+    /// `a::b::name`), so the full path could never match it.
+    short: Option<String>,
 }
 
 /// A malformed line of a suppressions file.
@@ -93,7 +99,12 @@ impl Suppressions {
                 if start { "" } else { "*" },
                 if end { "" } else { "*" }
             );
-            patterns.push(Pattern { glob });
+            let short = core
+                .rsplit_once("::")
+                .map(|(_, last)| last)
+                .filter(|last| !last.is_empty() && !last.contains(['*', '?', '/', '.', ':']))
+                .map(str::to_owned);
+            patterns.push(Pattern { glob, short });
         }
         (
             Suppressions {
@@ -142,7 +153,9 @@ impl Suppressions {
         }
         self.patterns.iter().any(|p| {
             frames.iter().any(|f| {
-                f.function.as_deref().is_some_and(|n| p.matches(n))
+                f.function
+                    .as_deref()
+                    .is_some_and(|n| p.matches(n) || p.matches_short(n))
                     || f.file.as_deref().is_some_and(|file| {
                         p.matches(file) || f.line.is_some_and(|l| p.matches(&format!("{file}:{l}")))
                     })
@@ -158,6 +171,16 @@ fn is_word(s: &str) -> bool {
 impl Pattern {
     fn matches(&self, text: &str) -> bool {
         glob(self.glob.as_bytes(), text.as_bytes())
+    }
+
+    /// True if `function` is a short (unqualified) name, generic arguments
+    /// aside, equal to this pattern's last path segment.
+    fn matches_short(&self, function: &str) -> bool {
+        let Some(short) = &self.short else {
+            return false;
+        };
+        let name = function.split('<').next().unwrap_or(function);
+        !name.contains("::") && name == short
     }
 }
 
@@ -251,6 +274,20 @@ mod tests {
             ..s
         };
         assert!(!off.matches(&[], true));
+    }
+
+    #[test]
+    fn a_path_matches_an_inlined_frame_known_by_its_short_name() {
+        let (s, errors) = Suppressions::parse("leak:my_crate::cache::fill\nleak:other::*\n");
+        assert!(errors.is_empty());
+        // Release builds name inlined frames by their short name.
+        assert!(s.matches(&[frame("fill", "src/cache.rs", 3)], false));
+        assert!(s.matches(&[frame("fill<u8>", "src/cache.rs", 3)], false));
+        // A qualified name must match the whole path, as before.
+        assert!(!s.matches(&[frame("elsewhere::fill", "src/x.rs", 3)], false));
+        assert!(!s.matches(&[frame("fill_more", "src/cache.rs", 3)], false));
+        // A wildcard last segment never matches by short name.
+        assert!(!s.matches(&[frame("anything", "src/y.rs", 1)], false));
     }
 
     #[test]
