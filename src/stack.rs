@@ -52,7 +52,7 @@ pub(crate) fn capture(out: &mut [usize; MAX_CAPTURE], max: usize, entry_sp: usiz
 }
 
 /// libgcc's `_Unwind_Backtrace` (through the `backtrace` crate), with the
-/// same skipping rule as [`capture`]: the fallback of the fast unwinder.
+/// same skipping rule as [`here`]: the fallback of the fast unwinder.
 #[inline(never)]
 pub(crate) fn capture_slow(out: &mut [usize], max: usize, entry_sp: usize) -> usize {
     let max = max.min(out.len());

@@ -53,9 +53,9 @@
 //! the call stack of each `alloc`, and register with memwarden, so that
 //! objects never returned (a box passed to `mem::forget`, kept in a leaked
 //! cycle, or alive when the pool was dropped) are listed at exit, with
-//! that line, by [`outstanding`]. With the `tracking` cargo feature off,
+//! that line, by [`outstanding()`]. With the `tracking` cargo feature off,
 //! [`Pool::leaks`] still lists file:line per object, without stacks, and
-//! [`outstanding`] is empty.
+//! [`outstanding()`] is empty.
 //!
 //! # Thread safety
 //!
