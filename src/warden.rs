@@ -236,6 +236,11 @@ mod tracked {
         #[inline(never)]
         unsafe fn dealloc_tracked(&self, ptr: *mut u8, layout: Layout, entry_sp: usize) {
             let addr = ptr as usize;
+            // The checks below read the block's red zones, often out of
+            // cache (freed long after it was written, or on another core):
+            // start fetching them now, while the stack is captured.
+            registry::prefetch(addr.wrapping_sub(check::BACK));
+            registry::prefetch(addr.wrapping_add(layout.size()));
             // Reports are made only outside memwarden's own code.
             let busy = Reentry::enter();
             let report = busy.is_some();
