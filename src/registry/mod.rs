@@ -174,9 +174,10 @@ impl Fifo {
         true
     }
 
+    /// The `n`th oldest address (0: the next to leave).
     #[inline]
-    fn peek(&self) -> Option<usize> {
-        (self.len > 0).then(|| self.buf.as_slice()[self.head])
+    fn peek_at(&self, n: usize) -> Option<usize> {
+        (n < self.len).then(|| self.buf.as_slice()[(self.head + n) & (self.buf.len() - 1)])
     }
 
     #[inline]
@@ -374,16 +375,29 @@ pub(crate) fn free(
             out.push(r.as_freed());
         }
     }
-    // The next block to leave has been out of cache for long: fetch its
-    // record, its first bytes (to be checked) and the inner allocator's
-    // header before it now, so that they are there when it leaves.
-    if let Some(next) = s.fifo.peek() {
-        s.table.prefetch(next);
-        prefetch(next);
+    // The blocks about to leave have been out of cache for long. A
+    // two-step pipeline, one free of this shard apart: the block after the
+    // next gets its record fetched; the next one, whose record was fetched
+    // by the free before, gets the bytes its poison check will read (the
+    // first `PREFETCH_BYTES`) and the inner allocator's header before it.
+    if let Some(next) = s.fifo.peek_at(0) {
+        let size = s.table.find(next).map_or(64, |i| s.table.at(i).size());
         prefetch(next.wrapping_sub(32));
+        let mut off = 0;
+        while off < size.min(PREFETCH_BYTES) {
+            prefetch(next.wrapping_add(off));
+            off += 64;
+        }
+        if let Some(after) = s.fifo.peek_at(1) {
+            s.table.prefetch(after);
+        }
     }
     Freeing::Live { rec, kept }
 }
+
+/// Bytes of the next block to leave the quarantine fetched ahead of its
+/// poison check (a cache line at a time).
+const PREFETCH_BYTES: usize = 512;
 
 /// Most blocks evicted from quarantine per free.
 pub(crate) const MAX_EVICT: usize = 8;
