@@ -764,84 +764,96 @@ impl<T> Core<T> {
 
 // === impl PoolBox ===
 
-impl<T> PoolBox<T> {
-    /// Where this object was taken (the `alloc` call).
-    pub fn taken_at(this: &Self) -> &'static Location<'static> {
-        // SAFETY: a taken slot in a live chunk has its site set.
-        unsafe { Slot::site(this.slot.as_ptr()) }.expect("a taken slot has a site")
-    }
+/// The handle methods and traits [`PoolBox`] and [`SyncPoolBox`] share.
+/// They differ only in their pool's shared core: the `$core` field, of
+/// type `$Core<T>`, whose `unsafe fn release(NonNull<$Core<T>>,
+/// NonNull<Slot<T>>)` gives a slot whose value is gone back to the pool.
+macro_rules! pool_box_impls {
+    ($Box:ident, $core:ident, $Core:ident) => {
+        impl<T> $Box<T> {
+            /// Where this object was taken (the `alloc` call).
+            pub fn taken_at(this: &Self) -> &'static Location<'static> {
+                // SAFETY: a taken slot in a live chunk has its site set.
+                unsafe { Slot::site(this.slot.as_ptr()) }.expect("a taken slot has a site")
+            }
 
-    /// Moves the value out and gives the slot back to the pool.
-    pub fn into_inner(this: Self) -> T {
-        let this = std::mem::ManuallyDrop::new(this);
-        // SAFETY: the slot holds a value, moved out exactly once here (the
-        // box is not dropped), then given back once.
-        unsafe {
-            let v = Slot::value(this.slot).read();
-            Core::release(this.core, this.slot);
-            v
-        }
-    }
-}
-
-impl<T> Deref for PoolBox<T> {
-    type Target = T;
-    #[inline(always)]
-    fn deref(&self) -> &T {
-        // SAFETY: a box's slot holds its value until the box goes.
-        unsafe { &*Slot::value(self.slot) }
-    }
-}
-
-impl<T> DerefMut for PoolBox<T> {
-    #[inline(always)]
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as in `deref`, and `&mut self` makes the access unique.
-        unsafe { &mut *Slot::value(self.slot) }
-    }
-}
-
-impl<T> Drop for PoolBox<T> {
-    #[inline]
-    fn drop(&mut self) {
-        /// Gives the slot back even if `T::drop` panics.
-        struct Release<T>(NonNull<Core<T>>, NonNull<Slot<T>>);
-        impl<T> Drop for Release<T> {
-            #[inline(always)]
-            fn drop(&mut self) {
-                // SAFETY: the box's slot, value gone, given back once.
-                unsafe { Core::release(self.0, self.1) }
+            /// Moves the value out and gives the slot back to the pool.
+            pub fn into_inner(this: Self) -> T {
+                let this = std::mem::ManuallyDrop::new(this);
+                // SAFETY: the slot holds a value, moved out exactly once
+                // here (the box is not dropped), then given back once.
+                unsafe {
+                    let v = Slot::value(this.slot).read();
+                    $Core::release(this.$core, this.slot);
+                    v
+                }
             }
         }
-        let _release = Release(self.core, self.slot);
-        // SAFETY: the slot holds the box's value; dropped once.
-        unsafe { ptr::drop_in_place(Slot::value(self.slot)) };
-    }
-}
 
-impl<T> AsRef<T> for PoolBox<T> {
-    fn as_ref(&self) -> &T {
-        self
-    }
-}
+        impl<T> Deref for $Box<T> {
+            type Target = T;
+            #[inline(always)]
+            fn deref(&self) -> &T {
+                // SAFETY: a box's slot holds its value until the box goes.
+                unsafe { &*Slot::value(self.slot) }
+            }
+        }
 
-impl<T> AsMut<T> for PoolBox<T> {
-    fn as_mut(&mut self) -> &mut T {
-        self
-    }
-}
+        impl<T> DerefMut for $Box<T> {
+            #[inline(always)]
+            fn deref_mut(&mut self) -> &mut T {
+                // SAFETY: as in `deref`, and `&mut self` makes the access
+                // unique.
+                unsafe { &mut *Slot::value(self.slot) }
+            }
+        }
 
-impl<T: fmt::Debug> fmt::Debug for PoolBox<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
+        impl<T> Drop for $Box<T> {
+            #[inline]
+            fn drop(&mut self) {
+                /// Gives the slot back even if `T::drop` panics.
+                struct Release<T>(NonNull<$Core<T>>, NonNull<Slot<T>>);
+                impl<T> Drop for Release<T> {
+                    #[inline(always)]
+                    fn drop(&mut self) {
+                        // SAFETY: the box's slot, value gone, given back once.
+                        unsafe { $Core::release(self.0, self.1) }
+                    }
+                }
+                let _release = Release(self.$core, self.slot);
+                // SAFETY: the slot holds the box's value; dropped once.
+                unsafe { ptr::drop_in_place(Slot::value(self.slot)) };
+            }
+        }
 
-impl<T: fmt::Display> fmt::Display for PoolBox<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&**self, f)
-    }
+        impl<T> AsRef<T> for $Box<T> {
+            fn as_ref(&self) -> &T {
+                self
+            }
+        }
+
+        impl<T> AsMut<T> for $Box<T> {
+            fn as_mut(&mut self) -> &mut T {
+                self
+            }
+        }
+
+        impl<T: fmt::Debug> fmt::Debug for $Box<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&**self, f)
+            }
+        }
+
+        impl<T: fmt::Display> fmt::Display for $Box<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&**self, f)
+            }
+        }
+    };
 }
+use pool_box_impls;
+
+pool_box_impls!(PoolBox, core, Core);
 
 #[cfg(test)]
 mod tests {
