@@ -328,6 +328,43 @@ mod tracked {
             }
         }
 
+        /// Moves the block at `ptr` (allocated from the inner allocator
+        /// with `layout`) into a new block of `new_size` bytes from
+        /// `alloc`: copies the bytes, wipes the old block if `wipe`, and
+        /// frees it with the inner allocator. Null (the old block kept) if
+        /// the layout is invalid or `alloc` fails.
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::realloc` for `ptr`, `layout` and
+        /// `new_size`; `alloc` must return null or a live block of at least
+        /// the layout it is given, distinct from `ptr`.
+        unsafe fn move_block(
+            &self,
+            ptr: *mut u8,
+            layout: Layout,
+            new_size: usize,
+            wipe: bool,
+            alloc: impl FnOnce(Layout) -> *mut u8,
+        ) -> *mut u8 {
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return std::ptr::null_mut();
+            };
+            let new = alloc(new_layout);
+            if !new.is_null() {
+                // SAFETY: both blocks are live and distinct; the old one has
+                // `layout.size()` bytes, the new one `new_size`; the old one
+                // is freed exactly once, with its layout.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    if wipe {
+                        ptr.write_bytes(check::FREED, layout.size());
+                    }
+                    self.inner.dealloc(ptr, layout);
+                }
+            }
+            new
+        }
+
         /// `realloc` of one of memwarden's own blocks: a new block, the
         /// bytes copied, the old one wiped (as an internal free is) and
         /// freed. The inner allocator's `realloc` would free the old block
@@ -341,22 +378,10 @@ mod tracked {
             layout: Layout,
             new_size: usize,
         ) -> *mut u8 {
-            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-                return std::ptr::null_mut();
-            };
-            // SAFETY: `new_layout` has the non-zero `new_size` (realloc's
-            // contract); on success both blocks are live and distinct, the
-            // old one has `layout.size()` bytes, the new one `new_size`,
-            // and the old one is freed exactly once with its layout.
-            unsafe {
-                let new = self.inner.alloc(new_layout);
-                if !new.is_null() {
-                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                    ptr.write_bytes(check::FREED, layout.size());
-                    self.inner.dealloc(ptr, layout);
-                }
-                new
-            }
+            // SAFETY: per the contract; the inner allocator's `alloc` gets a
+            // layout with the non-zero `new_size` (realloc's contract) and
+            // returns null or a new block.
+            unsafe { self.move_block(ptr, layout, new_size, true, |l| self.inner.alloc(l)) }
         }
 
         /// Moves an untracked block into a new tracked one of `new_size`
@@ -372,21 +397,14 @@ mod tracked {
             new_size: usize,
             entry_sp: usize,
         ) -> *mut u8 {
-            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-                return std::ptr::null_mut();
-            };
-            // SAFETY: `new_layout` has the non-zero `new_size` (realloc's
-            // contract) and a valid alignment.
-            let new = unsafe { self.alloc_tracked(new_layout, false, entry_sp) };
-            if !new.is_null() {
-                // SAFETY: both blocks are live and distinct; the old one has
-                // `layout.size()` bytes, the new one `new_size`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                    self.inner.dealloc(ptr, layout);
-                }
+            // SAFETY: per the contract; `alloc_tracked` gets a layout with
+            // the non-zero `new_size` (realloc's contract) and returns null
+            // or a new block.
+            unsafe {
+                self.move_block(ptr, layout, new_size, false, |l| {
+                    self.alloc_tracked(l, false, entry_sp)
+                })
             }
-            new
         }
 
         /// # Safety
