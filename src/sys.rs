@@ -359,6 +359,20 @@ impl<const N: usize> std::fmt::Write for StackBuf<N> {
     }
 }
 
+/// Asks the CPU to bring the cache line of `addr` in (a hint: never
+/// faults, whatever the address).
+#[inline(always)]
+pub(crate) fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that reads nothing architecturally and
+    // cannot fault, even for an unmapped address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

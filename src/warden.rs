@@ -239,8 +239,8 @@ mod tracked {
             // The checks below read the block's red zones, often out of
             // cache (freed long after it was written, or on another core):
             // start fetching them now, while the stack is captured.
-            registry::prefetch(addr.wrapping_sub(check::BACK));
-            registry::prefetch(addr.wrapping_add(layout.size()));
+            crate::sys::prefetch(addr.wrapping_sub(check::BACK));
+            crate::sys::prefetch(addr.wrapping_add(layout.size()));
             // Reports are made only outside memwarden's own code.
             let busy = Reentry::enter();
             let report = busy.is_some();

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::stack::StackId;
 use crate::sync::{SpinGuard, SpinLock};
-use crate::sys::{MapVec, SysVec};
+use crate::sys::{MapVec, SysVec, prefetch};
 
 mod table;
 
@@ -443,20 +443,6 @@ impl Evicted {
 #[inline]
 fn quarantine_cost(rec: &Record) -> usize {
     rec.size() + rec.align().max(16) + 48
-}
-
-/// Asks the CPU to bring the cache line of `addr` in (a hint: never
-/// faults, whatever the address).
-#[inline(always)]
-pub(crate) fn prefetch(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that reads nothing architecturally and
-    // cannot fault, even for an unmapped address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
 }
 
 /// Every shard, locked. Nothing can enter or leave the registry until the

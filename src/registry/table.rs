@@ -114,7 +114,7 @@ impl<R: Slot> Table<R> {
             .as_slice()
             .get((mix(addr) as usize) & self.mask())
         {
-            super::prefetch(r as *const R as usize);
+            crate::sys::prefetch(r as *const R as usize);
         }
     }
 
