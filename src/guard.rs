@@ -83,6 +83,7 @@ pub(crate) fn thread_id() -> u32 {
             }
             let id = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
             t.set(id);
+            crate::registry::new_epoch();
             crate::scope::on_new_thread(id);
             id
         })

@@ -83,7 +83,11 @@ pub struct Stats {
     pub live_bytes: u64,
     /// Tracked blocks alive now.
     pub live_blocks: u64,
-    /// Most bytes alive at once.
+    /// Most bytes alive at once. Exact in a program that allocates on one
+    /// thread; with several, within 16 KiB per thread (each thread adds
+    /// its share of the live bytes to the global figure when that share
+    /// has changed by 16 KiB or may make a new peak, so that no shared
+    /// counter is written on every allocation).
     pub peak_bytes: u64,
     /// Tracked allocations so far (`alloc`, `alloc_zeroed`, `realloc`).
     pub total_allocs: u64,

@@ -35,7 +35,9 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
     let (already, blocks): (Vec<Classified>, Vec<Classified>) =
         classify_all(entry_sp, caveats).into_iter().partition(|b| {
             b.kind != LeakKind::StillReachable
-                && reported.binary_search(&(b.rec.addr, b.rec.seq)).is_ok()
+                && reported
+                    .binary_search(&(b.rec.addr, b.rec.seq, b.rec.thread))
+                    .is_ok()
         });
     let mut report = build_report(&blocks);
     // Leaks a scoped check (`assert_no_leaks`, `check_leaks`, a checkpoint)

@@ -73,19 +73,21 @@ fn tag_of(id: u32) -> u16 {
         .unwrap_or(0)
 }
 
-/// Lost blocks reported by scoped checks: (address, sequence number).
-static REPORTED: SpinLock<SysVec<(usize, u64)>> = SpinLock::new(SysVec::new());
+/// Lost blocks reported by scoped checks: (address, sequence number,
+/// thread), which names one allocation (sequence numbers are counted per
+/// thread: see `registry`).
+static REPORTED: SpinLock<SysVec<(usize, u64, u32)>> = SpinLock::new(SysVec::new());
 
 fn note_reported(blocks: &[Classified]) {
     let mut r = REPORTED.lock();
     for b in blocks.iter().filter(|b| b.kind != LeakKind::StillReachable) {
-        let _ = r.push((b.rec.addr, b.rec.seq));
+        let _ = r.push((b.rec.addr, b.rec.seq, b.rec.thread));
     }
 }
 
-/// The blocks scoped checks reported as lost, (address, sequence number),
-/// sorted.
-pub(crate) fn reported() -> Vec<(usize, u64)> {
+/// The blocks scoped checks reported as lost, (address, sequence number,
+/// thread), sorted.
+pub(crate) fn reported() -> Vec<(usize, u64, u32)> {
     let n = REPORTED.lock().as_slice().len();
     let mut v = Vec::with_capacity(n + 16);
     {
@@ -116,7 +118,7 @@ impl Scope {
         let old_slack = timer_slack();
         set_timer_slack(DEFAULT_SLACK + u64::from(tag));
         Scope {
-            seq: registry::counters().0,
+            seq: registry::mark(),
             thread: guard::thread_id(),
             tag,
             old_slack,
@@ -240,7 +242,7 @@ pub(crate) fn checkpoint_seq() -> u64 {
     if !state::is_enabled() {
         state::enable_quietly();
     }
-    registry::counters().0
+    registry::mark()
 }
 
 /// Everything allocated after `seq`, still live, with its reachability;

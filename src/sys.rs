@@ -51,6 +51,12 @@ impl<T: Copy> SysVec<T> {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The layout of a buffer of `cap` values: aligned to a cache line, so
+    /// that a table's 32-byte slots never straddle two lines.
+    fn layout(cap: usize) -> Option<Layout> {
+        Layout::array::<T>(cap).ok()?.align_to(64).ok()
+    }
+
     /// Makes room for `extra` more values; `false` if memory ran out.
     pub(crate) fn reserve(&mut self, extra: usize) -> bool {
         let Some(need) = self.len.checked_add(extra) else {
@@ -60,7 +66,7 @@ impl<T: Copy> SysVec<T> {
             return true;
         }
         let new_cap = need.max(self.cap.saturating_mul(2)).max(8);
-        let Ok(new_layout) = Layout::array::<T>(new_cap) else {
+        let Some(new_layout) = Self::layout(new_cap) else {
             return false;
         };
         // A new buffer, the values copied, the old one wiped and freed (not
@@ -92,7 +98,7 @@ impl<T: Copy> SysVec<T> {
         // whole buffer is ours to overwrite (T is plain data) and is freed
         // exactly once.
         unsafe {
-            let layout = Layout::array::<T>(self.cap).unwrap_unchecked();
+            let layout = Self::layout(self.cap).unwrap_unchecked();
             let p = self.ptr.as_ptr().cast::<u8>();
             p.write_bytes(0, layout.size());
             System.dealloc(p, layout);
@@ -368,6 +374,20 @@ pub(crate) fn prefetch(addr: usize) {
     // cannot fault, even for an unmapped address.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
+/// Like [`prefetch`], for a line about to be written: it is fetched for
+/// ownership, so that the write does not wait for other cores' copies to be
+/// invalidated (`prefetchw`).
+#[inline(always)]
+pub(crate) fn prefetch_write(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch`: a hint that cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;

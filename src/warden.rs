@@ -241,6 +241,8 @@ mod tracked {
             // start fetching them now, while the stack is captured.
             crate::sys::prefetch(addr.wrapping_sub(check::BACK));
             crate::sys::prefetch(addr.wrapping_add(layout.size()));
+            // And the registry's lines for it (its record, its shard).
+            registry::prefetch_slot(addr);
             // Reports are made only outside memwarden's own code.
             let busy = Reentry::enter();
             let report = busy.is_some();
@@ -252,10 +254,11 @@ mod tracked {
             let poison = state::poison();
             let mut found = (false, None);
             let mut evicted = Evicted::new();
+            let thread = guard::thread_id();
             let freeing = registry::free(
                 addr,
                 free_stack,
-                guard::thread_id(),
+                thread,
                 budget,
                 |rec, kept| {
                     // SAFETY: a live tracked block, which nobody else can
@@ -282,7 +285,7 @@ mod tracked {
                     }
                 }
                 Freeing::Live { rec, kept } => {
-                    registry::count_free(rec.size());
+                    registry::count_free(rec.size(), thread);
                     if report && (found.0 || found.1.is_some()) {
                         block_errors(&rec, layout, found, free_stack);
                     }
@@ -478,7 +481,8 @@ mod tracked {
                 }
                 return new;
             }
-            registry::count_free(old.size());
+            let thread = guard::thread_id();
+            registry::count_free(old.size(), thread);
             let busy = Reentry::enter();
             // SAFETY: a live tracked block, ours until we put it back.
             let found = unsafe { check_block(&old, layout) };
@@ -500,7 +504,7 @@ mod tracked {
             };
             if new.is_null() {
                 // The old block is still the program's: put its record back.
-                registry::restore(old);
+                registry::restore(old, thread);
             } else {
                 // SAFETY: the new inner block has room for the front red
                 // zone, `new_size` bytes and the back red zone.
@@ -519,11 +523,11 @@ mod tracked {
                 } else {
                     // Tracking paused: keep the block tracked under its
                     // original stack.
-                    let seq = registry::count_alloc(new_size);
+                    let seq = registry::count_alloc(new_size, thread);
                     let rec =
                         Record::new(user as usize, new_size, align, seq, old.stack, old.thread);
                     if !registry::insert(rec) {
-                        registry::count_free(new_size);
+                        registry::count_free(new_size, thread);
                         state::note_untracked();
                     }
                 }
@@ -588,16 +592,10 @@ mod tracked {
     #[inline(always)]
     fn track(addr: usize, size: usize, align: usize, entry_sp: usize) {
         let stack = here(entry_sp);
-        let seq = registry::count_alloc(size);
-        if !registry::insert(Record::new(
-            addr,
-            size,
-            align,
-            seq,
-            stack,
-            guard::thread_id(),
-        )) {
-            registry::count_free(size);
+        let thread = guard::thread_id();
+        let seq = registry::count_alloc(size, thread);
+        if !registry::insert(Record::new(addr, size, align, seq, stack, thread)) {
+            registry::count_free(size, thread);
             state::note_untracked();
         }
     }

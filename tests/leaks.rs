@@ -65,6 +65,66 @@ fn clean_threads_leak_nothing() {
     expect_code(&run, 0);
 }
 
+/// The `stats NAME key=value...` lines of the `stats_counts` scenario.
+fn stats_lines(
+    run: &Run,
+) -> std::collections::HashMap<String, std::collections::HashMap<String, u64>> {
+    run.stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("stats "))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next().expect("a name").to_owned();
+            let values = words
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("key=value");
+                    (k.to_owned(), v.parse().expect("a number"))
+                })
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+#[test]
+fn stats_are_exact_on_one_thread_and_add_up_across_threads() {
+    let run = run_tracked(&["stats_counts"], &[]);
+    expect_code(&run, 0);
+    let s = stats_lines(&run);
+    let [s0, s1, s2, s3, s4] = ["s0", "s1", "s2", "s3", "s4"].map(|n| {
+        s.get(n)
+            .unwrap_or_else(|| panic!("no stats line {n}\n{}", run.describe()))
+    });
+    let d = |a: &std::collections::HashMap<String, u64>,
+             b: &std::collections::HashMap<String, u64>,
+             k: &str| { b[k] as i64 - a[k] as i64 };
+    let ctx = run.describe();
+    // One thread: every figure exact, the peak included.
+    assert_eq!(d(s0, s1, "allocs"), 3, "{ctx}");
+    assert_eq!(d(s0, s1, "bytes"), 160_000, "{ctx}");
+    assert_eq!(d(s0, s1, "live"), 60_000, "{ctx}");
+    assert_eq!(d(s0, s1, "blocks"), 2, "{ctx}");
+    assert_eq!(s1["peak"], s0["peak"].max(s0["live"] + 150_000), "{ctx}");
+    if s0["peak"] < s0["live"] + 150_000 {
+        // The peak came with the second allocation.
+        assert_eq!(s1["peak_at"], s0["allocs"] + 2, "{ctx}");
+    }
+    assert_eq!(d(s0, s2, "live"), 0, "{ctx}");
+    assert_eq!(d(s0, s2, "blocks"), 0, "{ctx}");
+    // Across threads: the thread's blocks are live on this one, and gone
+    // once freed here (the thread's own bookkeeping, a few hundred bytes,
+    // may stay).
+    assert!(d(s2, s3, "live") >= 300_000, "{ctx}");
+    assert!(d(s2, s3, "allocs") >= 301, "{ctx}");
+    assert!(s3["peak"] >= s2["live"] + 300_000, "{ctx}");
+    // Within 16 KiB per thread of the truth (two threads; the thread's
+    // `Vec` of boxes, a few KiB, was alive at the peak too).
+    assert!(s3["peak"] <= s3["live"] + 2 * 16_384 + 8_192, "{ctx}");
+    assert!(d(s2, s4, "live").abs() < 4096, "{ctx}");
+    // The peak never goes down.
+    assert!(s4["peak"] >= s3["peak"], "{ctx}");
+}
+
 #[test]
 fn box_leak_is_definitely_lost() {
     let run = run_tracked(&["box_leak"], &[]);

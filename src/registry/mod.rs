@@ -22,11 +22,11 @@
 //! recorded too, as *internal* records without a stack, so that freeing
 //! them later is not mistaken for an invalid free; they never appear in a
 //! report.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use crate::stack::StackId;
 use crate::sync::{SpinGuard, SpinLock};
-use crate::sys::{MapVec, SysVec, prefetch};
+use crate::sys::{MapVec, SysVec, prefetch, prefetch_write};
 
 mod table;
 
@@ -40,13 +40,15 @@ const ALIGN_SHIFT: u32 = 58;
 const FREED_BIT: u64 = 1 << 57;
 const SIZE_MASK: u64 = FREED_BIT - 1;
 
-/// One live tracked block.
+/// One live tracked block. (32 bytes, and tables start on a cache line:
+/// a slot never straddles two lines, so a lookup misses at most once.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Record {
     /// Address handed to the program; 0 marks an empty table slot.
     pub(crate) addr: usize,
     size_align: u64,
-    /// Allocation sequence number (1 is the first tracked allocation).
+    /// Allocation sequence number (see [`count_alloc`]): greater for a
+    /// later allocation than any [`mark`] before it.
     pub(crate) seq: u64,
     /// Allocation stack.
     pub(crate) stack: StackId,
@@ -246,21 +248,81 @@ impl Shard {
     }
 }
 
+/// A shard's lock and state on cache lines of their own, so that two
+/// threads working in two shards do not contend for one line (128 bytes:
+/// the unit that adjacent-line prefetchers fetch in).
+#[repr(align(128))]
+struct ShardCell(SpinLock<Shard>);
+
+impl std::ops::Deref for ShardCell {
+    type Target = SpinLock<Shard>;
+    fn deref(&self) -> &SpinLock<Shard> {
+        &self.0
+    }
+}
+
+/// Where a shard's table slots are: see [`prefetch_slot`].
+struct Placement {
+    first: AtomicUsize,
+    mask: AtomicUsize,
+}
+
 #[allow(clippy::declare_interior_mutable_const)]
-const SHARD_INIT: SpinLock<Shard> = SpinLock::new(Shard::new());
-static SHARD: [SpinLock<Shard>; SHARDS] = [SHARD_INIT; SHARDS];
+const SHARD_INIT: ShardCell = ShardCell(SpinLock::new(Shard::new()));
+static SHARD: [ShardCell; SHARDS] = [SHARD_INIT; SHARDS];
+#[allow(clippy::declare_interior_mutable_const)]
+const PLACEMENT_INIT: Placement = Placement {
+    first: AtomicUsize::new(0),
+    mask: AtomicUsize::new(0),
+};
+/// Each shard's [`Table::placement`], kept apart from the shards: written
+/// only when a table moves (it doubles), so these lines stay shared in
+/// every core's cache and reading them costs no transfer.
+static PLACEMENT: [Placement; SHARDS] = [PLACEMENT_INIT; SHARDS];
+
+#[inline]
+fn shard_index(addr: usize) -> usize {
+    (mix(addr) >> (64 - SHARD_BITS)) as usize
+}
 
 #[inline]
 fn shard_of(addr: usize) -> &'static SpinLock<Shard> {
-    &SHARD[(mix(addr) >> (64 - SHARD_BITS)) as usize]
+    &SHARD[shard_index(addr)]
+}
+
+/// Starts fetching, for writing, what an insert or a free of `addr` will
+/// touch: its shard's lock and state, and the table slot where the lookup
+/// of `addr` starts. Taken without the lock, from [`PLACEMENT`]: a stale
+/// placement only makes the hint useless (a prefetch never faults). On two
+/// threads the lines are often in the other core's cache; fetching them
+/// while the stack is captured hides most of the transfer.
+#[inline(always)]
+pub(crate) fn prefetch_slot(addr: usize) {
+    let h = mix(addr);
+    let i = (h >> (64 - SHARD_BITS)) as usize;
+    prefetch_write(&SHARD[i] as *const ShardCell as usize);
+    let p = &PLACEMENT[i];
+    let first = p.first.load(Ordering::Relaxed);
+    if first != 0 {
+        let slot = (h as usize) & p.mask.load(Ordering::Relaxed);
+        prefetch_write(first.wrapping_add(slot.wrapping_mul(size_of::<Record>())));
+    }
 }
 
 /// Records a block; `false` if the table could not grow (the block then
 /// stays untracked).
 #[inline]
 pub(crate) fn insert(rec: Record) -> bool {
-    let mut s = shard_of(rec.addr).lock();
-    match s.table.replace(rec) {
+    let i = shard_index(rec.addr);
+    let mut s = SHARD[i].lock();
+    let replaced = s.table.replace(rec);
+    let (first, mask) = s.table.placement();
+    let p = &PLACEMENT[i];
+    if p.first.load(Ordering::Relaxed) != first {
+        p.first.store(first, Ordering::Relaxed);
+        p.mask.store(mask, Ordering::Relaxed);
+    }
+    match replaced {
         None => false,
         Some(old) => {
             // Keep the counts exact, also when a record replaces another
@@ -502,48 +564,157 @@ pub(crate) fn snapshot(
 }
 
 // === accounting ===
+//
+// No write to a shared cache line per allocation: on two threads one
+// shared counter costs more than the rest of the tracking. Each thread
+// counts in a slot of its own ([`TALLY`], by thread number), and moves its
+// share of the live bytes to the global [`LIVE`] only when that share has
+// grown or shrunk by [`FLUSH`] bytes, or when the heap may be at a new
+// peak (the global figure plus its own share above [`PEAK`]): so the peak
+// is exact on one thread and within `FLUSH` bytes per thread otherwise.
+//
+// Sequence numbers are `epoch << SEQ_BITS | n`, with `n` the slot's count
+// of allocations (wrapping within an epoch). A new epoch starts at every
+// [`mark`] (a checkpoint, a scoped check), so everything allocated after a
+// mark has a greater number than the mark on every thread, without a
+// global counter per allocation. Epochs also start when a thread starts
+// and when a thread moves its share of the live bytes, so that the order
+// of sequence numbers follows the order of allocation across threads where
+// it matters (a block allocated before a thread was started is older than
+// the thread's blocks; the oldest block of a leaked cycle leads it).
 
-/// Tracked allocations so far; also the source of sequence numbers.
-static SEQ: AtomicU64 = AtomicU64::new(0);
-static TOTAL_BYTES: AtomicU64 = AtomicU64::new(0);
-static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Per-thread counters (shared by threads whose numbers are equal modulo
+/// [`TALLY_SLOTS`], which the atomic operations keep correct).
+#[repr(align(128))]
+struct Tally {
+    allocs: AtomicU64,
+    bytes: AtomicU64,
+    /// Live bytes counted here and not yet moved to [`LIVE`].
+    live: AtomicI64,
+    /// `allocs` when this slot last moved its share ([`ALLOCS_SEEN`]).
+    flushed_allocs: AtomicU64,
+}
+
+const TALLY_SLOTS: usize = 64;
+#[allow(clippy::declare_interior_mutable_const)]
+const TALLY_INIT: Tally = Tally {
+    allocs: AtomicU64::new(0),
+    bytes: AtomicU64::new(0),
+    live: AtomicI64::new(0),
+    flushed_allocs: AtomicU64::new(0),
+};
+static TALLY: [Tally; TALLY_SLOTS] = [TALLY_INIT; TALLY_SLOTS];
+
+/// A thread moves its live bytes to [`LIVE`] when they reach this much
+/// either way.
+const FLUSH: i64 = 16 << 10;
+/// The current epoch of sequence numbers (see above); starts at 1, so no
+/// program block has sequence number 0.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+/// Bits of a sequence number below its epoch.
+const SEQ_BITS: u32 = 24;
+/// Live bytes moved here by the threads.
+static LIVE: AtomicI64 = AtomicI64::new(0);
 static PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Allocations counted when the threads last moved their shares.
+static ALLOCS_SEEN: AtomicU64 = AtomicU64::new(0);
 static PEAK_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Counts a new tracked block and returns its sequence number.
+#[inline(always)]
+fn tally(thread: u32) -> &'static Tally {
+    &TALLY[thread as usize % TALLY_SLOTS]
+}
+
+/// Counts a new tracked block allocated by `thread` and returns its
+/// sequence number.
 #[inline]
-pub(crate) fn count_alloc(size: usize) -> u64 {
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-    TOTAL_BYTES.fetch_add(size as u64, Ordering::Relaxed);
-    let live = LIVE_BYTES.fetch_add(size as u64, Ordering::Relaxed) + size as u64;
+pub(crate) fn count_alloc(size: usize, thread: u32) -> u64 {
+    let t = tally(thread);
+    let n = t.allocs.fetch_add(1, Ordering::Relaxed) + 1;
+    t.bytes.fetch_add(size as u64, Ordering::Relaxed);
+    let mine = t.live.fetch_add(size as i64, Ordering::Relaxed) + size as i64;
+    // Reads of lines that are rarely written: shared in every core's cache.
+    if mine >= FLUSH
+        || LIVE.load(Ordering::Relaxed).saturating_add(mine)
+            > PEAK_BYTES.load(Ordering::Relaxed) as i64
+    {
+        flush(t);
+    }
+    (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & ((1 << SEQ_BITS) - 1))
+}
+
+/// Counts a tracked block going away, on `thread`.
+#[inline]
+pub(crate) fn count_free(size: usize, thread: u32) {
+    let t = tally(thread);
+    if t.live.fetch_sub(size as i64, Ordering::Relaxed) - (size as i64) <= -FLUSH {
+        flush(t);
+    }
+}
+
+/// Moves a slot's share of the live bytes to [`LIVE`], and records a new
+/// peak if there is one.
+#[cold]
+#[inline(never)]
+fn flush(t: &Tally) {
+    let mine = t.live.swap(0, Ordering::Relaxed);
+    let live = LIVE.fetch_add(mine, Ordering::Relaxed) + mine;
+    let allocs = t.allocs.load(Ordering::Relaxed);
+    let new = allocs.wrapping_sub(t.flushed_allocs.swap(allocs, Ordering::Relaxed));
+    let seen = ALLOCS_SEEN.fetch_add(new, Ordering::Relaxed) + new;
+    let live = live.max(0) as u64;
     if live > PEAK_BYTES.load(Ordering::Relaxed)
         && PEAK_BYTES.fetch_max(live, Ordering::Relaxed) < live
     {
-        PEAK_SEQ.store(seq, Ordering::Relaxed);
+        PEAK_SEQ.store(seen, Ordering::Relaxed);
     }
-    seq
+    new_epoch();
 }
 
-/// Counts a tracked block going away.
-#[inline]
-pub(crate) fn count_free(size: usize) {
-    LIVE_BYTES.fetch_sub(size as u64, Ordering::Relaxed);
+/// Starts a new epoch of sequence numbers (see above); when a thread
+/// starts, too.
+pub(crate) fn new_epoch() -> u64 {
+    EPOCH.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// A mark in the allocation history: every block allocated after this
+/// call, on any thread, has a greater sequence number; every block
+/// allocated before, a smaller or equal one.
+pub(crate) fn mark() -> u64 {
+    (new_epoch() << SEQ_BITS) - 1
 }
 
 /// Puts back a record removed by a `realloc` that failed.
-pub(crate) fn restore(rec: Record) {
+pub(crate) fn restore(rec: Record, thread: u32) {
     if insert(rec) {
-        LIVE_BYTES.fetch_add(rec.size() as u64, Ordering::Relaxed);
+        tally(thread)
+            .live
+            .fetch_add(rec.size() as i64, Ordering::Relaxed);
     }
 }
 
 /// The counters: (total allocations, total bytes, live bytes, peak bytes,
-/// sequence number at the peak).
+/// allocations made by the peak).
 pub(crate) fn counters() -> (u64, u64, u64, u64, u64) {
+    let (mut allocs, mut bytes, mut live) = (0u64, 0u64, LIVE.load(Ordering::Relaxed));
+    for t in &TALLY {
+        allocs += t.allocs.load(Ordering::Relaxed);
+        bytes += t.bytes.load(Ordering::Relaxed);
+        live += t.live.load(Ordering::Relaxed);
+    }
+    let live = live.max(0) as u64;
+    // Every thread's share counted, the live figure may be above the peak
+    // the threads saw: it is the peak from now on (so that the peak never
+    // goes down from one call to the next).
+    if live > PEAK_BYTES.load(Ordering::Relaxed)
+        && PEAK_BYTES.fetch_max(live, Ordering::Relaxed) < live
+    {
+        PEAK_SEQ.store(allocs, Ordering::Relaxed);
+    }
     (
-        SEQ.load(Ordering::Relaxed),
-        TOTAL_BYTES.load(Ordering::Relaxed),
-        LIVE_BYTES.load(Ordering::Relaxed),
+        allocs,
+        bytes,
+        live,
         PEAK_BYTES.load(Ordering::Relaxed),
         PEAK_SEQ.load(Ordering::Relaxed),
     )
@@ -561,6 +732,22 @@ mod tests {
             (12345, 4096, 9, 3, 4)
         );
         assert_eq!(size_of::<Record>(), 32);
+    }
+
+    #[test]
+    fn a_mark_separates_what_came_before_from_what_comes_after() {
+        // Thread numbers of their own, so that other tests' counts do not
+        // mix in (they may still share a slot: the order holds anyway).
+        let (a, b) = (1_000_001, 1_000_002);
+        let before = [count_alloc(8, a), count_alloc(8, b)];
+        let m = mark();
+        let after = [count_alloc(8, b), count_alloc(8, a)];
+        assert!(before.iter().all(|&s| s <= m) && after.iter().all(|&s| s > m));
+        assert!(before[0] != before[1] && after[0] != after[1]);
+        assert!(mark() > m);
+        for t in [a, b, a, b] {
+            count_free(8, t);
+        }
     }
 
     /// `n` leaked 64-byte buffers whose addresses all fall in one shard:

@@ -37,6 +37,8 @@ impl<R: Slot> Table<R> {
         self.slots.len().wrapping_sub(1)
     }
 
+    #[cold]
+    #[inline(never)]
     fn grow(&mut self) -> bool {
         let new_len = (self.slots.len() * 2).max(256);
         let mut slots = SysVec::new();
@@ -65,6 +67,7 @@ impl<R: Slot> Table<R> {
 
     /// Inserts or replaces: `None` if the table could not grow, else the
     /// value replaced (`Some(None)` for a new key).
+    #[inline]
     pub(crate) fn replace(&mut self, rec: R) -> Option<Option<R>> {
         if (self.len + 1) * 2 > self.slots.len() && !self.grow() {
             return None;
@@ -107,14 +110,27 @@ impl<R: Slot> Table<R> {
         self.find(addr).map(|i| self.slots.as_slice()[i])
     }
 
-    /// Brings the slot where a lookup of `addr` starts into cache.
+    /// Brings the slot where a lookup of `addr` starts into cache, and the
+    /// slot after it, which a removal reads next (to shift it back).
     pub(crate) fn prefetch(&self, addr: usize) {
         if let Some(r) = self
             .slots
             .as_slice()
             .get((mix(addr) as usize) & self.mask())
         {
-            crate::sys::prefetch(r as *const R as usize);
+            let at = r as *const R as usize;
+            crate::sys::prefetch(at);
+            crate::sys::prefetch(at + size_of::<R>());
+        }
+    }
+
+    /// Where the slots are (0 while there are none), and the mask of slot
+    /// indices: for [`super::prefetch_slot`], which finds a key's slot
+    /// without the shard's lock.
+    pub(crate) fn placement(&self) -> (usize, usize) {
+        match self.slots.len() {
+            0 => (0, 0),
+            _ => (self.slots.as_slice().as_ptr() as usize, self.mask()),
         }
     }
 

@@ -75,6 +75,7 @@ const SCENARIOS: &[&str] = &[
     "sync_pool_leak",
     "pool_cycle",
     "tracked_cycle",
+    "stats_counts",
 ];
 
 /// What `main` was asked to do. Parsed first, so that the argument strings
@@ -132,6 +133,7 @@ fn parse(args: &[String]) -> Action {
         Some("sync_pool_leak") => run(sync_pool_leak),
         Some("pool_cycle") => run(pool_cycle),
         Some("tracked_cycle") => run(tracked_cycle),
+        Some("stats_counts") => run(stats_counts),
         Some(other) => Action::Usage(format!("unknown scenario `{other}` (scenarios --list)")),
     }
 }
@@ -223,6 +225,43 @@ fn clean_threads() {
     black_box((total, received));
     let scoped = thread::scope(|s| s.spawn(|| vec![0u8; 512].len()).join().unwrap());
     black_box(scoped);
+}
+
+// ---------------------------------------------------------------------------
+// stats_counts: `memwarden::stats()` around known allocations, printed as
+// `stats NAME live=.. peak=.. allocs=.. bytes=.. peak_at=..` lines.
+
+fn print_stats(name: &str, s: &memwarden::Stats) {
+    println!(
+        "stats {name} live={} peak={} allocs={} bytes={} peak_at={} blocks={}",
+        s.live_bytes, s.peak_bytes, s.total_allocs, s.total_bytes, s.peak_at_alloc, s.live_blocks
+    );
+}
+
+fn stats_counts() {
+    // One thread: 100,000 + 50,000 bytes live at the peak.
+    let s0 = memwarden::stats();
+    let a = black_box(vec![1u8; 100_000]);
+    let b = black_box(vec![2u8; 50_000]);
+    drop(a);
+    let c = black_box(vec![3u8; 10_000]);
+    let s1 = memwarden::stats();
+    drop(b);
+    drop(c);
+    let s2 = memwarden::stats();
+    // Two threads: 300 blocks of 1,000 bytes allocated on a thread and
+    // freed on this one, a few at a time (each thread's share of the live
+    // bytes moves to the global figure only now and then).
+    let boxes: Vec<Box<[u8; 1000]>> =
+        thread::spawn(|| (0..300u16).map(|i| Box::new([i as u8; 1000])).collect())
+            .join()
+            .unwrap();
+    let s3 = memwarden::stats();
+    drop(boxes);
+    let s4 = memwarden::stats();
+    for (name, s) in [("s0", s0), ("s1", s1), ("s2", s2), ("s3", s3), ("s4", s4)] {
+        print_stats(name, &s);
+    }
 }
 
 // ---------------------------------------------------------------------------
