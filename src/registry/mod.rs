@@ -2,9 +2,16 @@
 //!
 //! A fixed array of [`SHARDS`] shards, each a spin-locked open-addressing
 //! hash table keyed by block address (linear probing, backward-shift
-//! deletion, no tombstones). A block's shard comes from a hash of its
-//! address, so threads allocating at once rarely meet on a lock, and a free
-//! on another thread than the allocation finds the record the same way.
+//! deletion, no tombstones). A block's shard comes from a hash of the 64 KiB
+//! region of address space it lies in, and a free on another thread than
+//! the allocation finds the record the same way. Blocks allocated side by
+//! side, and freed in the same order (a batch sent to another thread, the
+//! quarantine emptying in the order it filled), so share a shard, whose
+//! lock and state then stay in one core's cache for a run of operations
+//! instead of crossing between cores at each; and the inner allocator
+//! gives each thread regions of its own (glibc's arenas, mimalloc's pages),
+//! so threads rarely meet on a lock. (Hashing each address instead spread
+//! the same work over every shard: 1.3 to 1.5 times slower on two threads.)
 //!
 //! A record is 32 bytes: address, size and align (packed), sequence number,
 //! stack id and thread number. Tables grow through `System`, never through
@@ -280,9 +287,12 @@ const PLACEMENT_INIT: Placement = Placement {
 /// every core's cache and reading them costs no transfer.
 static PLACEMENT: [Placement; SHARDS] = [PLACEMENT_INIT; SHARDS];
 
+/// Blocks in one region of `1 << SHARD_REGION_BITS` bytes share a shard.
+const SHARD_REGION_BITS: u32 = 16;
+
 #[inline]
 fn shard_index(addr: usize) -> usize {
-    (mix(addr) >> (64 - SHARD_BITS)) as usize
+    (mix(addr >> SHARD_REGION_BITS) >> (64 - SHARD_BITS)) as usize
 }
 
 #[inline]
@@ -298,13 +308,12 @@ fn shard_of(addr: usize) -> &'static SpinLock<Shard> {
 /// while the stack is captured hides most of the transfer.
 #[inline(always)]
 pub(crate) fn prefetch_slot(addr: usize) {
-    let h = mix(addr);
-    let i = (h >> (64 - SHARD_BITS)) as usize;
+    let i = shard_index(addr);
     prefetch_write(&SHARD[i] as *const ShardCell as usize);
     let p = &PLACEMENT[i];
     let first = p.first.load(Ordering::Relaxed);
     if first != 0 {
-        let slot = (h as usize) & p.mask.load(Ordering::Relaxed);
+        let slot = (mix(addr) as usize) & p.mask.load(Ordering::Relaxed);
         prefetch_write(first.wrapping_add(slot.wrapping_mul(size_of::<Record>())));
     }
 }
