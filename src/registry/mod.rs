@@ -423,7 +423,7 @@ pub(crate) fn free(
         s.take(addr);
         return Freeing::Internal(rec);
     }
-    let kept = budget > 0 && rec.size() <= budget / 2 && s.fifo.push(addr);
+    let kept = budget > 0 && rec.size() <= budget / 2 && s.fifo.push(fifo_entry(addr, rec.size()));
     inspect(&rec, kept);
     if !kept {
         s.take(addr);
@@ -438,10 +438,13 @@ pub(crate) fn free(
         let Some(old) = s.fifo.pop() else { break };
         // Only a quarantined record leaves (the address was re-used if
         // anything else is there now, which the FIFO cannot know).
-        if !s.table.get(old).is_some_and(|r| r.is_freed()) {
+        let Some(i) = s.table.find(entry_addr(old)) else {
             continue;
-        }
-        if let Some(r) = s.take(old) {
+        };
+        let r = s.table.at(i);
+        if r.is_freed() {
+            s.table.remove_at(i);
+            s.freed -= 1;
             s.fifo_bytes -= quarantine_cost(&r);
             out.push(r.as_freed());
         }
@@ -450,17 +453,16 @@ pub(crate) fn free(
     // two-step pipeline, one free of this shard apart: the block after the
     // next gets its record fetched; the next one, whose record was fetched
     // by the free before, gets the bytes its poison check will read (the
-    // first `PREFETCH_BYTES`) and the inner allocator's header before it.
+    // first `PREFETCH_BYTES`, as many as its FIFO entry says) and the inner
+    // allocator's header before it.
     if let Some(next) = s.fifo.peek_at(0) {
-        let size = s.table.find(next).map_or(64, |i| s.table.at(i).size());
-        prefetch(next.wrapping_sub(32));
-        let mut off = 0;
-        while off < size.min(PREFETCH_BYTES) {
-            prefetch(next.wrapping_add(off));
-            off += 64;
+        let at = entry_addr(next);
+        prefetch(at.wrapping_sub(32));
+        for line in 0..entry_lines(next) {
+            prefetch(at.wrapping_add(line * 64));
         }
         if let Some(after) = s.fifo.peek_at(1) {
-            s.table.prefetch(after);
+            s.table.prefetch(entry_addr(after));
         }
     }
     Freeing::Live { rec, kept }
@@ -469,6 +471,29 @@ pub(crate) fn free(
 /// Bytes of the next block to leave the quarantine fetched ahead of its
 /// poison check (a cache line at a time).
 const PREFETCH_BYTES: usize = 512;
+
+/// Bits of a FIFO entry that hold the address (user-space addresses are
+/// below 2^57 even with five-level page tables).
+const ENTRY_ADDR_BITS: u32 = 60;
+
+/// A quarantine FIFO entry: the block's address, and in the top bits how
+/// many of its first cache lines to prefetch before it leaves (so that
+/// the prefetch needs no lookup of its record).
+#[inline]
+fn fifo_entry(addr: usize, size: usize) -> usize {
+    let lines = size.min(PREFETCH_BYTES).div_ceil(64);
+    addr | (lines << ENTRY_ADDR_BITS)
+}
+
+#[inline]
+fn entry_addr(entry: usize) -> usize {
+    entry & ((1 << ENTRY_ADDR_BITS) - 1)
+}
+
+#[inline]
+fn entry_lines(entry: usize) -> usize {
+    entry >> ENTRY_ADDR_BITS
+}
 
 /// Most blocks evicted from quarantine per free.
 pub(crate) const MAX_EVICT: usize = 8;
@@ -741,6 +766,17 @@ mod tests {
             (12345, 4096, 9, 3, 4)
         );
         assert_eq!(size_of::<Record>(), 32);
+    }
+
+    #[test]
+    fn a_fifo_entry_holds_the_address_and_the_lines_to_prefetch() {
+        let top = (1usize << 57) - 16;
+        for (size, lines) in [(1, 1), (64, 1), (65, 2), (512, 8), (100_000, 8)] {
+            for addr in [0x10, 0x7fff_1234_5670, top] {
+                let e = fifo_entry(addr, size);
+                assert_eq!((entry_addr(e), entry_lines(e)), (addr, lines));
+            }
+        }
     }
 
     #[test]

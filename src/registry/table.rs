@@ -146,7 +146,13 @@ impl<R: Slot> Table<R> {
     }
 
     pub(crate) fn remove(&mut self, addr: usize) -> Option<R> {
-        let mut hole = self.find(addr)?;
+        let i = self.find(addr)?;
+        Some(self.remove_at(i))
+    }
+
+    /// Removes the value in slot `i` (from [`Table::find`]).
+    pub(crate) fn remove_at(&mut self, i: usize) -> R {
+        let mut hole = i;
         let mask = self.mask();
         let slots = self.slots.as_mut_slice();
         let removed = slots[hole];
@@ -170,7 +176,7 @@ impl<R: Slot> Table<R> {
         }
         slots[hole] = R::EMPTY;
         self.len -= 1;
-        Some(removed)
+        removed
     }
 
     pub(crate) fn len(&self) -> usize {
