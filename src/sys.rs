@@ -370,11 +370,7 @@ impl<const N: usize> std::fmt::Write for StackBuf<N> {
 #[inline(always)]
 pub(crate) fn prefetch(addr: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that reads nothing architecturally and
-    // cannot fault, even for an unmapped address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
-    }
+    hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
 }
@@ -385,12 +381,17 @@ pub(crate) fn prefetch(addr: usize) {
 #[inline(always)]
 pub(crate) fn prefetch_write(addr: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as for `prefetch`: a hint that cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr as *const i8);
-    }
+    hint::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn hint<const KIND: i32>(addr: usize) {
+    // SAFETY: a prefetch is a hint that reads nothing architecturally and
+    // cannot fault, even for an unmapped address.
+    unsafe { std::arch::x86_64::_mm_prefetch::<KIND>(addr as *const i8) }
 }
 
 #[cfg(test)]
