@@ -376,14 +376,62 @@ pub(crate) fn prefetch(addr: usize) {
 }
 
 /// Like [`prefetch`], for a line about to be written: it is fetched for
-/// ownership, so that the write does not wait for other cores' copies to be
-/// invalidated (`prefetchw`).
+/// ownership (`prefetchw`, where the CPU has it), so that the write does not
+/// wait for other cores' copies to be invalidated. (`_mm_prefetch` with the
+/// write hint compiles to a plain `prefetcht0` unless the whole program is
+/// built for CPUs with `prfchw`; hence the instruction by hand, after a
+/// CPUID check.)
 #[inline(always)]
 pub(crate) fn prefetch_write(addr: usize) {
     #[cfg(target_arch = "x86_64")]
-    hint::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr);
+    if has_prefetchw() {
+        // SAFETY: the CPU supports PREFETCHW (checked with CPUID); like any
+        // prefetch it is a hint that cannot fault and writes nothing.
+        unsafe {
+            std::arch::asm!(
+                "prefetchw [{}]",
+                in(reg) addr,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    } else {
+        hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
+    }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
+}
+
+/// 0: not checked yet; 1: no PREFETCHW; 2: PREFETCHW.
+#[cfg(target_arch = "x86_64")]
+static PREFETCHW: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    match PREFETCHW.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => check_prefetchw(),
+        v => v == 2,
+    }
+}
+
+/// CPUID leaf 0x8000_0001, ECX bit 8 (`PRFCHW`, "3DNowPrefetch"): no
+/// allocation, no lock, so fine on the allocation path.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+#[inline(never)]
+fn check_prefetchw() -> bool {
+    use std::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads identification
+    // registers (the intrinsic is `unsafe` on older compilers only).
+    let yes = unsafe {
+        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+    };
+    PREFETCHW.store(
+        if yes { 2 } else { 1 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    yes
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -397,6 +445,17 @@ fn hint<const KIND: i32>(addr: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefetches_never_fault() {
+        // Hints only: unmapped, null and kernel addresses are fine.
+        for addr in [0, 8, usize::MAX, 0xffff_8000_0000_0000, 0x1000] {
+            prefetch(addr);
+            prefetch_write(addr);
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(has_prefetchw(), check_prefetchw());
+    }
 
     #[test]
     fn sysvec_grows_and_keeps_values() {
