@@ -236,7 +236,8 @@ pub(crate) fn classify<M: Mappings>(
     for i in 0..n {
         order.push(i as u32);
     }
-    // Pool objects share their chunk's sequence number: then by address.
+    // Equal sequence numbers (pool objects a thread took between two of
+    // its allocations share one): then by address.
     // Pool bookkeeping last, so that a lost pool object's clique takes its
     // pool's core in before the core could lead a clique of its own.
     let internal = |i: usize| s.pools.is_some_and(|p| p.internal[i]);

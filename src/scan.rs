@@ -203,7 +203,9 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
 /// The rules (Valgrind's for memory pools, plus what makes a forgotten
 /// pool object lost at the line that took it):
 /// * a chunk is not a block; each object taken from it is one: its value,
-///   with the stack of its `alloc`, the chunk's sequence number and thread;
+///   with the stack, sequence number and thread of its `alloc` (so that a
+///   scoped check keeps an object taken after it started, on its threads,
+///   whenever its chunk was allocated);
 /// * a pointer to an object's slot header (what its box holds) is a
 ///   pointer to its start;
 /// * the pool's own bookkeeping (its core, chunk list and free lists) does
@@ -302,8 +304,9 @@ impl PoolScan {
 
 /// Replaces the records of pool chunks (`chunks`: their start addresses,
 /// sorted) by one record per object taken from them (`objects`, by
-/// address): its value, which inherits its chunk's sequence number and
-/// thread. Allocation-free: runs while the world is stopped.
+/// address): its value, with the sequence number and thread its slot
+/// recorded when it was taken (its chunk's if none was recorded: a take
+/// caught half-way). Allocation-free: runs while the world is stopped.
 fn swap_chunks_for_objects(
     snap: &mut MapVec<Record>,
     chunks: &[usize],
@@ -340,7 +343,8 @@ fn swap_chunks_for_objects(
         else {
             continue;
         };
-        let _ = snap.push(Record::new(o.value, o.bytes, 8, c.seq, o.stack, c.thread));
+        let (seq, thread) = o.taken.unwrap_or((c.seq, c.thread));
+        let _ = snap.push(Record::new(o.value, o.bytes, 8, seq, o.stack, thread));
     }
 }
 

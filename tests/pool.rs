@@ -40,81 +40,190 @@ impl Drop for Counted {
     }
 }
 
+/// Turns tracking on (a pool made then is registered, and its chunks keep
+/// when and on which thread each object was taken); false if it cannot be
+/// (the `tracking` feature is off, or Miri, where `enable` cannot register
+/// the exit report).
+fn tracking_on() -> bool {
+    if !cfg!(miri) {
+        memwarden::enable();
+    }
+    memwarden::is_enabled()
+}
+
+/// True if a pool's chunks have room for more than a one-word header per
+/// object of `value` bytes: the layout of a pool made while tracking was on
+/// (see `src/pool/slot.rs`).
+fn has_tracked_layout(s: &memwarden::pool::PoolStats, value: usize) -> bool {
+    s.slots > 0 && s.bytes / s.slots > (value + 8).next_multiple_of(8)
+}
+
+/// `Pool` against a model: every live box keeps its value, addresses are
+/// never shared, `alloc` fails exactly at the capacity, and the figures
+/// add up. `tracked`: the pool must have been made while tracking was on.
+fn pool_model(
+    chunk_len: usize,
+    capacity: usize,
+    ops: Vec<Op>,
+    tracked: bool,
+) -> Result<(), TestCaseError> {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let pool: Pool<Counted> = Pool::builder()
+        .chunk_len(chunk_len)
+        .capacity(capacity)
+        .build();
+    let mut live: Vec<PoolBox<Counted>> = Vec::new();
+    let mut model: Vec<u32> = Vec::new();
+    let (mut made, mut high) = (0usize, 0usize);
+    for op in ops {
+        match op {
+            Op::Take(v) => match pool.alloc(Counted(v, Arc::clone(&drops))) {
+                Ok(b) => {
+                    made += 1;
+                    live.push(b);
+                    model.push(v);
+                    high = high.max(model.len());
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), PoolErrorKind::CapacityReached { capacity });
+                    prop_assert_eq!(model.len(), capacity);
+                    made += 1; // the value comes back and is dropped
+                    prop_assert_eq!(e.into_inner().0, v);
+                }
+            },
+            Op::Return(i) if !live.is_empty() => {
+                let i = i % live.len();
+                drop(live.swap_remove(i));
+                model.swap_remove(i);
+            }
+            Op::IntoInner(i) if !live.is_empty() => {
+                let i = i % live.len();
+                let v = PoolBox::into_inner(live.swap_remove(i));
+                prop_assert_eq!(v.0, model.swap_remove(i));
+            }
+            Op::Shrink => {
+                let before = pool.stats();
+                let freed = pool.shrink();
+                let after = pool.stats();
+                prop_assert_eq!(after.chunks, before.chunks - freed);
+                prop_assert_eq!(after.live, before.live);
+                // Chunks still held each hold a live object.
+                prop_assert!(after.chunks <= after.live);
+            }
+            _ => {}
+        }
+        let s = pool.stats();
+        prop_assert_eq!(s.live, model.len());
+        prop_assert_eq!(s.free, s.slots - s.live);
+        prop_assert!(s.slots <= capacity);
+        prop_assert_eq!(s.high_water, high);
+        let values: Vec<u32> = live.iter().map(|b| b.0).collect();
+        prop_assert_eq!(&values, &model);
+        let addrs: HashSet<usize> = live
+            .iter()
+            .map(|b| &**b as *const Counted as usize)
+            .collect();
+        prop_assert_eq!(addrs.len(), live.len());
+        prop_assert_eq!(drops.load(Ordering::Relaxed), made - model.len());
+    }
+    prop_assert_eq!(pool.leaks().len(), model.len());
+    let s = pool.stats();
+    prop_assert!(!tracked || s.slots == 0 || has_tracked_layout(&s, size_of::<Counted>()));
+    drop(pool); // with boxes alive: they stay valid
+    let values: Vec<u32> = live.iter().map(|b| b.0).collect();
+    prop_assert_eq!(&values, &model);
+    drop(live);
+    prop_assert_eq!(drops.load(Ordering::Relaxed), made);
+    Ok(())
+}
+
+/// `SyncPool` (with or without thread caches) against the same model, on
+/// one thread. `tracked`: as for [`pool_model`].
+fn sync_pool_model(
+    chunk_len: usize,
+    capacity: usize,
+    cache: usize,
+    ops: Vec<Op>,
+    tracked: bool,
+) -> Result<(), TestCaseError> {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let pool: SyncPool<Counted> = SyncPool::builder()
+        .chunk_len(chunk_len)
+        .capacity(capacity)
+        .thread_cache(cache)
+        .build_sync();
+    let mut live: Vec<SyncPoolBox<Counted>> = Vec::new();
+    let mut model: Vec<u32> = Vec::new();
+    let mut made = 0usize;
+    for op in ops {
+        match op {
+            Op::Take(v) => match pool.alloc(Counted(v, Arc::clone(&drops))) {
+                Ok(b) => {
+                    made += 1;
+                    live.push(b);
+                    model.push(v);
+                }
+                Err(e) => {
+                    prop_assert_eq!(e.kind(), PoolErrorKind::CapacityReached { capacity });
+                    // Slots this thread caches are free too, but only the
+                    // depot's count toward a refusal: with a cache, fewer
+                    // than `capacity` may be live.
+                    prop_assert!(model.len() <= capacity);
+                    if cache == 0 {
+                        prop_assert_eq!(model.len(), capacity);
+                    }
+                    made += 1;
+                    drop(e);
+                }
+            },
+            Op::Return(i) if !live.is_empty() => {
+                let i = i % live.len();
+                drop(live.swap_remove(i));
+                model.swap_remove(i);
+            }
+            Op::IntoInner(i) if !live.is_empty() => {
+                let i = i % live.len();
+                let v = SyncPoolBox::into_inner(live.swap_remove(i));
+                prop_assert_eq!(v.0, model.swap_remove(i));
+            }
+            Op::Shrink => {
+                let before = pool.stats();
+                let freed = pool.shrink();
+                prop_assert_eq!(pool.stats().chunks, before.chunks - freed);
+                prop_assert!(pool.stats().chunks <= model.len());
+            }
+            _ => {}
+        }
+        let s = pool.stats();
+        prop_assert_eq!(s.live, model.len());
+        prop_assert!(s.slots <= capacity);
+        prop_assert!(s.high_water >= s.live);
+        let values: Vec<u32> = live.iter().map(|b| b.0).collect();
+        prop_assert_eq!(&values, &model);
+        prop_assert_eq!(drops.load(Ordering::Relaxed), made - model.len());
+    }
+    let s = pool.stats();
+    prop_assert!(!tracked || s.slots == 0 || has_tracked_layout(&s, size_of::<Counted>()));
+    drop(pool);
+    drop(live);
+    prop_assert_eq!(drops.load(Ordering::Relaxed), made);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
 
-    /// `Pool` against a model: every live box keeps its value, addresses are
-    /// never shared, `alloc` fails exactly at the capacity, and the figures
-    /// add up.
+    /// [`pool_model`], tracking on or off (other tests here turn it on).
     #[test]
     fn pool_matches_model(
         chunk_len in 1usize..9,
         capacity in prop_oneof![Just(usize::MAX), 0usize..40],
         ops in prop::collection::vec(op(), 0..120),
     ) {
-        let drops = Arc::new(AtomicUsize::new(0));
-        let pool: Pool<Counted> = Pool::builder().chunk_len(chunk_len).capacity(capacity).build();
-        let mut live: Vec<PoolBox<Counted>> = Vec::new();
-        let mut model: Vec<u32> = Vec::new();
-        let (mut made, mut high) = (0usize, 0usize);
-        for op in ops {
-            match op {
-                Op::Take(v) => match pool.alloc(Counted(v, Arc::clone(&drops))) {
-                    Ok(b) => {
-                        made += 1;
-                        live.push(b);
-                        model.push(v);
-                        high = high.max(model.len());
-                    }
-                    Err(e) => {
-                        prop_assert_eq!(e.kind(), PoolErrorKind::CapacityReached { capacity });
-                        prop_assert_eq!(model.len(), capacity);
-                        made += 1; // the value comes back and is dropped
-                        prop_assert_eq!(e.into_inner().0, v);
-                    }
-                },
-                Op::Return(i) if !live.is_empty() => {
-                    let i = i % live.len();
-                    drop(live.swap_remove(i));
-                    model.swap_remove(i);
-                }
-                Op::IntoInner(i) if !live.is_empty() => {
-                    let i = i % live.len();
-                    let v = PoolBox::into_inner(live.swap_remove(i));
-                    prop_assert_eq!(v.0, model.swap_remove(i));
-                }
-                Op::Shrink => {
-                    let before = pool.stats();
-                    let freed = pool.shrink();
-                    let after = pool.stats();
-                    prop_assert_eq!(after.chunks, before.chunks - freed);
-                    prop_assert_eq!(after.live, before.live);
-                    // Chunks still held each hold a live object.
-                    prop_assert!(after.chunks <= after.live);
-                }
-                _ => {}
-            }
-            let s = pool.stats();
-            prop_assert_eq!(s.live, model.len());
-            prop_assert_eq!(s.free, s.slots - s.live);
-            prop_assert!(s.slots <= capacity);
-            prop_assert_eq!(s.high_water, high);
-            let values: Vec<u32> = live.iter().map(|b| b.0).collect();
-            prop_assert_eq!(&values, &model);
-            let addrs: HashSet<usize> = live.iter().map(|b| &**b as *const Counted as usize).collect();
-            prop_assert_eq!(addrs.len(), live.len());
-            prop_assert_eq!(drops.load(Ordering::Relaxed), made - model.len());
-        }
-        prop_assert_eq!(pool.leaks().len(), model.len());
-        drop(pool); // with boxes alive: they stay valid
-        let values: Vec<u32> = live.iter().map(|b| b.0).collect();
-        prop_assert_eq!(&values, &model);
-        drop(live);
-        prop_assert_eq!(drops.load(Ordering::Relaxed), made);
+        pool_model(chunk_len, capacity, ops, false)?;
     }
 
-    /// `SyncPool` without thread caches (exact capacity) against the same
-    /// model, on one thread.
+    /// [`sync_pool_model`], tracking on or off.
     #[test]
     fn sync_pool_matches_model(
         chunk_len in 1usize..9,
@@ -122,65 +231,36 @@ proptest! {
         cache in prop_oneof![Just(0usize), 1usize..8],
         ops in prop::collection::vec(op(), 0..120),
     ) {
-        let drops = Arc::new(AtomicUsize::new(0));
-        let pool: SyncPool<Counted> = SyncPool::builder()
-            .chunk_len(chunk_len)
-            .capacity(capacity)
-            .thread_cache(cache)
-            .build_sync();
-        let mut live: Vec<SyncPoolBox<Counted>> = Vec::new();
-        let mut model: Vec<u32> = Vec::new();
-        let mut made = 0usize;
-        for op in ops {
-            match op {
-                Op::Take(v) => match pool.alloc(Counted(v, Arc::clone(&drops))) {
-                    Ok(b) => {
-                        made += 1;
-                        live.push(b);
-                        model.push(v);
-                    }
-                    Err(e) => {
-                        prop_assert_eq!(e.kind(), PoolErrorKind::CapacityReached { capacity });
-                        // Slots this thread caches are free too, but only the
-                        // depot's count toward a refusal: with a cache, fewer
-                        // than `capacity` may be live.
-                        prop_assert!(model.len() <= capacity);
-                        if cache == 0 {
-                            prop_assert_eq!(model.len(), capacity);
-                        }
-                        made += 1;
-                        drop(e);
-                    }
-                },
-                Op::Return(i) if !live.is_empty() => {
-                    let i = i % live.len();
-                    drop(live.swap_remove(i));
-                    model.swap_remove(i);
-                }
-                Op::IntoInner(i) if !live.is_empty() => {
-                    let i = i % live.len();
-                    let v = SyncPoolBox::into_inner(live.swap_remove(i));
-                    prop_assert_eq!(v.0, model.swap_remove(i));
-                }
-                Op::Shrink => {
-                    let before = pool.stats();
-                    let freed = pool.shrink();
-                    prop_assert_eq!(pool.stats().chunks, before.chunks - freed);
-                    prop_assert!(pool.stats().chunks <= model.len());
-                }
-                _ => {}
-            }
-            let s = pool.stats();
-            prop_assert_eq!(s.live, model.len());
-            prop_assert!(s.slots <= capacity);
-            prop_assert!(s.high_water >= s.live);
-            let values: Vec<u32> = live.iter().map(|b| b.0).collect();
-            prop_assert_eq!(&values, &model);
-            prop_assert_eq!(drops.load(Ordering::Relaxed), made - model.len());
-        }
-        drop(pool);
-        drop(live);
-        prop_assert_eq!(drops.load(Ordering::Relaxed), made);
+        sync_pool_model(chunk_len, capacity, cache, ops, false)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 64 }))]
+
+    /// [`pool_model`] on pools made while tracking is on: their chunks
+    /// keep a record after each slot, and carving, reuse, capacity cuts and
+    /// shrinking go by the wider stride.
+    #[test]
+    fn tracked_pool_matches_model(
+        chunk_len in 1usize..9,
+        capacity in prop_oneof![Just(usize::MAX), 0usize..40],
+        ops in prop::collection::vec(op(), 0..120),
+    ) {
+        let tracked = tracking_on();
+        pool_model(chunk_len, capacity, ops, tracked)?;
+    }
+
+    /// [`sync_pool_model`] on pools made while tracking is on.
+    #[test]
+    fn tracked_sync_pool_matches_model(
+        chunk_len in 1usize..9,
+        capacity in prop_oneof![Just(usize::MAX), 0usize..40],
+        cache in prop_oneof![Just(0usize), 1usize..8],
+        ops in prop::collection::vec(op(), 0..120),
+    ) {
+        let tracked = tracking_on();
+        sync_pool_model(chunk_len, capacity, cache, ops, tracked)?;
     }
 }
 
@@ -350,11 +430,7 @@ fn sync_pool_capacity_without_caches_is_exact() {
 
 #[test]
 fn registered_pools_list_their_outstanding_objects() {
-    // Under Miri, `enable` cannot register the exit report (no `atexit`).
-    if !cfg!(miri) {
-        memwarden::enable();
-    }
-    if !memwarden::is_enabled() {
+    if !tracking_on() {
         // The `tracking` feature is off (or Miri): pools are never
         // registered, and only their own `leaks()` lists objects.
         let pool: Pool<u8> = Pool::new();

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use memwarden::LeakKind;
+use memwarden::pool::{Pool, PoolBox, SyncPool, SyncPoolBox};
 
 #[global_allocator]
 static GLOBAL: memwarden::Warden = memwarden::Warden::new();
@@ -286,4 +287,265 @@ fn checkpoint_reports_nothing_of_what_was_freed() {
         .filter(|l| l.frames.first().and_then(|f| f.line) == Some(line_of("freed")))
         .count();
     assert_eq!(mine, 0, "{report}");
+}
+
+// === pool objects ===
+//
+// A pool object is a block of its own for the leak scan, dated by its
+// `alloc`, not by the chunk it was carved from: a check reports an object
+// taken (and forgotten) in it even when the chunk was allocated before the
+// check started, and leaves out objects taken before it started or on
+// threads it did not start.
+//
+// Each of these tests runs in a process of its own (see `alone`).
+
+/// True in a child process started to run test `name` alone; in the test
+/// process, starts that child (this binary, `--exact name`), fails if the
+/// test fails there, and returns false.
+///
+/// Why: a pool chunk is one allocation, and the tests below need the
+/// objects in it definitely lost. When other tests' checks run beside them,
+/// the symbolization of those reports leaves stale words in memory the scan
+/// takes for roots (backtrace's static cache keeps the addresses of buffers
+/// it has freed; reused thread stacks keep old frames), and the chunk may
+/// be allocated where such a freed buffer was: an object in it then reads
+/// as reachable (or possibly lost), by chance. In a process of its own, the
+/// chunk is allocated before anything is symbolized.
+fn alone(name: &str) -> bool {
+    const VAR: &str = "MEMWARDEN_TEST_ALONE";
+    if std::env::var(VAR).is_ok_and(|v| v == name) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(VAR, name)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{name}, in a process of its own:\n{text}"
+    );
+    assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
+    false
+}
+
+/// Pool boxes one test forgot on purpose, kept as masked words (a box is
+/// two pointers; masked, the leak scan cannot see them) and given back to
+/// their pool after the check, so that a run with DEBUG_MEMORY=1 does not
+/// end with real leaks.
+#[derive(Default)]
+struct PlantedBoxes(Mutex<Vec<[usize; 2]>>);
+
+impl PlantedBoxes {
+    /// Forgets `b`, keeping its words masked.
+    fn forget<B>(&self, b: B) {
+        assert_eq!(size_of::<B>(), size_of::<[usize; 2]>());
+        let b = std::mem::ManuallyDrop::new(b);
+        // SAFETY: a pool box is two pointers, no padding (sizes checked).
+        let words: [usize; 2] = unsafe { std::mem::transmute_copy(&*b) };
+        self.0.lock().unwrap().push(words.map(|w| w ^ MASK));
+    }
+
+    /// Drops every box kept, as a `B`.
+    fn reclaim<B>(&self) {
+        for masked in self.0.lock().unwrap().drain(..) {
+            let words = masked.map(|w| w ^ MASK);
+            // SAFETY: the words of a `B` forgotten by `forget` and not
+            // used since: this gives the box back, once.
+            drop(unsafe { std::mem::transmute_copy::<[usize; 2], B>(&words) });
+        }
+    }
+}
+
+type Obj5 = [u64; 5];
+type Obj3 = [u64; 3];
+
+#[inline(never)]
+fn forget_pool_before(pool: &Pool<Obj5>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([1; 5]).unwrap()); // LEAK: pool_before
+}
+
+#[inline(never)]
+fn forget_pool_in_check(pool: &Pool<Obj5>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([2; 5]).unwrap()); // LEAK: pool_in_check
+}
+
+#[inline(never)]
+fn forget_pool_in_assert(pool: &Pool<Obj5>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([3; 5]).unwrap()); // LEAK: pool_in_assert
+}
+
+/// Leak entries whose first frame is the line marked `tag`: (kind, bytes,
+/// blocks).
+fn entries_at(report: &memwarden::Report, tag: &str) -> Vec<(LeakKind, u64, u64)> {
+    report
+        .leaks
+        .iter()
+        .filter(|l| l.frames.first().and_then(|f| f.line) == Some(line_of(tag)))
+        .map(|l| (l.kind, l.bytes, l.blocks))
+        .collect()
+}
+
+#[test]
+fn a_pool_object_forgotten_in_a_check_is_reported_whatever_the_age_of_its_chunk() {
+    if !alone("a_pool_object_forgotten_in_a_check_is_reported_whatever_the_age_of_its_chunk") {
+        return;
+    }
+    let _ = memwarden::checkpoint(); // tracking on: the pool is registered
+    let planted = PlantedBoxes::default();
+    let pool: Pool<Obj5> = Pool::new();
+    let warm = pool.alloc([0; 5]).unwrap(); // the one chunk, allocated now
+    let mark = memwarden::checkpoint();
+    forget_pool_before(&pool, &planted);
+    let ((), report) = memwarden::check_leaks(|| forget_pool_in_check(&pool, &planted));
+    let since_mark = mark.leaks();
+    planted.reclaim::<PoolBox<Obj5>>();
+    drop(warm);
+    assert_eq!(pool.stats().chunks, 1);
+    assert_eq!(pool.stats().live, 0);
+    // The object taken in the check, from the older chunk: definitely lost,
+    // its value's size, at the line that took it.
+    let lost: Vec<_> = report.leaks_of(LeakKind::DefinitelyLost).collect();
+    assert_eq!(lost.len(), 1, "{report}");
+    assert_eq!((lost[0].bytes, lost[0].blocks), (40, 1), "{report}");
+    assert_eq!(lost[0].frames[0].line, Some(line_of("pool_in_check")));
+    assert!(
+        lost[0].frames[0]
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("tests/scoped.rs")),
+        "{report}"
+    );
+    // The one forgotten before the check started is not the check's...
+    assert_eq!(entries_at(&report, "pool_before"), [], "{report}");
+    // ...though it is lost too, as a checkpoint taken before it shows (a
+    // checkpoint counts every thread: these lines are this test's alone).
+    assert_eq!(
+        entries_at(&since_mark, "pool_before"),
+        [(LeakKind::DefinitelyLost, 40, 1)],
+        "{since_mark}"
+    );
+    assert_eq!(
+        entries_at(&since_mark, "pool_in_check"),
+        [(LeakKind::DefinitelyLost, 40, 1)],
+        "{since_mark}"
+    );
+}
+
+#[test]
+fn assert_no_leaks_fails_on_a_pool_object_from_an_older_chunk() {
+    if !alone("assert_no_leaks_fails_on_a_pool_object_from_an_older_chunk") {
+        return;
+    }
+    let _ = memwarden::checkpoint();
+    let planted = PlantedBoxes::default();
+    let pool: Pool<Obj5> = Pool::new();
+    let warm = pool.alloc([0; 5]).unwrap();
+    let err = catch_unwind(AssertUnwindSafe(|| {
+        memwarden::assert_no_leaks(|| forget_pool_in_assert(&pool, &planted));
+    }))
+    .expect_err("a forgotten pool object must fail the check");
+    planted.reclaim::<PoolBox<Obj5>>();
+    drop(warm);
+    assert_eq!(pool.stats().chunks, 1);
+    let text = panic_text(err);
+    assert!(
+        text.contains("40 bytes in 1 block definitely lost"),
+        "{text}"
+    );
+    let site = format!("scoped.rs:{}", line_of("pool_in_assert"));
+    assert!(text.contains(&site), "the report names {site}:\n{text}");
+}
+
+#[inline(never)]
+fn forget_sync_before(pool: &SyncPool<Obj3>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([1; 3]).unwrap()); // LEAK: sync_before
+}
+
+#[inline(never)]
+fn forget_sync_in_check(pool: &SyncPool<Obj3>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([2; 3]).unwrap()); // LEAK: sync_in_check
+}
+
+#[inline(never)]
+fn forget_sync_in_child(pool: &SyncPool<Obj3>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([3; 3]).unwrap()); // LEAK: sync_in_child
+}
+
+#[inline(never)]
+fn forget_sync_beside(pool: &SyncPool<Obj3>, planted: &PlantedBoxes) {
+    planted.forget(pool.alloc([4; 3]).unwrap()); // LEAK: sync_beside
+}
+
+/// Waits until the thread `/proc/thread-self` named is gone (see
+/// `a_leak_in_a_joined_child_thread_counts`).
+fn wait_until_gone(thread_self: std::path::PathBuf) {
+    let task = std::path::Path::new("/proc/self/task").join(thread_self.file_name().unwrap());
+    for _ in 0..2000 {
+        if !task.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn sync_pool_objects_forgotten_in_a_check_count_on_its_threads_only() {
+    if !alone("sync_pool_objects_forgotten_in_a_check_count_on_its_threads_only") {
+        return;
+    }
+    let _ = memwarden::checkpoint();
+    let planted = PlantedBoxes::default();
+    let pool: SyncPool<Obj3> = SyncPool::new();
+    drop(pool.alloc([0; 3]).unwrap()); // the one chunk, allocated now
+    forget_sync_before(&pool, &planted);
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let report = std::thread::scope(|s| {
+        let (pool, planted) = (&pool, &planted);
+        // A thread started before the check: what it takes during the
+        // check is not the check's.
+        s.spawn(move || {
+            wait_go.recv().unwrap();
+            forget_sync_beside(pool, planted);
+            done.send(()).unwrap();
+        });
+        let ((), report) = memwarden::check_leaks(|| {
+            forget_sync_in_check(pool, planted);
+            let child = std::thread::scope(|s| {
+                s.spawn(|| {
+                    forget_sync_in_child(pool, planted);
+                    std::fs::read_link("/proc/thread-self").unwrap()
+                })
+                .join()
+                .unwrap()
+            });
+            wait_until_gone(child);
+            go.send(()).unwrap();
+            wait_done.recv().unwrap();
+        });
+        report
+    });
+    planted.reclaim::<SyncPoolBox<Obj3>>();
+    assert_eq!(pool.stats().chunks, 1);
+    assert_eq!(pool.stats().live, 0);
+    // Taken in the check, on its thread and on a thread it started, from
+    // the older chunk: definitely lost, each at its line.
+    for tag in ["sync_in_check", "sync_in_child"] {
+        assert_eq!(
+            entries_at(&report, tag),
+            [(LeakKind::DefinitelyLost, 24, 1)],
+            "{tag}: {report}"
+        );
+    }
+    assert_eq!(report.summary.definitely_lost.blocks, 2, "{report}");
+    // Taken before the check, or beside it on another thread: not at all.
+    for tag in ["sync_before", "sync_beside"] {
+        assert_eq!(entries_at(&report, tag), [], "{tag}: {report}");
+    }
 }

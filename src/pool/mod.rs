@@ -53,9 +53,12 @@
 //! the call stack of each `alloc`, and register with memwarden, so that
 //! objects never returned (a box passed to `mem::forget`, kept in a leaked
 //! cycle, or alive when the pool was dropped) are listed at exit, with
-//! that line, by [`outstanding()`]. With the `tracking` cargo feature off,
-//! [`Pool::leaks`] still lists file:line per object, without stacks, and
-//! [`outstanding()`] is empty.
+//! that line, by [`outstanding()`]. They also date each object (the
+//! sequence number and thread of its `alloc`, kept after its slot), so that
+//! `assert_no_leaks`, `check_leaks` and checkpoints count the objects taken
+//! while they ran, whenever the chunk was allocated. With the `tracking`
+//! cargo feature off, [`Pool::leaks`] still lists file:line per object,
+//! without stacks, and [`outstanding()`] is empty.
 //!
 //! # Thread safety
 //!
@@ -329,7 +332,9 @@ struct Core<T> {
     chunk_len: usize,
     capacity: usize,
     id: u64,
-    /// Created while tracking was on: registered, and captures stacks.
+    /// Created while tracking was on: registered, captures stacks, and its
+    /// chunks are tracked (a record of when and where each slot was taken
+    /// after it: see `slot`).
     registered: bool,
 }
 
@@ -352,7 +357,12 @@ impl<T> Pool<T> {
     }
 
     fn with_builder(b: Builder<T>) -> Self {
-        let registered = crate::is_enabled();
+        Pool::with_builder_as(b, crate::is_enabled())
+    }
+
+    /// A pool registered (and tracked) or not, whatever the mode: tests
+    /// choose the layout they exercise.
+    fn with_builder_as(b: Builder<T>, registered: bool) -> Self {
         let core = Box::new(Core {
             hot: Cell::new(ptr::null_mut()),
             stack: Cell::new(ptr::null_mut()),
@@ -429,8 +439,8 @@ impl<T> Pool<T> {
         // in a live chunk, and ours.
         unsafe { Slot::fill(slot, Location::caller(), value) };
         if core.registered {
-            // SAFETY: as above.
-            unsafe { Slot::set_stack(slot, Location::caller(), capture_stack()) };
+            // SAFETY: as above; a registered pool's chunks are tracked.
+            unsafe { Slot::track(slot, Location::caller(), capture_stack()) };
         }
         Ok(PoolBox {
             slot,
@@ -531,16 +541,18 @@ impl<T> Core<T> {
             // Under the registry lock (if registered): a report reads the
             // stack's address.
             self.with_chunks(|_| self.reserve_stack(self.slots.get() + len))?;
-            let chunk =
-                Chunk::<T>::new(len).map_err(|layout| PoolErrorKind::OutOfMemory { layout })?;
+            let chunk = Chunk::<T>::new(len, self.registered)
+                .map_err(|layout| PoolErrorKind::OutOfMemory { layout })?;
             self.bump.set(chunk.start.as_ptr());
             self.end.set(chunk.slot(len));
             self.slots.set(self.slots.get() + len);
             self.with_chunks(|chunks| chunks.push(chunk));
         }
         let s = self.bump.get();
-        // SAFETY: `bump < end`, both in the last chunk.
-        self.bump.set(unsafe { s.add(1) });
+        // SAFETY: `bump < end`, both in the last chunk, whose slots are
+        // `stride` bytes apart.
+        self.bump
+            .set(unsafe { s.byte_add(Slot::<T>::stride(self.registered)) });
         let carved = self.carved.get() + 1;
         self.carved.set(carved);
         self.high_water.set(self.high_water.get().max(carved));
@@ -737,7 +749,8 @@ impl<T> Core<T> {
         let mut freed = (0, 0);
         let mut uncarved = 0;
         if empty[empty.len() - 1] {
-            uncarved = (self.end.get() as usize - self.bump.get() as usize) / size_of::<Slot<T>>();
+            uncarved = (self.end.get() as usize - self.bump.get() as usize)
+                / Slot::<T>::stride(self.registered);
             self.bump.set(ptr::null_mut());
             self.end.set(ptr::null_mut());
         }
@@ -916,18 +929,20 @@ mod tests {
 
     #[test]
     fn zero_sized_and_over_aligned_values() {
-        let units: Pool<()> = Pool::new();
-        let a = units.alloc(()).unwrap();
-        let b = units.alloc(()).unwrap();
-        assert_eq!(units.stats().live, 2);
-        drop((a, b));
-        #[repr(align(64))]
-        struct Big(u8);
-        let big: Pool<Big> = Pool::builder().chunk_len(3).build();
-        let boxes: Vec<_> = (0..7).map(|i| big.alloc(Big(i)).unwrap()).collect();
-        for (i, b) in boxes.iter().enumerate() {
-            assert_eq!(&**b as *const Big as usize % 64, 0);
-            assert_eq!(b.0, i as u8);
+        for tracked in [false, true] {
+            let units: Pool<()> = Pool::with_builder_as(Builder::new(), tracked);
+            let a = units.alloc(()).unwrap();
+            let b = units.alloc(()).unwrap();
+            assert_eq!(units.stats().live, 2);
+            drop((a, b));
+            #[repr(align(64))]
+            struct Big(u8);
+            let big: Pool<Big> = Pool::with_builder_as(Builder::new().chunk_len(3), tracked);
+            let boxes: Vec<_> = (0..7).map(|i| big.alloc(Big(i)).unwrap()).collect();
+            for (i, b) in boxes.iter().enumerate() {
+                assert_eq!(&**b as *const Big as usize % 64, 0);
+                assert_eq!(b.0, i as u8);
+            }
         }
     }
 
@@ -988,6 +1003,91 @@ mod tests {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(b)));
         assert!(r.is_err());
         assert_eq!(pool.stats().live, 0);
+    }
+
+    /// Pools made as with tracking on (a `Taken` record after each slot)
+    /// carve, reuse, cut at the capacity and shrink as the others do.
+    #[test]
+    fn tracked_chunks_behave_as_plain_ones() {
+        for tracked in [false, true] {
+            let b = Builder::new().chunk_len(4).capacity(10);
+            let pool: Pool<u64> = Pool::with_builder_as(b, tracked);
+            let mut boxes: Vec<_> = (0..10).map(|i| pool.alloc(i).unwrap()).collect();
+            let s = pool.stats();
+            assert_eq!((s.chunks, s.slots, s.live), (3, 10, 10));
+            assert_eq!(s.bytes, 10 * Slot::<u64>::stride(tracked));
+            assert!(pool.alloc(10).is_err());
+            let mut addrs: Vec<usize> = boxes.iter().map(|b| &**b as *const u64 as usize).collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            assert_eq!(addrs.len(), 10);
+            drop(boxes.drain(4..8).collect::<Vec<_>>());
+            assert_eq!(pool.shrink(), 1);
+            drop(boxes.pop()); // the last chunk (2 slots) keeps one
+            boxes.push(pool.alloc(20).unwrap());
+            let s = pool.stats();
+            assert_eq!((s.chunks, s.slots, s.live), (2, 6, 6));
+            let values: Vec<u64> = boxes.iter().map(|b| **b).collect();
+            assert_eq!(values, [0, 1, 2, 3, 8, 20]);
+            drop(boxes);
+            assert_eq!(pool.shrink(), 2);
+            assert_eq!(*pool.alloc(5).unwrap(), 5);
+
+            let sync: SyncPool<u64> = SyncPool::with_builder_as(b.thread_cache(2), tracked);
+            let mut boxes: Vec<_> = (0..10).map(|i| sync.alloc(i).unwrap()).collect();
+            assert_eq!(sync.stats().bytes, 10 * Slot::<u64>::stride(tracked));
+            assert!(sync.alloc(10).is_err());
+            drop(boxes.drain(4..8).collect::<Vec<_>>());
+            let values: Vec<u64> = boxes.iter().map(|b| **b).collect();
+            assert_eq!(values, [0, 1, 2, 3, 8, 9]);
+            drop(boxes);
+            assert_eq!(sync.stats().live, 0);
+            assert_eq!(*sync.alloc(7).unwrap(), 7);
+        }
+    }
+
+    /// A tracked pool's objects carry the sequence number and thread of the
+    /// `alloc` that took them, for scoped checks: an object taken after a
+    /// mark is newer than it, whenever its chunk was allocated.
+    #[cfg(all(feature = "tracking", target_os = "linux", not(miri)))]
+    #[test]
+    fn tracked_objects_carry_their_own_sequence_number_and_thread() {
+        use crate::guard::thread_id;
+        let pool: Pool<[u8; 3]> = Pool::with_builder_as(Builder::new().chunk_len(8), true);
+        let sync: SyncPool<[u8; 5]> = SyncPool::with_builder_as(Builder::new().chunk_len(8), true);
+        let old = pool.alloc([1; 3]).unwrap();
+        let old_sync = sync.alloc([1; 5]).unwrap();
+        let mark = crate::registry::mark();
+        let new = pool.alloc([2; 3]).unwrap(); // same chunk, allocated before the mark
+        let (there, far) = std::thread::scope(|s| {
+            s.spawn(|| (thread_id(), sync.alloc([2; 5]).unwrap()))
+                .join()
+                .unwrap()
+        });
+        assert_ne!(there, thread_id());
+        let taken = |value: usize| {
+            let views = super::pool_views();
+            let o = views
+                .iter()
+                .flat_map(|v| &v.objects)
+                .find(|o| o.value == value)
+                .copied();
+            o.and_then(|o| o.taken)
+        };
+        let addr = |p: *const u8| p as usize;
+        let (s_old, t_old) = taken(addr(old.as_ptr())).expect("recorded");
+        let (s_new, t_new) = taken(addr(new.as_ptr())).expect("recorded");
+        let (s_sync, t_sync) = taken(addr(old_sync.as_ptr())).expect("recorded");
+        let (s_far, t_far) = taken(addr(far.as_ptr())).expect("recorded");
+        assert!(s_old <= mark && s_sync <= mark, "{s_old} {s_sync} {mark}");
+        assert!(s_new > mark && s_far > mark, "{s_new} {s_far} {mark}");
+        assert_eq!(
+            (t_old, t_new, t_sync, t_far),
+            (thread_id(), thread_id(), thread_id(), there)
+        );
+        assert_eq!(pool.stats().chunks, 1);
+        drop((old, new, old_sync, far));
+        assert!(taken(addr(pool.alloc([3; 3]).unwrap().as_ptr())).is_some());
     }
 
     #[test]

@@ -299,6 +299,10 @@ pub(crate) struct PoolObject {
     pub(crate) bytes: usize,
     /// Stack captured when it was taken (0: none).
     pub(crate) stack: u32,
+    /// Sequence number and thread of the `alloc` that took it (see
+    /// [`taken_now`]); `None` if not recorded (yet: a report that reads the
+    /// slot between the two stores of a take).
+    pub(crate) taken: Option<(u64, u32)>,
 }
 
 /// Every registered pool, read under one lock (for the exit report and
@@ -388,7 +392,9 @@ pub(crate) fn reveal<T>(h: usize) -> *const T {
 /// Runs `f` as memwarden's own code: what it allocates is internal memory,
 /// not the program's (neither tracked nor reported).
 pub(crate) fn quiet<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    // (Not under Miri, which cannot run the guard's stack-pointer read, and
+    // where nothing is tracked: unit tests still register pools there.)
+    #[cfg(all(feature = "tracking", target_os = "linux", not(miri)))]
     let _guard = crate::guard::Reentry::enter();
     f()
 }
@@ -409,6 +415,32 @@ pub(crate) fn capture_stack() -> u32 {
     #[cfg(not(all(feature = "tracking", target_os = "linux", not(miri))))]
     {
         0
+    }
+}
+
+/// The sequence number and thread number of a pool object taken now, as a
+/// heap block allocated now would have them (`registry::seq_now`,
+/// `guard::thread_id`), without counting an allocation: a scoped check
+/// keeps the objects taken after it started, on its threads, as it keeps
+/// blocks. Reads only (after the thread's first call): the epoch and this
+/// thread's own state. `(0, 0)` (not recorded) if tracking is not built
+/// in.
+#[inline]
+pub(crate) fn taken_now() -> (u64, u32) {
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    {
+        // Thread 0 under Miri, which has no `prctl` for a thread's first
+        // number (and tracks nothing).
+        let thread = if cfg!(miri) {
+            0
+        } else {
+            crate::guard::thread_id()
+        };
+        (crate::registry::seq_now(thread), thread)
+    }
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+    {
+        (0, 0)
     }
 }
 

@@ -18,16 +18,34 @@
 //!   `alloc`: `site` then points, tagged by its low bit, to an interned
 //!   [`SiteStack`] record instead. The header stays one word either way
 //!   (small slots keep more objects per cache line).
+//! * Pools created while tracking is on also keep, after each slot, a
+//!   [`Taken`] record: the sequence number and thread of the `alloc` that
+//!   took the slot, which the slot's header has no room for. A scoped leak
+//!   check (`check_leaks`, a checkpoint) keeps the objects taken after it
+//!   started (on its threads) by these, as it keeps heap blocks by theirs.
+//!   Other pools have no such room: their slots are exactly `Slot<T>`, and
+//!   `alloc` and drop work the same in both (only carving and walking a
+//!   chunk go by its [stride](Slot::stride)).
+//!
+//!   ```text
+//!   tracked chunk:  | slot 0 | taken 0 | slot 1 | taken 1 | ... |
+//!   ```
+//!
+//!   (A second header word in every pool was the other way: it would cost
+//!   untracked pools a word per object, 20% of a 32-byte object's slot, for
+//!   nothing; and a record per chunk, as before, dates every object of a
+//!   chunk to the chunk's allocation, so that a check missed objects taken
+//!   in it from a chunk allocated before it started.)
 //! * Chunks are allocated zeroed: every header reads as "free" until taken,
 //!   so a report can walk a whole chunk, carved or not.
 use std::alloc::Layout;
-use std::cell::UnsafeCell;
+use std::cell::{Cell as StdCell, UnsafeCell};
 use std::mem::ManuallyDrop;
 use std::panic::Location;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-use super::outstanding::{Outstanding, OutstandingKind, PoolObject};
+use super::outstanding::{Outstanding, OutstandingKind, PoolObject, taken_now};
 use crate::checked;
 
 /// Default chunk size in bytes, when the builder is not told a length.
@@ -48,19 +66,61 @@ struct SiteStack {
     stack: u32,
 }
 
+/// When and on which thread a slot of a tracked pool was taken; kept right
+/// after the slot (see the module docs). Atomic so that a report may read
+/// it from another thread; written with relaxed stores (plain stores) and
+/// published by the release store of the slot's header.
+#[repr(C)]
+struct Taken {
+    /// Sequence number, comparable with the heap blocks' and with marks
+    /// (`registry::seq_now`); 0 if never written.
+    seq: AtomicU64,
+    /// memwarden's number of the thread that took the slot.
+    thread: AtomicU32,
+}
+
+/// Entries of each thread's cache of interned `(site, stack)` records.
+const RECENT: usize = 32;
+
+/// A `(site address, stack)` pair and its interned record.
+type Recent = StdCell<(usize, u32, Option<&'static SiteStack>)>;
+
+thread_local! {
+    /// This thread's recently used `(site, stack)` records, direct-mapped:
+    /// a take from a tracked pool that hits here takes no lock and writes
+    /// no shared memory. No destructor (a `const` array of `Cell`s).
+    static RECENT_SITES: [Recent; RECENT] = const { [const { StdCell::new((0, 0, None)) }; RECENT] };
+}
+
 /// The interned record of `(site, stack)`; records live for the rest of
-/// the process (one per distinct pair, like the stack table).
+/// the process (one per distinct pair, like the stack table). Looked up in
+/// this thread's cache first, then in the process-wide table (a lock).
 fn site_stack(site: &'static Location<'static>, stack: u32) -> &'static SiteStack {
     use std::collections::HashMap;
     use std::sync::{Mutex, PoisonError};
     type Table = HashMap<(usize, u32), &'static SiteStack>;
     static TABLE: Mutex<Option<Table>> = Mutex::new(None);
-    super::quiet(|| {
+    let key = ptr::from_ref(site) as usize;
+    let i = ((key >> 3) ^ stack as usize).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as usize)
+        >> (usize::BITS - RECENT.trailing_zeros());
+    let cached = RECENT_SITES
+        .try_with(|r| match r[i].get() {
+            (k, s, Some(rec)) if k == key && s == stack => Some(rec),
+            _ => None,
+        })
+        .ok()
+        .flatten();
+    if let Some(rec) = cached {
+        return rec;
+    }
+    let rec = super::quiet(|| {
         let mut t = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
         *t.get_or_insert_with(HashMap::new)
-            .entry((ptr::from_ref(site) as usize, stack))
+            .entry((key, stack))
             .or_insert_with(|| Box::leak(Box::new(SiteStack { site, stack })))
-    })
+    });
+    let _ = RECENT_SITES.try_with(|r| r[i].set((key, stack, Some(rec))));
+    rec
 }
 
 #[repr(C)]
@@ -70,9 +130,55 @@ union Cell<T> {
 }
 
 impl<T> Slot<T> {
-    /// Slots per chunk for a chunk of about [`DEFAULT_CHUNK_BYTES`].
+    /// Slots per chunk for a chunk of about [`DEFAULT_CHUNK_BYTES`] (a
+    /// tracked pool's chunks are larger by their [`Taken`] records).
     pub(crate) fn default_chunk_len() -> usize {
         (DEFAULT_CHUNK_BYTES / size_of::<Slot<T>>()).max(16)
+    }
+
+    /// Alignment of a tracked pool's chunks: their slots', and their
+    /// [`Taken`] records'.
+    const TRACKED_ALIGN: usize = if align_of::<Taken>() > align_of::<Slot<T>>() {
+        align_of::<Taken>()
+    } else {
+        align_of::<Slot<T>>()
+    };
+
+    /// Offset of a tracked slot's [`Taken`] record from the slot (right
+    /// after it: the slot's size is a multiple of 8 on 64-bit targets).
+    const TAKEN_AT: usize = size_of::<Slot<T>>().next_multiple_of(align_of::<Taken>());
+
+    /// Bytes from one slot of a chunk to the next: `size_of::<Slot<T>>()`,
+    /// plus the [`Taken`] record in a `tracked` pool's chunks (and what
+    /// keeps the next slot and its record aligned).
+    #[inline(always)]
+    pub(crate) const fn stride(tracked: bool) -> usize {
+        if tracked {
+            (Self::TAKEN_AT + size_of::<Taken>()).next_multiple_of(Self::TRACKED_ALIGN)
+        } else {
+            size_of::<Slot<T>>()
+        }
+    }
+
+    /// Alignment of a chunk of these slots.
+    const fn chunk_align(tracked: bool) -> usize {
+        if tracked {
+            Self::TRACKED_ALIGN
+        } else {
+            align_of::<Slot<T>>()
+        }
+    }
+
+    /// The [`Taken`] record after a slot of a tracked pool.
+    ///
+    /// # Safety
+    /// `slot` must be a slot of a live chunk made with `tracked` set.
+    #[inline(always)]
+    unsafe fn taken(slot: *const Slot<T>) -> *const Taken {
+        // SAFETY: per the contract the record lies after the slot, in the
+        // same chunk: the chunk and the stride are multiples of the
+        // record's alignment, and so is `TAKEN_AT`.
+        unsafe { slot.byte_add(Self::TAKEN_AT).cast::<Taken>() }
     }
 
     /// The value inside a slot.
@@ -124,26 +230,52 @@ impl<T> Slot<T> {
         }
     }
 
-    /// Records the stack of the `alloc` that took the slot at `site`.
+    /// Records, for a slot of a tracked pool just filled at `site`, the
+    /// stack of that `alloc`, and when and on which thread it ran (its
+    /// [`Taken`] record). In the usual case it allocates nothing and writes
+    /// nothing shared: it reads the epoch and this thread's number and
+    /// counters, and finds the `(site, stack)` record in this thread's
+    /// cache. (A thread's first number, and a pair not in the thread's
+    /// cache, take a lock; a pair new to the process allocates its record,
+    /// once.)
     ///
     /// # Safety
-    /// `slot` must point into a live chunk.
+    /// `slot` must be a taken slot, the caller's alone, of a live chunk made
+    /// with `tracked` set.
     #[cold]
-    pub(crate) unsafe fn set_stack(
+    pub(crate) unsafe fn track(
         slot: NonNull<Slot<T>>,
         site: &'static Location<'static>,
         stack: u32,
     ) {
-        if stack == 0 {
-            return;
-        }
-        let rec = ptr::from_ref(site_stack(site, stack));
-        // SAFETY: per the contract the slot is in a live chunk.
-        unsafe {
-            (*slot.as_ptr())
-                .site
-                .store(rec.cast_mut().map_addr(|a| a | 1).cast(), Ordering::Relaxed)
+        let (seq, thread) = taken_now();
+        // SAFETY: per the contract the slot has a record after it.
+        let taken = unsafe { &*Slot::taken(slot.as_ptr()) };
+        taken.seq.store(seq, Ordering::Relaxed);
+        taken.thread.store(thread, Ordering::Relaxed);
+        let header = if stack == 0 {
+            ptr::from_ref(site).cast_mut().cast()
+        } else {
+            let rec = ptr::from_ref(site_stack(site, stack));
+            rec.cast_mut().map_addr(|a| a | 1).cast()
         };
+        // Release: a report that reads this header (with acquire) reads
+        // the record just written, not one of an earlier take of the slot.
+        // SAFETY: per the contract the slot is in a live chunk.
+        unsafe { (*slot.as_ptr()).site.store(header, Ordering::Release) };
+    }
+
+    /// The sequence number and thread of the `alloc` that took a slot of a
+    /// tracked pool, if it was recorded.
+    ///
+    /// # Safety
+    /// As [`Slot::taken`]; read after an acquire load of the header that
+    /// found the slot taken.
+    unsafe fn taken_when(slot: *const Slot<T>) -> Option<(u64, u32)> {
+        // SAFETY: per the contract.
+        let taken = unsafe { &*Slot::taken(slot) };
+        let seq = taken.seq.load(Ordering::Relaxed);
+        (seq != 0).then(|| (seq, taken.thread.load(Ordering::Relaxed)))
     }
 
     /// Marks a slot free (its value already dropped or moved out).
@@ -177,8 +309,21 @@ impl<T> Slot<T> {
     /// As [`Slot::site`].
     #[inline]
     unsafe fn site_stack(slot: *const Slot<T>) -> Option<(&'static Location<'static>, u32)> {
+        // SAFETY: forwarded.
+        unsafe { Slot::site_stack_with(slot, Ordering::Relaxed) }
+    }
+
+    /// [`Slot::site_stack`], loading the header with `order`.
+    ///
+    /// # Safety
+    /// As [`Slot::site`].
+    #[inline]
+    unsafe fn site_stack_with(
+        slot: *const Slot<T>,
+        order: Ordering,
+    ) -> Option<(&'static Location<'static>, u32)> {
         // SAFETY: per the contract the header is initialised.
-        let p = unsafe { (*slot).site.load(Ordering::Relaxed) };
+        let p = unsafe { (*slot).site.load(order) };
         if p.is_null() {
             None
         } else if p.addr() & 1 == 0 {
@@ -196,30 +341,49 @@ impl<T> Slot<T> {
 pub(crate) struct Chunk<T> {
     pub(crate) start: NonNull<Slot<T>>,
     pub(crate) len: usize,
+    /// Made for a tracked pool: a [`Taken`] record after each slot.
+    tracked: bool,
 }
 
 impl<T> Chunk<T> {
-    /// Allocates a zeroed chunk of `len` (> 0) slots; `Err` with the layout
-    /// asked for when memory runs out or the size overflows.
-    pub(crate) fn new(len: usize) -> Result<Chunk<T>, Option<Layout>> {
-        let layout = checked::array_layout::<Slot<T>>(len).map_err(|_| None)?;
+    /// The layout of a chunk of `len` slots.
+    fn layout(len: usize, tracked: bool) -> Option<Layout> {
+        let size = checked::bytes_mul(len, Slot::<T>::stride(tracked)).ok()?;
+        Layout::from_size_align(size, Slot::<T>::chunk_align(tracked)).ok()
+    }
+
+    /// Allocates a zeroed chunk of `len` (> 0) slots, with a [`Taken`]
+    /// record after each if `tracked`; `Err` with the layout asked for
+    /// when memory runs out or the size overflows.
+    pub(crate) fn new(len: usize, tracked: bool) -> Result<Chunk<T>, Option<Layout>> {
+        let layout = Chunk::<T>::layout(len, tracked).ok_or(None)?;
         debug_assert!(layout.size() > 0);
         // SAFETY: a slot is never zero-sized (it has a header), and len > 0.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         match NonNull::new(p.cast::<Slot<T>>()) {
-            Some(start) => Ok(Chunk { start, len }),
+            Some(start) => Ok(Chunk {
+                start,
+                len,
+                tracked,
+            }),
             None => Err(Some(layout)),
         }
     }
 
     pub(crate) fn bytes(&self) -> usize {
-        self.len * size_of::<Slot<T>>()
+        self.len * self.stride()
+    }
+
+    /// Bytes from one slot to the next.
+    #[inline]
+    pub(crate) fn stride(&self) -> usize {
+        Slot::<T>::stride(self.tracked)
     }
 
     /// Slot `i` (`i <= len`: `len` gives the end).
     pub(crate) fn slot(&self, i: usize) -> *mut Slot<T> {
         debug_assert!(i <= self.len);
-        self.start.as_ptr().wrapping_add(i)
+        self.start.as_ptr().wrapping_byte_add(i * self.stride())
     }
 
     pub(crate) fn contains(&self, s: *const Slot<T>) -> bool {
@@ -267,13 +431,18 @@ impl<T> Chunk<T> {
         for i in 0..self.len {
             let s = self.slot(i);
             // SAFETY: `s` lies in this live, zero-initialised chunk.
-            if let Some((_, stack)) = unsafe { Slot::site_stack(s) } {
+            // Acquire: pairs with the release store of `Slot::track`.
+            if let Some((_, stack)) = unsafe { Slot::site_stack_with(s, Ordering::Acquire) } {
+                // SAFETY: a tracked chunk has a record after each slot, and
+                // the header was loaded with acquire just above.
+                let taken = self.tracked.then(|| unsafe { Slot::taken_when(s) });
                 out.push(PoolObject {
                     slot: s as usize,
                     // SAFETY: `s` is a slot of a live chunk, non-null.
                     value: Slot::value(unsafe { NonNull::new_unchecked(s) }) as usize,
                     bytes: size_of::<T>(),
                     stack,
+                    taken: taken.flatten(),
                 });
             }
         }
@@ -285,7 +454,7 @@ impl<T> Chunk<T> {
     /// No slot of the chunk may be used afterwards; values still in it are
     /// not dropped.
     pub(crate) unsafe fn free(self) {
-        let layout = Layout::array::<Slot<T>>(self.len).expect("checked at allocation");
+        let layout = Chunk::<T>::layout(self.len, self.tracked).expect("checked at allocation");
         // SAFETY: allocated in `new` with this very layout.
         unsafe { std::alloc::dealloc(self.start.as_ptr().cast(), layout) };
     }
@@ -307,7 +476,8 @@ pub(crate) fn empty_chunks<T>(
     for &s in free {
         count[chunk_of(chunks, s)] += 1;
     }
-    let untouched = (end as usize - bump as usize) / size_of::<Slot<T>>();
+    let last = &chunks[chunks.len() - 1];
+    let untouched = (end as usize - bump as usize) / last.stride();
     count[chunks.len() - 1] += untouched;
     let empty: Vec<bool> = chunks
         .iter()

@@ -150,6 +150,8 @@ struct Depot<T> {
     high_water: usize,
     /// Slots per batch.
     batch: usize,
+    /// The pool is registered: its chunks are tracked (see `slot`).
+    tracked: bool,
 }
 
 // SAFETY: the raw pointers are to chunk memory the depot owns; it is only
@@ -310,7 +312,12 @@ impl<T> SyncPool<T> {
     }
 
     pub(super) fn with_builder(b: Builder<T>) -> Self {
-        let registered = crate::is_enabled();
+        SyncPool::with_builder_as(b, crate::is_enabled())
+    }
+
+    /// A pool registered (and tracked) or not, whatever the mode: tests
+    /// choose the layout they exercise.
+    pub(super) fn with_builder_as(b: Builder<T>, registered: bool) -> Self {
         let shared = Box::new(Shared {
             head: Header {
                 refs: AtomicUsize::new(1),
@@ -331,6 +338,7 @@ impl<T> SyncPool<T> {
                 chunk_len: b.chunk_len_for(),
                 capacity: b.capacity,
                 batch: (b.thread_cache / 2).max(1),
+                tracked: registered,
             }),
             capacity: b.capacity,
             cache: b.thread_cache,
@@ -379,8 +387,8 @@ impl<T> SyncPool<T> {
         // SAFETY: the slot was free and is now ours alone.
         unsafe { Slot::fill(slot, Location::caller(), value) };
         if sh.registered {
-            // SAFETY: as above.
-            unsafe { Slot::set_stack(slot, Location::caller(), capture_stack()) };
+            // SAFETY: as above; a registered pool's chunks are tracked.
+            unsafe { Slot::track(slot, Location::caller(), capture_stack()) };
         }
         Ok(SyncPoolBox {
             slot,
@@ -879,23 +887,24 @@ impl<T> Depot<T> {
                 });
             }
             let len = self.chunk_len.min(room);
-            let chunk =
-                Chunk::<T>::new(len).map_err(|layout| PoolErrorKind::OutOfMemory { layout })?;
+            let chunk = Chunk::<T>::new(len, self.tracked)
+                .map_err(|layout| PoolErrorKind::OutOfMemory { layout })?;
             self.bump = chunk.start.as_ptr();
             self.end = chunk.slot(len);
             self.slots += len;
             self.chunks.push(chunk);
         }
-        let avail = (self.end as usize - self.bump as usize) / size_of::<Slot<T>>();
+        let stride = Slot::<T>::stride(self.tracked);
+        let avail = (self.end as usize - self.bump as usize) / stride;
         let n = max.min(avail);
         let head = self.bump;
         for i in 0..n {
-            // SAFETY: slots `bump..bump + n` are never-used slots of the
-            // last chunk, ours under the lock.
+            // SAFETY: slots `bump..bump + n` (`stride` bytes apart) are
+            // never-used slots of the last chunk, ours under the lock.
             unsafe {
-                let s = NonNull::new_unchecked(head.add(i));
+                let s = NonNull::new_unchecked(head.byte_add(i * stride));
                 let next = if i + 1 < n {
-                    head.add(i + 1)
+                    head.byte_add((i + 1) * stride)
                 } else {
                     ptr::null_mut()
                 };
@@ -903,7 +912,7 @@ impl<T> Depot<T> {
             }
         }
         // SAFETY: `n <= avail`: still within (or at the end of) the chunk.
-        self.bump = unsafe { head.add(n) };
+        self.bump = unsafe { head.byte_add(n * stride) };
         // SAFETY: `head` is a slot of a chunk.
         Ok((unsafe { NonNull::new_unchecked(head) }, n))
     }

@@ -677,6 +677,17 @@ pub(crate) fn count_alloc(size: usize, thread: u32) -> u64 {
     (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & ((1 << SEQ_BITS) - 1))
 }
 
+/// A sequence number for something `thread` takes now that is not an
+/// allocation (a pool object): greater than every [`mark`] before this
+/// call, not greater than any after it, and in the current epoch that of
+/// the block `thread` allocated last (nothing is counted). Two loads: the
+/// epoch's line, rarely written, and the thread's own counters.
+#[inline]
+pub(crate) fn seq_now(thread: u32) -> u64 {
+    let n = tally(thread).allocs.load(Ordering::Relaxed);
+    (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & ((1 << SEQ_BITS) - 1))
+}
+
 /// Counts a tracked block going away, on `thread`.
 #[inline]
 pub(crate) fn count_free(size: usize, thread: u32) {
