@@ -17,6 +17,19 @@ thread_local! {
     static ENTRY_SP: Cell<usize> = const { Cell::new(0) };
     /// This thread's number, 0 until first needed.
     static THREAD: Cell<u32> = const { Cell::new(0) };
+    /// The block this thread is allocating, between its record's insertion
+    /// and the end of `alloc` (0 otherwise): see [`in_flight`].
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Holds `addr` (or, with 0, nothing) where a leak scan sees it: the scan
+/// reads every thread's static thread-locals as roots, but not the frames
+/// of a thread stopped inside memwarden, and a block recorded before its
+/// junk fill is referenced only from those frames until `alloc` returns.
+/// Cleared at once after, so that no stale address stays here.
+#[inline(always)]
+pub(crate) fn in_flight(addr: usize) {
+    let _ = IN_FLIGHT.try_with(|f| f.set(addr));
 }
 
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);

@@ -213,11 +213,15 @@ mod tracked {
             // (up to 4 KiB, to lines often not in cache) took most of an
             // allocation's time there. (Red zones first: a heap check may
             // look at them as soon as the block is recorded.)
+            // (A leak scan that stops this thread before `alloc` returns
+            // finds the block through `in_flight`.)
+            guard::in_flight(user as usize);
             track(user as usize, size, align, entry_sp);
             if !zeroed {
                 // SAFETY: `user` starts `size` fresh bytes of the inner block.
                 unsafe { check::fill(user, JUNK, size.min(FILL_LIMIT)) };
             }
+            guard::in_flight(0);
             user
         }
 

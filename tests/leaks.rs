@@ -91,7 +91,7 @@ fn stats_are_exact_on_one_thread_and_add_up_across_threads() {
     let run = run_tracked(&["stats_counts"], &[]);
     expect_code(&run, 0);
     let s = stats_lines(&run);
-    let [s0, s1, s2, s3, s4] = ["s0", "s1", "s2", "s3", "s4"].map(|n| {
+    let [s0, s1, s2, s3, s4, s5] = ["s0", "s1", "s2", "s3", "s4", "s5"].map(|n| {
         s.get(n)
             .unwrap_or_else(|| panic!("no stats line {n}\n{}", run.describe()))
     });
@@ -123,6 +123,11 @@ fn stats_are_exact_on_one_thread_and_add_up_across_threads() {
     assert!(d(s2, s4, "live").abs() < 4096, "{ctx}");
     // The peak never goes down.
     assert!(s4["peak"] >= s3["peak"], "{ctx}");
+    // A new peak made by this thread's last allocation, after a thread made
+    // 20,000 small allocations: when the peak happened counts them all.
+    assert!(d(s4, s5, "allocs") > 20_000, "{ctx}");
+    assert!(s5["peak"] >= s4["live"] + (1 << 20), "{ctx}");
+    assert_eq!(s5["peak_at"], s5["allocs"], "{ctx}");
 }
 
 #[test]

@@ -599,23 +599,23 @@ pub(crate) fn snapshot(
 
 // === accounting ===
 //
-// No write to a shared cache line per allocation: on two threads one
-// shared counter costs more than the rest of the tracking. Each thread
-// counts in a slot of its own ([`TALLY`], by thread number), and moves its
-// share of the live bytes to the global [`LIVE`] only when that share has
-// grown or shrunk by [`FLUSH`] bytes, or when the heap may be at a new
-// peak (the global figure plus its own share above [`PEAK`]): so the peak
-// is exact on one thread and within `FLUSH` bytes per thread otherwise.
+// No write to a shared cache line for an ordinary allocation: on two
+// threads one shared counter costs more than the rest of the tracking.
+// Each thread counts in a slot of its own ([`TALLY`], by thread number),
+// and moves its share of the live bytes to the global [`LIVE`] only when
+// that share has grown or shrunk by [`FLUSH`] bytes (so at once for a block
+// of 16 KiB or more), or when the heap may be at a new peak (the global
+// figure plus its own share above [`PEAK_BYTES`]): so the peak is exact on
+// one thread and within `FLUSH` bytes per thread otherwise.
 //
 // Sequence numbers are `epoch << SEQ_BITS | n`, with `n` the slot's count
-// of allocations (wrapping within an epoch). A new epoch starts at every
-// [`mark`] (a checkpoint, a scoped check), so everything allocated after a
-// mark has a greater number than the mark on every thread, without a
-// global counter per allocation. Epochs also start when a thread starts
-// and when a thread moves its share of the live bytes, so that the order
-// of sequence numbers follows the order of allocation across threads where
-// it matters (a block allocated before a thread was started is older than
-// the thread's blocks; the oldest block of a leaked cycle leads it).
+// of allocations. A new epoch starts at every [`mark`] (a checkpoint, a
+// scoped check), so everything allocated after a mark has a greater number
+// than the mark on every thread, without a global counter per allocation.
+// Epochs also start when a thread starts (its blocks are younger than
+// anything allocated before it was started) and when a slot's count passes
+// a multiple of `1 << SEQ_BITS` (so a thread's numbers only grow). Between
+// two epochs, numbers of different threads are not in allocation order.
 
 /// Per-thread counters (shared by threads whose numbers are equal modulo
 /// [`TALLY_SLOTS`], which the atomic operations keep correct).
@@ -625,8 +625,6 @@ struct Tally {
     bytes: AtomicU64,
     /// Live bytes counted here and not yet moved to [`LIVE`].
     live: AtomicI64,
-    /// `allocs` when this slot last moved its share ([`ALLOCS_SEEN`]).
-    flushed_allocs: AtomicU64,
 }
 
 const TALLY_SLOTS: usize = 64;
@@ -635,9 +633,10 @@ const TALLY_INIT: Tally = Tally {
     allocs: AtomicU64::new(0),
     bytes: AtomicU64::new(0),
     live: AtomicI64::new(0),
-    flushed_allocs: AtomicU64::new(0),
 };
 static TALLY: [Tally; TALLY_SLOTS] = [TALLY_INIT; TALLY_SLOTS];
+/// Bit `i` set: slot `i` of [`TALLY`] has counted an allocation.
+static SLOTS_USED: AtomicU64 = AtomicU64::new(0);
 
 /// A thread moves its live bytes to [`LIVE`] when they reach this much
 /// either way.
@@ -647,11 +646,11 @@ const FLUSH: i64 = 16 << 10;
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 /// Bits of a sequence number below its epoch.
 const SEQ_BITS: u32 = 24;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 /// Live bytes moved here by the threads.
 static LIVE: AtomicI64 = AtomicI64::new(0);
 static PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Allocations counted when the threads last moved their shares.
-static ALLOCS_SEEN: AtomicU64 = AtomicU64::new(0);
+/// Allocations made when the peak was reached.
 static PEAK_SEQ: AtomicU64 = AtomicU64::new(0);
 
 #[inline(always)]
@@ -674,7 +673,23 @@ pub(crate) fn count_alloc(size: usize, thread: u32) -> u64 {
     {
         flush(t);
     }
-    (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & ((1 << SEQ_BITS) - 1))
+    if n & SEQ_MASK <= 1 {
+        first_or_wrap(thread, n);
+    }
+    (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & SEQ_MASK)
+}
+
+/// A slot's first allocation (it joins [`SLOTS_USED`]), or its count
+/// passing a multiple of `1 << SEQ_BITS` (a new epoch, so that the numbers
+/// after it are greater than those before).
+#[cold]
+#[inline(never)]
+fn first_or_wrap(thread: u32, n: u64) {
+    if n == 1 {
+        SLOTS_USED.fetch_or(1 << (thread as usize % TALLY_SLOTS), Ordering::Relaxed);
+    } else if n & SEQ_MASK == 0 {
+        new_epoch();
+    }
 }
 
 /// A sequence number for something `thread` takes now that is not an
@@ -703,17 +718,26 @@ pub(crate) fn count_free(size: usize, thread: u32) {
 #[inline(never)]
 fn flush(t: &Tally) {
     let mine = t.live.swap(0, Ordering::Relaxed);
-    let live = LIVE.fetch_add(mine, Ordering::Relaxed) + mine;
-    let allocs = t.allocs.load(Ordering::Relaxed);
-    let new = allocs.wrapping_sub(t.flushed_allocs.swap(allocs, Ordering::Relaxed));
-    let seen = ALLOCS_SEEN.fetch_add(new, Ordering::Relaxed) + new;
-    let live = live.max(0) as u64;
+    let live = (LIVE.fetch_add(mine, Ordering::Relaxed) + mine).max(0) as u64;
     if live > PEAK_BYTES.load(Ordering::Relaxed)
         && PEAK_BYTES.fetch_max(live, Ordering::Relaxed) < live
     {
-        PEAK_SEQ.store(seen, Ordering::Relaxed);
+        PEAK_SEQ.store(total_allocs(), Ordering::Relaxed);
     }
-    new_epoch();
+}
+
+/// Allocations counted so far, in the slots that ever counted one (one
+/// load on a program with one thread).
+fn total_allocs() -> u64 {
+    let mut used = SLOTS_USED.load(Ordering::Relaxed);
+    let mut allocs = 0;
+    while used != 0 {
+        allocs += TALLY[used.trailing_zeros() as usize]
+            .allocs
+            .load(Ordering::Relaxed);
+        used &= used - 1;
+    }
+    allocs
 }
 
 /// Starts a new epoch of sequence numbers (see above); when a thread
@@ -726,7 +750,7 @@ pub(crate) fn new_epoch() -> u64 {
 /// call, on any thread, has a greater sequence number; every block
 /// allocated before, a smaller or equal one.
 pub(crate) fn mark() -> u64 {
-    (new_epoch() << SEQ_BITS) - 1
+    (new_epoch() << SEQ_BITS).wrapping_sub(1)
 }
 
 /// Puts back a record removed by a `realloc` that failed.
@@ -742,6 +766,7 @@ pub(crate) fn restore(rec: Record, thread: u32) {
 /// allocations made by the peak).
 pub(crate) fn counters() -> (u64, u64, u64, u64, u64) {
     let (mut allocs, mut bytes, mut live) = (0u64, 0u64, LIVE.load(Ordering::Relaxed));
+    // Every slot, used or not: a thread that only freed has a share too.
     for t in &TALLY {
         allocs += t.allocs.load(Ordering::Relaxed);
         bytes += t.bytes.load(Ordering::Relaxed);
@@ -761,7 +786,8 @@ pub(crate) fn counters() -> (u64, u64, u64, u64, u64) {
         bytes,
         live,
         PEAK_BYTES.load(Ordering::Relaxed),
-        PEAK_SEQ.load(Ordering::Relaxed),
+        // Another thread may have made a new peak since `allocs` was read.
+        PEAK_SEQ.load(Ordering::Relaxed).min(allocs),
     )
 }
 
@@ -791,15 +817,30 @@ mod tests {
     }
 
     #[test]
+    fn a_threads_sequence_numbers_only_grow_across_the_count_wrapping() {
+        // A thread number of its own slot: no other test allocates there
+        // (thread numbers of the test threads are small).
+        let t = 63 + 64 * 1_000;
+        let mut last = count_alloc(1, t);
+        for _ in 0..(1u64 << SEQ_BITS) + 2 {
+            let s = count_alloc(1, t);
+            assert!(s > last, "{s:#x} after {last:#x}");
+            last = s;
+            count_free(1, t);
+        }
+        count_free(1, t);
+    }
+
+    #[test]
     fn a_mark_separates_what_came_before_from_what_comes_after() {
-        // Thread numbers of their own, so that other tests' counts do not
-        // mix in (they may still share a slot: the order holds anyway).
+        // Thread numbers of their own (they may share a slot with another
+        // test's: the order holds anyway). Numbers of different threads
+        // may be equal; a block is named by (address, number, thread).
         let (a, b) = (1_000_001, 1_000_002);
         let before = [count_alloc(8, a), count_alloc(8, b)];
         let m = mark();
         let after = [count_alloc(8, b), count_alloc(8, a)];
         assert!(before.iter().all(|&s| s <= m) && after.iter().all(|&s| s > m));
-        assert!(before[0] != before[1] && after[0] != after[1]);
         assert!(mark() > m);
         for t in [a, b, a, b] {
             count_free(8, t);

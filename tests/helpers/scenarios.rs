@@ -259,7 +259,27 @@ fn stats_counts() {
     let s3 = memwarden::stats();
     drop(boxes);
     let s4 = memwarden::stats();
-    for (name, s) in [("s0", s0), ("s1", s1), ("s2", s2), ("s3", s3), ("s4", s4)] {
+    // A thread that only allocates and frees small blocks (its counts stay
+    // in its own slot), then a new peak here: the peak's allocation count
+    // includes the thread's allocations.
+    thread::spawn(|| {
+        for i in 0..20_000u32 {
+            black_box(Box::new(i));
+        }
+    })
+    .join()
+    .unwrap();
+    let big = black_box(vec![4u8; 1 << 20]);
+    let s5 = memwarden::stats();
+    drop(big);
+    for (name, s) in [
+        ("s0", s0),
+        ("s1", s1),
+        ("s2", s2),
+        ("s3", s3),
+        ("s4", s4),
+        ("s5", s5),
+    ] {
         print_stats(name, &s);
     }
 }
