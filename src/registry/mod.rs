@@ -700,7 +700,7 @@ fn first_or_wrap(thread: u32, n: u64) {
 #[inline]
 pub(crate) fn seq_now(thread: u32) -> u64 {
     let n = tally(thread).allocs.load(Ordering::Relaxed);
-    (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & ((1 << SEQ_BITS) - 1))
+    (EPOCH.load(Ordering::Relaxed) << SEQ_BITS) | (n & SEQ_MASK)
 }
 
 /// Counts a tracked block going away, on `thread`.
