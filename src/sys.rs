@@ -366,12 +366,13 @@ impl<const N: usize> std::fmt::Write for StackBuf<N> {
 }
 
 /// Asks the CPU to bring the cache line of `addr` in (a hint: never
-/// faults, whatever the address).
+/// faults, whatever the address). Nothing under Miri, which runs neither
+/// the intrinsic nor inline assembly.
 #[inline(always)]
 pub(crate) fn prefetch(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = addr;
 }
 
@@ -383,7 +384,7 @@ pub(crate) fn prefetch(addr: usize) {
 /// CPUID check.)
 #[inline(always)]
 pub(crate) fn prefetch_write(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if has_prefetchw() {
         // SAFETY: the CPU supports PREFETCHW (checked with CPUID); like any
         // prefetch it is a hint that cannot fault and writes nothing.
@@ -397,15 +398,15 @@ pub(crate) fn prefetch_write(addr: usize) {
     } else {
         hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = addr;
 }
 
 /// 0: not checked yet; 1: no PREFETCHW; 2: PREFETCHW.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 static PREFETCHW: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn has_prefetchw() -> bool {
     match PREFETCHW.load(std::sync::atomic::Ordering::Relaxed) {
@@ -416,7 +417,7 @@ fn has_prefetchw() -> bool {
 
 /// CPUID leaf 0x8000_0001, ECX bit 8 (`PRFCHW`, "3DNowPrefetch"): no
 /// allocation, no lock, so fine on the allocation path.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[cold]
 #[inline(never)]
 fn check_prefetchw() -> bool {
@@ -434,7 +435,7 @@ fn check_prefetchw() -> bool {
     yes
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn hint<const KIND: i32>(addr: usize) {
     // SAFETY: a prefetch is a hint that reads nothing architecturally and
@@ -453,7 +454,7 @@ mod tests {
             prefetch(addr);
             prefetch_write(addr);
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
         assert_eq!(has_prefetchw(), check_prefetchw());
     }
 

@@ -817,6 +817,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "16 million allocations")]
     fn a_threads_sequence_numbers_only_grow_across_the_count_wrapping() {
         // A thread number of its own slot: no other test allocates there
         // (thread numbers of the test threads are small).
