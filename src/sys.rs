@@ -371,7 +371,11 @@ impl<const N: usize> std::fmt::Write for StackBuf<N> {
 #[inline(always)]
 pub(crate) fn prefetch(addr: usize) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
-    hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
+    // SAFETY: a prefetch is a hint that reads nothing architecturally and
+    // cannot fault, even for an unmapped address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = addr;
 }
@@ -396,7 +400,7 @@ pub(crate) fn prefetch_write(addr: usize) {
             );
         }
     } else {
-        hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
+        prefetch(addr);
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = addr;
@@ -433,14 +437,6 @@ fn check_prefetchw() -> bool {
         std::sync::atomic::Ordering::Relaxed,
     );
     yes
-}
-
-#[cfg(all(target_arch = "x86_64", not(miri)))]
-#[inline(always)]
-fn hint<const KIND: i32>(addr: usize) {
-    // SAFETY: a prefetch is a hint that reads nothing architecturally and
-    // cannot fault, even for an unmapped address.
-    unsafe { std::arch::x86_64::_mm_prefetch::<KIND>(addr as *const i8) }
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use crate::sys::{MapVec, SysVec, prefetch, prefetch_write};
 
 mod table;
 
-use table::{Slot, Table, mix};
+use table::{Slot, Table, home_slot, mix};
 
 const SHARD_BITS: u32 = 7;
 /// Number of shards.
@@ -313,8 +313,8 @@ pub(crate) fn prefetch_slot(addr: usize) {
     let p = &PLACEMENT[i];
     let first = p.first.load(Ordering::Relaxed);
     if first != 0 {
-        let slot = (mix(addr) as usize) & p.mask.load(Ordering::Relaxed);
-        prefetch_write(first.wrapping_add(slot.wrapping_mul(size_of::<Record>())));
+        let mask = p.mask.load(Ordering::Relaxed);
+        prefetch_write(home_slot::<Record>(first, mask, addr));
     }
 }
 

@@ -19,6 +19,14 @@ pub(crate) fn mix(addr: usize) -> u64 {
     h ^ (h >> 29)
 }
 
+/// The address of the slot where the lookup of `addr` starts, in a table
+/// whose [`Table::placement`] is `(first, mask)` (`first` non-zero). Only
+/// an address: a stale placement gives a wrong one, fine for a prefetch.
+#[inline(always)]
+pub(crate) fn home_slot<R>(first: usize, mask: usize, addr: usize) -> usize {
+    first.wrapping_add(((mix(addr) as usize) & mask).wrapping_mul(size_of::<R>()))
+}
+
 /// See the module docs.
 pub(crate) struct Table<R: Slot> {
     slots: SysVec<R>,
@@ -113,12 +121,9 @@ impl<R: Slot> Table<R> {
     /// Brings the slot where a lookup of `addr` starts into cache, and the
     /// slot after it, which a removal reads next (to shift it back).
     pub(crate) fn prefetch(&self, addr: usize) {
-        if let Some(r) = self
-            .slots
-            .as_slice()
-            .get((mix(addr) as usize) & self.mask())
-        {
-            let at = r as *const R as usize;
+        let (first, mask) = self.placement();
+        if first != 0 {
+            let at = home_slot::<R>(first, mask, addr);
             crate::sys::prefetch(at);
             crate::sys::prefetch(at + size_of::<R>());
         }
