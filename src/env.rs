@@ -17,7 +17,7 @@ pub(crate) const MAX_FRAMES: u32 = 64;
 /// Default exit status when something is definitely lost (LeakSanitizer's).
 pub(crate) const DEFAULT_EXITCODE: i32 = 23;
 /// Default quarantine size in bytes.
-pub(crate) const DEFAULT_QUARANTINE: usize = 16 << 20;
+pub(crate) const DEFAULT_QUARANTINE: usize = 2 << 20;
 
 /// What to do when a heap error is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

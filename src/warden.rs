@@ -87,7 +87,7 @@ mod tracked {
     use super::*;
     use crate::check::{self, Found};
     use crate::guard::{self, Reentry};
-    use crate::registry::{self, Evicted, Freed, Freeing, INTERNAL, Lookup, Record, SHARDS};
+    use crate::registry::{self, Evicted, Freed, Freeing, INTERNAL, Lookup, Record};
     use crate::report::HeapErrorKind;
     use crate::stack::StackId;
     use crate::stack::here;
@@ -256,7 +256,7 @@ mod tracked {
             // Reports are made only outside memwarden's own code.
             let busy = Reentry::enter();
             let report = busy.is_some();
-            let budget = state::quarantine() / SHARDS;
+            let budget = registry::Budget::new(state::quarantine());
             // The freeing stack, for the quarantine and for any error
             // found: taken before the registry's lock, not under it.
             let free_stack = if report { here(entry_sp) } else { 0 };

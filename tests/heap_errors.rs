@@ -235,6 +235,36 @@ fn a_write_to_a_freed_block_is_a_use_after_free() {
 }
 
 #[test]
+fn a_write_to_a_freed_big_block_is_a_use_after_free_too() {
+    let run = run_continue("use_after_free_big");
+    let e = error(&run, "use_after_free");
+    assert_eq!(
+        top_line(&e["frames"]),
+        Some(line("BUG", "use_after_free_big"))
+    );
+    assert_eq!(
+        top_line(&e["alloc_frames"]),
+        Some(line("ALLOC", "use_after_free_big"))
+    );
+    assert_eq!(
+        top_line(&e["free_frames"]),
+        Some(line("FREE", "use_after_free_big"))
+    );
+    assert!(
+        run.stderr
+            .contains("byte 1000 of the block was written after it was freed"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("check_heap found 1"),
+        "{}",
+        run.describe()
+    );
+    still_sound(&run);
+}
+
+#[test]
 fn large_alignments_are_kept_with_red_zones() {
     let run = run_continue("large_align");
     assert!(

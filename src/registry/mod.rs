@@ -23,7 +23,10 @@
 //! into a FIFO bounded in bytes. A free of an address found marked freed is
 //! a double free. (One table rather than a second one for freed blocks: a
 //! free marks the record it looked up anyway, where a second table cost an
-//! insert and a removal in memory that is rarely in cache.)
+//! insert and a removal in memory that is rarely in cache.) A block too big
+//! for its shard's share of the quarantine waits in one queue shared by all
+//! shards instead ([`Budget`]); its record stays in its shard's table all
+//! the same.
 //!
 //! memwarden's own allocations (made under the re-entrancy guard) are
 //! recorded too, as *internal* records without a stack, so that freeing
@@ -45,7 +48,10 @@ pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 const ALIGN_SHIFT: u32 = 58;
 /// Set in a freed (quarantined) block's record.
 const FREED_BIT: u64 = 1 << 57;
-const SIZE_MASK: u64 = FREED_BIT - 1;
+/// Set, with [`FREED_BIT`], in the record of a block quarantined in the
+/// queue for big blocks rather than in its shard's FIFO.
+const BIG_BIT: u64 = 1 << 56;
+const SIZE_MASK: u64 = BIG_BIT - 1;
 
 /// One live tracked block. (32 bytes, and tables start on a cache line:
 /// a slot never straddles two lines, so a lookup misses at most once.)
@@ -124,11 +130,16 @@ impl Record {
         self.size_align & FREED_BIT != 0
     }
 
+    /// True for a block freed and kept in the queue for big blocks.
+    fn is_big(&self) -> bool {
+        self.size_align & BIG_BIT != 0
+    }
+
     /// The quarantined block this record describes (see [`Freed`]).
     fn as_freed(&self) -> Freed {
         Freed {
             rec: Record {
-                size_align: self.size_align & !FREED_BIT,
+                size_align: self.size_align & !(FREED_BIT | BIG_BIT),
                 seq: 0,
                 ..*self
             },
@@ -138,15 +149,15 @@ impl Record {
     }
 }
 
-/// A FIFO of addresses in `System` memory (a ring buffer whose capacity
-/// is 0 or a power of two, so positions wrap with a mask, not a division).
-struct Fifo {
-    buf: SysVec<usize>,
+/// A FIFO in `System` memory (a ring buffer whose capacity is 0 or a
+/// power of two, so positions wrap with a mask, not a division).
+struct Fifo<T: Copy + Default = usize> {
+    buf: SysVec<T>,
     head: usize,
     len: usize,
 }
 
-impl Fifo {
+impl<T: Copy + Default> Fifo<T> {
     const fn new() -> Self {
         Fifo {
             buf: SysVec::new(),
@@ -156,7 +167,7 @@ impl Fifo {
     }
 
     #[inline]
-    fn push(&mut self, v: usize) -> bool {
+    fn push(&mut self, v: T) -> bool {
         if self.len == self.buf.len() && !self.grow() {
             return false;
         }
@@ -172,7 +183,7 @@ impl Fifo {
     fn grow(&mut self) -> bool {
         let cap = self.buf.len();
         let mut next = SysVec::new();
-        if !next.fill(0usize, (cap * 2).max(64)) {
+        if !next.fill(T::default(), (cap * 2).max(64)) {
             return false;
         }
         for i in 0..self.len {
@@ -185,12 +196,12 @@ impl Fifo {
 
     /// The `n`th oldest address (0: the next to leave).
     #[inline]
-    fn peek_at(&self, n: usize) -> Option<usize> {
+    fn peek_at(&self, n: usize) -> Option<T> {
         (n < self.len).then(|| self.buf.as_slice()[(self.head + n) & (self.buf.len() - 1)])
     }
 
     #[inline]
-    fn pop(&mut self) -> Option<usize> {
+    fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
             return None;
         }
@@ -339,8 +350,11 @@ pub(crate) fn insert(rec: Record) -> bool {
             match old {
                 Some(o) if o.is_freed() => {
                     // Its FIFO entry stays, and is skipped when it comes up.
+                    // (The queue for big blocks counts its bytes by entry.)
                     s.freed -= 1;
-                    s.fifo_bytes -= quarantine_cost(&o);
+                    if !o.is_big() {
+                        s.fifo_bytes -= quarantine_cost(&o);
+                    }
                 }
                 Some(o) if o.is_internal() => s.internal -= 1,
                 _ => {}
@@ -393,25 +407,73 @@ pub(crate) enum Freeing {
     Unknown,
 }
 
-/// Frees `addr` in the registry, under one lock: a live block of the
-/// program goes into its shard's quarantine if `budget` (the shard's share)
-/// allows, freed by `free_stack` on `free_thread`, and the oldest blocks
-/// leave to make room (at most [`MAX_EVICT`], into `out`, their records
-/// removed); else its record is removed. Before that, `inspect(rec, kept)`
-/// runs on the block under the lock (to check its red zones, and to poison
-/// it when kept, before anyone can see it in quarantine); it must not
-/// allocate.
+/// How many bytes of freed blocks the quarantine holds, and where.
+///
+/// Half of the total is shared out over the shards' FIFOs, for the blocks
+/// no bigger than half a shard's share; the other half is one queue for
+/// the bigger blocks, each up to half of that queue. (Without that queue a
+/// small budget would leave every block above a few KiB unchecked for use
+/// after free; with it, the shards' shares can be small, which keeps the
+/// quarantined blocks of a program that frees all over its heap in cache.
+/// One lock for the big blocks costs little: each of them also costs a
+/// poison fill of up to 64 KiB.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Bytes of each shard's FIFO.
+    shard: usize,
+    /// Bytes of the queue for big blocks.
+    big: usize,
+}
+
+impl Budget {
+    /// The shares of `total` bytes (`DEBUG_MEMORY_QUARANTINE`).
+    pub(crate) const fn new(total: usize) -> Self {
+        Budget {
+            shard: total / 2 / SHARDS,
+            big: total / 2,
+        }
+    }
+
+    /// Where a freed block of `size` bytes is kept, if anywhere.
+    #[inline]
+    fn place(self, size: usize) -> Option<Queue> {
+        if size <= self.shard / 2 {
+            Some(Queue::Shard)
+        } else if size <= self.big / 2 {
+            Some(Queue::Big)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Shard,
+    Big,
+}
+
+/// Frees `addr` in the registry: a live block of the program goes into
+/// quarantine if `budget` allows, freed by `free_stack` on `free_thread`,
+/// and the oldest blocks leave to make room (at most [`MAX_EVICT`], into
+/// `out`, their records removed); else its record is removed. Under its
+/// shard's lock, `inspect(rec, kept)` runs on the block first (to check
+/// its red zones, and to poison it when kept, before anyone can see it in
+/// quarantine); it must not allocate. A small block's quarantine is its
+/// shard's FIFO, and all of this happens under that one lock; a big
+/// block's is the queue for big blocks, locked after the shard's lock is
+/// released (never both at once).
 #[inline]
 pub(crate) fn free(
     addr: usize,
     free_stack: StackId,
     free_thread: u32,
-    budget: usize,
+    budget: Budget,
     inspect: impl FnOnce(&Record, bool),
     out: &mut Evicted,
 ) -> Freeing {
-    let mut s = shard_of(addr).lock();
-    let s = &mut *s;
+    let mut guard = shard_of(addr).lock();
+    let s = &mut *guard;
     let Some(i) = s.table.find(addr) else {
         return Freeing::Unknown;
     };
@@ -423,7 +485,12 @@ pub(crate) fn free(
         s.take(addr);
         return Freeing::Internal(rec);
     }
-    let kept = budget > 0 && rec.size() <= budget / 2 && s.fifo.push(fifo_entry(addr, rec.size()));
+    let queue = budget.place(rec.size());
+    let kept = match queue {
+        Some(Queue::Shard) => s.fifo.push(fifo_entry(addr, rec.size())),
+        Some(Queue::Big) => true,
+        None => false,
+    };
     inspect(&rec, kept);
     if !kept {
         s.take(addr);
@@ -433,8 +500,14 @@ pub(crate) fn free(
     slot.size_align |= FREED_BIT;
     slot.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
     s.freed += 1;
+    if queue == Some(Queue::Big) {
+        slot.size_align |= BIG_BIT;
+        drop(guard);
+        quarantine_big(addr, quarantine_cost(&rec), budget.big, out);
+        return Freeing::Live { rec, kept };
+    }
     s.fifo_bytes += quarantine_cost(&rec);
-    while s.fifo_bytes > budget && out.len < MAX_EVICT {
+    while s.fifo_bytes > budget.shard && out.len < MAX_EVICT {
         let Some(old) = s.fifo.pop() else { break };
         // Only a quarantined record leaves (the address was re-used if
         // anything else is there now, which the FIFO cannot know).
@@ -442,7 +515,7 @@ pub(crate) fn free(
             continue;
         };
         let r = s.table.at(i);
-        if r.is_freed() {
+        if r.is_freed() && !r.is_big() {
             s.table.remove_at(i);
             s.freed -= 1;
             s.fifo_bytes -= quarantine_cost(&r);
@@ -466,6 +539,62 @@ pub(crate) fn free(
         }
     }
     Freeing::Live { rec, kept }
+}
+
+/// The quarantine of the blocks too big for their shard's share (see
+/// [`Budget`]): (address, cost) in the order they were freed.
+struct BigQueue {
+    fifo: Fifo<(usize, usize)>,
+    bytes: usize,
+}
+
+/// On a cache line of its own, away from the shards.
+#[repr(align(128))]
+struct BigCell(SpinLock<BigQueue>);
+
+static BIG: BigCell = BigCell(SpinLock::new(BigQueue {
+    fifo: Fifo::new(),
+    bytes: 0,
+}));
+
+/// Queues the big block at `addr` (whose record [`free`] has just marked
+/// freed and big) and makes the oldest big blocks leave while the queue
+/// holds more than `budget` bytes (at most [`MAX_EVICT`], into `out`, their
+/// records removed). Called with no shard locked: the queue's lock is
+/// released before a leaving block's shard is locked.
+#[cold]
+#[inline(never)]
+fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
+    let mut leaving = [0usize; MAX_EVICT];
+    let mut n = 0;
+    {
+        let mut q = BIG.0.lock();
+        if q.fifo.push((addr, cost)) {
+            q.bytes += cost;
+        } else {
+            // No memory for the queue's ring: the block leaves at once.
+            leaving[0] = addr;
+            n = 1;
+        }
+        while q.bytes > budget && n < MAX_EVICT {
+            let Some((a, c)) = q.fifo.pop() else { break };
+            q.bytes -= c;
+            leaving[n] = a;
+            n += 1;
+        }
+    }
+    for &a in &leaving[..n] {
+        let mut s = shard_of(a).lock();
+        // As in a shard's FIFO: only the quarantined record leaves.
+        if let Some(i) = s.table.find(a) {
+            let r = s.table.at(i);
+            if r.is_freed() && r.is_big() {
+                s.table.remove_at(i);
+                s.freed -= 1;
+                out.push(r.as_freed());
+            }
+        }
+    }
 }
 
 /// Bytes of the next block to leave the quarantine fetched ahead of its
@@ -549,6 +678,9 @@ pub(crate) fn lock_all() -> [SpinGuard<'static, Shard>; SHARDS] {
 
 /// Locks every shard without guards (before `fork`).
 pub(crate) fn lock_all_raw() {
+    // The big blocks' queue first: a free holding it may be waiting for
+    // a shard, never the other way round.
+    BIG.0.raw_lock();
     for s in &SHARD {
         s.raw_lock();
     }
@@ -563,6 +695,8 @@ pub(crate) unsafe fn unlock_all_raw() {
         // SAFETY: per the contract, this thread holds every shard lock.
         unsafe { s.raw_unlock() };
     }
+    // SAFETY: per the contract, this thread holds the queue's lock too.
+    unsafe { BIG.0.raw_unlock() };
 }
 
 /// Visits every shard under its lock, one at a time. `f` must not
@@ -871,7 +1005,10 @@ mod tests {
         let a = addresses_in_one_shard(4);
         let (live0, freed0, quarantined0) = shard_counts(a[0]);
         let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
-        let budget = quarantine_cost(&rec(a[0])) + 1;
+        let budget = Budget {
+            shard: quarantine_cost(&rec(a[0])) + 1,
+            big: 0,
+        };
         let mut out = Evicted::new();
         assert!(insert(rec(a[0])));
         assert_eq!(shard_counts(a[0]).0, live0 + 1);
@@ -927,7 +1064,7 @@ mod tests {
             a[2],
             80,
             3,
-            0,
+            Budget::new(0),
             |_, kept| assert!(!kept),
             &mut Evicted::new(),
         );
@@ -967,6 +1104,84 @@ mod tests {
         let freeing = free(a[2], 82, 3, budget, |_, _| panic!("internal"), &mut out);
         assert_eq!(freeing, Freeing::Internal(own));
         assert_eq!(remove(a[2]), Lookup::Unknown);
+    }
+
+    #[test]
+    fn budget_shares() {
+        let b = Budget::new(2 << 20);
+        assert_eq!((b.shard, b.big), (8 << 10, 1 << 20));
+        assert!(b.place(4 << 10) == Some(Queue::Shard));
+        assert!(b.place((4 << 10) + 1) == Some(Queue::Big));
+        assert!(b.place(512 << 10) == Some(Queue::Big));
+        assert!(b.place((512 << 10) + 1).is_none());
+        assert!(Budget::new(0).place(1).is_none());
+    }
+
+    /// Big blocks wait in the queue for big blocks, whatever their shard,
+    /// and leave it oldest first when it is over its budget.
+    #[test]
+    fn big_blocks_share_one_queue() {
+        // Sizes no other test uses: the queue is shared by every test in
+        // this process, so only blocks of these sizes are followed here.
+        let sizes = [3001, 3002, 3003, 3004];
+        let addrs: Vec<usize> = sizes
+            .iter()
+            .map(|&n| Box::leak(vec![0u8; n].into_boxed_slice()).as_ptr() as usize)
+            .collect();
+        let rec = |i: usize| Record::new(addrs[i], sizes[i], 8, 5, 11, 2);
+        // Room in the big queue for two of them; none fits a shard's share.
+        let budget = Budget {
+            shard: 64,
+            big: 2 * quarantine_cost(&rec(3)) + 100,
+        };
+        for i in 0..3 {
+            assert!(insert(rec(i)));
+        }
+        let mut out = Evicted::new();
+        for (i, &addr) in addrs.iter().enumerate().take(2) {
+            let mut kept = None;
+            let freeing = free(addr, 90, 4, budget, |_, k| kept = Some(k), &mut out);
+            assert_eq!(
+                freeing,
+                Freeing::Live {
+                    rec: rec(i),
+                    kept: true
+                }
+            );
+            assert_eq!(kept, Some(true));
+        }
+        assert!(out.as_slice().is_empty());
+        // Still in quarantine: a second free is a double free.
+        assert!(matches!(
+            free(addrs[0], 91, 4, budget, |_, _| {}, &mut Evicted::new()),
+            Freeing::Freed(f) if f.rec == Record { seq: 0, ..rec(0) } && f.free_stack == 90
+        ));
+        let held = |a: usize| shard_of(a).lock().freed().any(|f| f.rec.addr == a);
+        assert!(held(addrs[0]) && held(addrs[1]));
+
+        // The third one pushes the oldest out, record and all.
+        let mut out = Evicted::new();
+        free(addrs[2], 92, 4, budget, |_, _| {}, &mut out);
+        let left: Vec<usize> = out.as_slice().iter().map(|f| f.rec.addr).collect();
+        assert_eq!(left, [addrs[0]]);
+        assert_eq!(out.as_slice()[0].free_stack, 90);
+        assert!(!held(addrs[0]) && held(addrs[1]) && held(addrs[2]));
+        assert_eq!(remove(addrs[0]), Lookup::Unknown);
+
+        // A live record that replaced a quarantined one (a free the
+        // registry missed) stays when the old entry comes up.
+        assert!(insert(rec(1)));
+        assert!(insert(rec(3)));
+        let mut out = Evicted::new();
+        free(addrs[3], 93, 4, budget, |_, _| {}, &mut out);
+        assert!(out.as_slice().is_empty());
+        assert!(
+            shard_of(addrs[1])
+                .lock()
+                .records()
+                .any(|r| r.addr == addrs[1])
+        );
+        assert!(held(addrs[2]) && held(addrs[3]));
     }
 
     #[test]

@@ -107,6 +107,23 @@ fn use_after_free() {
     println!("check_heap found {found}");
 }
 
+/// The same with a block too big for a shard's share of the quarantine,
+/// which waits in the queue for big blocks; then more big blocks than that
+/// queue holds go through it.
+#[inline(never)]
+fn use_after_free_big() {
+    let v = vec![7u8; 200 << 10]; // ALLOC: use_after_free_big
+    let p = v.as_ptr() as *mut u8;
+    drop(v); // FREE: use_after_free_big
+    // SAFETY: none: writing to freed memory is the bug under test.
+    unsafe { p.add(1000).write(0x41) };
+    let found = memwarden::check_heap(); // BUG: use_after_free_big
+    println!("check_heap found {found}");
+    for i in 0..64u8 {
+        drop(std::hint::black_box(vec![i; 100 << 10]));
+    }
+}
+
 #[inline(never)]
 fn large_align() {
     for align in [4096usize, 1 << 16] {
@@ -154,6 +171,7 @@ fn main() {
         "underrun" => underrun(),
         "overrun_check_heap" => overrun_check_heap(),
         "use_after_free" => use_after_free(),
+        "use_after_free_big" => use_after_free_big(),
         "large_align" => large_align(),
         "clean" => {}
         other => {
