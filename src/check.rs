@@ -207,19 +207,33 @@ pub(crate) unsafe fn poison(user: *mut u8, size: usize) {
 pub(crate) unsafe fn check_poison(user: *const u8, size: usize) -> Option<usize> {
     // SAFETY: per the contract.
     let bytes = unsafe { std::slice::from_raw_parts(user, size.min(CHECK_LIMIT)) };
-    // Compare eight bytes at a time; look closer only at a word that differs.
+    // A cache line at a time, with one branch: the differences of its
+    // eight words are OR-ed (which compiles to vector compares); only a
+    // line that differs is looked at byte by byte. (Eight bytes and a
+    // branch at a time took an eighth of a two-thread churn's time.)
     const WORD: u64 = u64::from_ne_bytes([FREED; 8]);
-    let mut chunks = bytes.chunks_exact(8);
-    for (i, c) in (&mut chunks).enumerate() {
-        let w = u64::from_ne_bytes(c.try_into().unwrap_or([FREED; 8]));
-        if w != WORD {
-            return c.iter().position(|&b| b != FREED).map(|j| i * 8 + j);
+    let first_changed =
+        |chunk: &[u8], at: usize| chunk.iter().position(|&b| b != FREED).map(|j| at + j);
+    let mut lines = bytes.chunks_exact(64);
+    for (i, line) in (&mut lines).enumerate() {
+        let diff = line.chunks_exact(8).fold(0u64, |d, w| {
+            d | (u64::from_ne_bytes(w.try_into().unwrap_or([FREED; 8])) ^ WORD)
+        });
+        if diff != 0 {
+            return first_changed(line, i * 64);
         }
     }
-    let tail = chunks.remainder();
-    tail.iter()
-        .position(|&b| b != FREED)
-        .map(|j| bytes.len() - tail.len() + j)
+    // The rest a word at a time, then byte by byte (at most seven).
+    let rest = lines.remainder();
+    let base = bytes.len() - rest.len();
+    let mut words = rest.chunks_exact(8);
+    for (i, w) in (&mut words).enumerate() {
+        if u64::from_ne_bytes(w.try_into().unwrap_or([FREED; 8])) != WORD {
+            return first_changed(w, base + i * 8);
+        }
+    }
+    let tail = words.remainder();
+    first_changed(tail, bytes.len() - tail.len())
 }
 
 // === error reports ===
@@ -503,6 +517,15 @@ mod tests {
         buf[40] = 7;
         // SAFETY: as above.
         assert_eq!(unsafe { check_poison(buf.as_ptr(), 64) }, Some(40));
+        // Every offset, over whole lines and a tail.
+        let mut long = [FREED; 200];
+        // SAFETY: `long` is 200 bytes we own.
+        assert_eq!(unsafe { check_poison(long.as_ptr(), 200) }, None);
+        for at in (0..200).rev() {
+            long[at] = 0;
+            // SAFETY: as above.
+            assert_eq!(unsafe { check_poison(long.as_ptr(), 200) }, Some(at));
+        }
         // A tail shorter than a word, and a change in it.
         let mut odd = [FREED; 13];
         // SAFETY: `odd` is 13 bytes we own.
