@@ -107,6 +107,24 @@ fn use_after_free() {
     println!("check_heap found {found}");
 }
 
+/// The same after a loop of allocations and frees of the same size, which
+/// cycles through the freed block's shard of the quarantine: it must hold
+/// more than that shard's fair share.
+#[inline(never)]
+fn use_after_free_loop() {
+    let b = Box::new([0u8; 40]); // ALLOC: use_after_free_loop
+    let p = Box::into_raw(b) as *mut u8;
+    // SAFETY: `p` came from Box::into_raw of a [u8; 40].
+    drop(unsafe { Box::from_raw(p as *mut [u8; 40]) }); // FREE: use_after_free_loop
+    for i in 0..500u64 {
+        drop(std::hint::black_box(Box::new([i; 5])));
+    }
+    // SAFETY: none: writing to freed memory is the bug under test.
+    unsafe { p.add(5).write(0x41) };
+    let found = memwarden::check_heap(); // BUG: use_after_free_loop
+    println!("check_heap found {found}");
+}
+
 /// The same with a block too big for a shard's share of the quarantine,
 /// which waits in the queue for big blocks; then more big blocks than that
 /// queue holds go through it.
@@ -172,6 +190,7 @@ fn main() {
         "overrun_check_heap" => overrun_check_heap(),
         "use_after_free" => use_after_free(),
         "use_after_free_big" => use_after_free_big(),
+        "use_after_free_loop" => use_after_free_loop(),
         "large_align" => large_align(),
         "clean" => {}
         other => {
