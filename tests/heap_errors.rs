@@ -238,12 +238,19 @@ fn a_write_to_a_freed_block_is_a_use_after_free() {
 fn a_use_after_free_is_caught_after_a_loop_of_frees_of_the_same_size() {
     let run = run_continue("use_after_free_loop");
     let e = error(&run, "use_after_free");
-    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "use_after_free_loop")));
+    assert_eq!(
+        top_line(&e["frames"]),
+        Some(line("BUG", "use_after_free_loop"))
+    );
     assert_eq!(
         top_line(&e["free_frames"]),
         Some(line("FREE", "use_after_free_loop"))
     );
-    assert!(run.stdout.contains("check_heap found 1"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("check_heap found 1"),
+        "{}",
+        run.describe()
+    );
     still_sound(&run);
 }
 
