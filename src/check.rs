@@ -36,10 +36,11 @@ pub(crate) const REDZONE: u8 = 0xfa;
 pub(crate) const FREED: u8 = 0xdd;
 /// Back red zone size, and the least front red zone.
 pub(crate) const BACK: usize = 16;
-/// Most bytes of a freed block poisoned: all of a block the quarantine
-/// takes (64 KiB at most), so that no pointer it held survives into the
-/// memory the inner allocator hands out next, where the leak scan would
-/// find it and take a leaked block for reachable.
+/// Most bytes of a freed block poisoned: its first 64 KiB (the quarantine
+/// takes blocks of up to 512 KiB by default), so that no pointer it held
+/// there survives into the memory the inner allocator hands out next,
+/// where the leak scan would find it and take a leaked block for
+/// reachable.
 pub(crate) const POISON_LIMIT: usize = 1 << 16;
 /// Most bytes of a freed block checked when it leaves the quarantine: its
 /// first 4 KiB, as much as a new block's junk fill. (All 64 KiB at first:

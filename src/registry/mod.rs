@@ -415,16 +415,19 @@ pub(crate) enum Freeing {
 ///
 /// Half of the total is for small blocks, in the shards' FIFOs; the other
 /// half is one queue for the bigger blocks, each up to half of that queue.
-/// A block is small if it is no bigger than half of a shard's fair share,
-/// 1/128 of the small blocks' half.
+/// A block is small if its cost ([`quarantine_cost`]) is no more than half
+/// of a shard's fair share, 1/128 of the small blocks' half.
 ///
-/// A shard's FIFO may hold more than its fair share, up to the whole half,
-/// while the FIFOs together hold less than that half ([`SMALL_BYTES`]); once
-/// they hold more, a shard over its fair share gives blocks back at its
-/// next free. So a loop that frees in one region of memory (which cycles
-/// through one shard, see the module docs) keeps as many freed blocks as
-/// frees all over the heap do, and a shared counter is written only every
-/// [`SYNC_BYTES`] of change in a shard, not at each free.
+/// A shard's FIFO may hold more than its fair share, up to [`BORROW`]
+/// shares, while the FIFOs together hold less than that half
+/// ([`SMALL_BYTES`]); once they hold more, a shard over its fair share
+/// gives blocks back at its next free. So a loop that frees in one region
+/// of memory (which cycles through one shard, see the module docs) keeps
+/// more freed blocks than one share, and a shared counter is written only
+/// every [`SYNC_BYTES`] of change in a shard, not at each free. The price:
+/// a shard that borrowed and then sees no more frees keeps what it holds,
+/// while the others fill their shares; the FIFOs then hold up to twice
+/// their half (and the reports lag by up to [`SYNC_BYTES`] a shard).
 ///
 /// (Without the big blocks' queue, a small budget would leave every block
 /// above a few KiB unchecked for use after free; with it, the budget can
@@ -466,12 +469,12 @@ impl Budget {
                     > self.small)
     }
 
-    /// Where a freed block of `size` bytes is kept, if anywhere.
+    /// Where a freed block that costs `cost` bytes is kept, if anywhere.
     #[inline]
-    fn place(self, size: usize) -> Option<Queue> {
-        if size <= self.shard / 2 {
+    fn place(self, cost: usize) -> Option<Queue> {
+        if cost <= self.shard / 2 {
             Some(Queue::Shard)
-        } else if size <= self.big / 2 {
+        } else if cost <= self.big / 2 {
             Some(Queue::Big)
         } else {
             None
@@ -517,7 +520,8 @@ pub(crate) fn free(
         s.take(addr);
         return Freeing::Internal(rec);
     }
-    let queue = budget.place(rec.size());
+    let cost = quarantine_cost(&rec);
+    let queue = budget.place(cost);
     let kept = match queue {
         Some(Queue::Shard) => s.fifo.push(fifo_entry(addr, rec.size())),
         Some(Queue::Big) => true,
@@ -535,10 +539,10 @@ pub(crate) fn free(
     if queue == Some(Queue::Big) {
         slot.size_align |= BIG_BIT;
         drop(guard);
-        quarantine_big(addr, quarantine_cost(&rec), budget.big, out);
+        quarantine_big(addr, cost, budget.big, out);
         return Freeing::Live { rec, kept };
     }
-    s.fifo_bytes += quarantine_cost(&rec);
+    s.fifo_bytes += cost;
     while budget.over(s) && out.len < MAX_EVICT {
         let Some(old) = s.fifo.pop() else { break };
         // Only a quarantined record leaves (the address was re-used if
@@ -632,6 +636,7 @@ static BIG: BigCell = BigCell(SpinLock::new(BigQueue {
 #[cold]
 #[inline(never)]
 fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
+    debug_assert!(out.len == 0, "room for MAX_EVICT blocks");
     let mut leaving = [0usize; MAX_EVICT];
     let mut n = 0;
     {
@@ -745,8 +750,8 @@ pub(crate) fn lock_all() -> [SpinGuard<'static, Shard>; SHARDS] {
 
 /// Locks every shard without guards (before `fork`).
 pub(crate) fn lock_all_raw() {
-    // The big blocks' queue first: a free holding it may be waiting for
-    // a shard, never the other way round.
+    // No code holds the big blocks' queue and a shard at once, so any
+    // order would do.
     BIG.0.raw_lock();
     for s in &SHARD {
         s.raw_lock();
@@ -1062,6 +1067,34 @@ mod tests {
         out
     }
 
+    /// Held by the tests that free into the quarantine: one at a time,
+    /// since their blocks may share a shard (a thread that starts after
+    /// another ended gets its glibc arena, and the same regions).
+    static QUARANTINE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        QUARANTINE_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Empties the FIFO of the shard of `addr` (the records of its blocks
+    /// removed) and reports that, so that the next test starts afresh.
+    fn drain_shard(addr: usize) {
+        let mut s = shard_of(addr).lock();
+        while let Some(e) = s.fifo.pop() {
+            if let Some(i) = s.table.find(entry_addr(e)) {
+                let r = s.table.at(i);
+                if r.is_freed() && !r.is_big() {
+                    s.table.remove_at(i);
+                    s.freed -= 1;
+                    s.fifo_bytes -= quarantine_cost(&r);
+                }
+            }
+        }
+        sync_small_bytes(&mut s);
+    }
+
     fn shard_counts(addr: usize) -> (usize, usize, usize) {
         let s = shard_of(addr).lock();
         (s.len(), s.freed, s.freed().count())
@@ -1069,10 +1102,12 @@ mod tests {
 
     #[test]
     fn a_free_quarantines_then_evicts() {
-        let a = addresses_in_one_shard(4);
+        let _one = one_at_a_time();
+        let a = addresses_in_one_shard(5);
         let (live0, freed0, quarantined0) = shard_counts(a[0]);
         let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
-        let share = quarantine_cost(&rec(a[0])) + 1;
+        // Room for two blocks.
+        let share = 2 * quarantine_cost(&rec(a[0]));
         let budget = Budget {
             shard: share,
             small: share,
@@ -1114,16 +1149,19 @@ mod tests {
         let again = free(a[0], 78, 3, budget, |_, _| panic!("not live"), &mut out);
         assert_eq!(again, Freeing::Freed(f));
 
-        // A second block over the budget pushes the first one out.
-        assert!(insert(rec(a[1])));
-        let freeing = free(a[1], 79, 3, budget, |_, _| {}, &mut out);
-        assert_eq!(
-            freeing,
-            Freeing::Live {
-                rec: rec(a[1]),
-                kept: true
-            }
-        );
+        // A second block fits; a third, over the budget, pushes the first
+        // one out.
+        for (addr, stack) in [(a[1], 79), (a[4], 80)] {
+            assert!(insert(rec(addr)));
+            let freeing = free(addr, stack, 3, budget, |_, _| {}, &mut out);
+            assert_eq!(
+                freeing,
+                Freeing::Live {
+                    rec: rec(addr),
+                    kept: true
+                }
+            );
+        }
         assert_eq!(out.as_slice(), [f]);
         assert_eq!(remove(a[0]), Lookup::Unknown);
 
@@ -1173,12 +1211,18 @@ mod tests {
         let freeing = free(a[2], 82, 3, budget, |_, _| panic!("internal"), &mut out);
         assert_eq!(freeing, Freeing::Internal(own));
         assert_eq!(remove(a[2]), Lookup::Unknown);
+        drain_shard(a[0]);
     }
 
     #[test]
     fn budget_shares() {
         let b = Budget::new(2 << 20);
         assert_eq!((b.shard, b.small, b.big), (8 << 10, 1 << 20, 1 << 20));
+        // By cost: a block with a huge alignment is not small.
+        let cost = |size, align| quarantine_cost(&Record::new(1, size, align, 0, 0, 0));
+        assert!(b.place(cost(4000, 8)) == Some(Queue::Shard));
+        assert!(b.place(cost(64, 1 << 20)).is_none());
+        assert!(b.place(cost(64, 1 << 18)) == Some(Queue::Big));
         assert!(b.place(4 << 10) == Some(Queue::Shard));
         assert!(b.place((4 << 10) + 1) == Some(Queue::Big));
         assert!(b.place(512 << 10) == Some(Queue::Big));
@@ -1190,6 +1234,7 @@ mod tests {
     /// and leave it oldest first when it is over its budget.
     #[test]
     fn big_blocks_share_one_queue() {
+        let _one = one_at_a_time();
         // Sizes no other test uses: the queue is shared by every test in
         // this process, so only blocks of these sizes are followed here.
         let sizes = [3001, 3002, 3003, 3004];
@@ -1256,10 +1301,11 @@ mod tests {
 
     /// A shard's FIFO grows past its fair share (up to [`BORROW`] times)
     /// while all of them hold less than the small blocks' budget, and
-    /// gives blocks back once they hold more. (No other test moves [`SMALL_BYTES`]: their FIFOs stay
-    /// under [`SYNC_BYTES`].)
+    /// gives blocks back once they hold more. (The tests that quarantine
+    /// run one at a time and leave [`SMALL_BYTES`] as they found it.)
     #[test]
     fn a_shard_borrows_room_the_others_leave() {
+        let _one = one_at_a_time();
         let n = 60;
         let a = addresses_in_one_shard(n);
         let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
@@ -1310,9 +1356,9 @@ mod tests {
 
         // However much room the others leave, a shard borrows at most
         // BORROW times its share.
-        let b = addresses_in_one_shard(BORROW + 14);
+        let b = addresses_in_one_shard(2 * BORROW + 14);
         let endless = Budget {
-            shard: cost,
+            shard: 2 * cost,
             small: usize::MAX / 2,
             big: 0,
         };
@@ -1326,7 +1372,10 @@ mod tests {
         left.retain(|addr| b.contains(addr));
         assert_eq!(left, b[..left.len()], "oldest first");
         assert!(left.len() >= 14, "{} left", left.len());
-        assert!(shard_of(b[0]).lock().fifo_bytes <= BORROW * cost);
+        assert!(shard_of(b[0]).lock().fifo_bytes <= BORROW * 2 * cost);
+        drain_shard(a[0]);
+        drain_shard(b[0]);
+        assert_eq!(SMALL_BYTES.0.load(Ordering::Relaxed), total0);
     }
 
     #[test]
