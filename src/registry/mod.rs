@@ -470,9 +470,12 @@ impl Budget {
     }
 
     /// Where a freed block that costs `cost` bytes is kept, if anywhere.
+    /// (With a small budget, blocks costing up to [`SMALL_FLOOR`] are small
+    /// all the same, and shards keep them by borrowing: otherwise nearly
+    /// every block would go through the big blocks' one lock.)
     #[inline]
     fn place(self, cost: usize) -> Option<Queue> {
-        if cost <= self.shard / 2 {
+        if self.small > 0 && cost <= (self.shard / 2).max(SMALL_FLOOR.min(self.small)) {
             Some(Queue::Shard)
         } else if cost <= self.big / 2 {
             Some(Queue::Big)
@@ -481,6 +484,9 @@ impl Budget {
         }
     }
 }
+
+/// See [`Budget::place`].
+const SMALL_FLOOR: usize = 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -1228,6 +1234,13 @@ mod tests {
         assert!(b.place(512 << 10) == Some(Queue::Big));
         assert!(b.place((512 << 10) + 1).is_none());
         assert!(Budget::new(0).place(1).is_none());
+        // A small budget: the shares are tiny, small blocks still small.
+        let b = Budget::new(64 << 10);
+        assert_eq!(b.shard, 256);
+        assert!(b.place(SMALL_FLOOR) == Some(Queue::Shard));
+        assert!(b.place(SMALL_FLOOR + 1) == Some(Queue::Big));
+        assert!(Budget::new(1024).place(512) == Some(Queue::Shard));
+        assert!(Budget::new(1024).place(513).is_none());
     }
 
     /// Big blocks wait in the queue for big blocks, whatever their shard,
