@@ -65,6 +65,26 @@ fn clean_threads_leak_nothing() {
     expect_code(&run, 0);
 }
 
+#[test]
+fn a_churn_on_four_threads_through_every_queue_of_the_quarantine_is_clean() {
+    // The default, a budget so small that many blocks go through the big
+    // blocks' queue and every shard borrows, and a big one.
+    for quarantine in ["2M", "64K", "64M"] {
+        let run = run_tracked(
+            &["churn_threads"],
+            &[("DEBUG_MEMORY_QUARANTINE", quarantine)],
+        );
+        check_report_shape(&run);
+        expect_lost(&run, NONE, NONE, NONE);
+        expect_code(&run, 0);
+        assert!(
+            run.stdout.contains("check_heap found 0"),
+            "DEBUG_MEMORY_QUARANTINE={quarantine}\n{}",
+            run.describe()
+        );
+    }
+}
+
 /// The `stats NAME key=value...` lines of the `stats_counts` scenario.
 fn stats_lines(
     run: &Run,

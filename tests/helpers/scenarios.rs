@@ -45,6 +45,7 @@ static GLOBAL: memwarden::Warden = memwarden::Warden::new();
 const SCENARIOS: &[&str] = &[
     "clean",
     "clean_threads",
+    "churn_threads",
     "box_leak",
     "forget_vec",
     "rc_cycle",
@@ -105,6 +106,7 @@ fn parse(args: &[String]) -> Action {
         }
         Some("clean") => run(clean),
         Some("clean_threads") => run(clean_threads),
+        Some("churn_threads") => run(churn_threads),
         Some("box_leak") => run(box_leak),
         Some("forget_vec") => run(forget_vec),
         Some("rc_cycle") => run(rc_cycle),
@@ -225,6 +227,62 @@ fn clean_threads() {
     black_box((total, received));
     let scoped = thread::scope(|s| s.spawn(|| vec![0u8; 512].len()).join().unwrap());
     black_box(scoped);
+}
+
+// ---------------------------------------------------------------------------
+// churn_threads: four threads allocate blocks of every kind the quarantine
+// has (small ones, big ones for its queue of big blocks, and some too big
+// for it), grow some by `realloc`, free half of them on the next thread
+// and the rest on their own; everything is freed by the end, and
+// `check_heap` then finds nothing.
+
+fn churn_threads() {
+    const THREADS: usize = 4;
+    const STEPS: u64 = 6_000;
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..THREADS).map(|_| mpsc::channel::<Vec<u8>>()).unzip();
+    thread::scope(|s| {
+        for (t, rx) in receivers.into_iter().enumerate() {
+            let next = senders[(t + 1) % THREADS].clone();
+            s.spawn(move || {
+                let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (t as u64 + 1);
+                let mut kept: Vec<Vec<u8>> = Vec::new();
+                for i in 0..STEPS {
+                    // xorshift64
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let size = match rng % 200 {
+                        0 => 600 << 10,
+                        1..=8 => 4 << 10 | (rng >> 12) as usize % (200 << 10),
+                        _ => 1 + (rng >> 12) as usize % 2000,
+                    };
+                    let mut v = vec![t as u8; size];
+                    if i % 3 == 0 {
+                        v.extend_from_slice(&[1; 100]);
+                    }
+                    if i % 2 == 0 {
+                        next.send(v).expect("the next thread drains its channel");
+                    } else {
+                        kept.push(v);
+                    }
+                    if kept.len() > 64 {
+                        drop(kept.swap_remove((rng >> 20) as usize % kept.len()));
+                    }
+                    while let Ok(v) = rx.try_recv() {
+                        drop(v);
+                    }
+                }
+                drop(next);
+                drop(kept);
+                for v in rx {
+                    drop(v);
+                }
+            });
+        }
+        drop(senders);
+    });
+    println!("check_heap found {}", memwarden::check_heap());
 }
 
 // ---------------------------------------------------------------------------

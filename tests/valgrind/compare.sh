@@ -55,7 +55,7 @@ dyn_box|dyn_box|definitely_lost|40|1
 static_hashmap|static_hashmap|possibly_lost|288|1
 '
 # Scenarios with no SITE record (they must have no lost block at all).
-CLEAN='clean clean_threads clean_exit_7'
+CLEAN='clean clean_threads churn_threads clean_exit_7'
 # Program exit status expected under Valgrind (default 0).
 declare -A STATUS=([exit_status 7]=7 [clean_exit 7]=7)
 
