@@ -254,7 +254,7 @@ fn churn_threads() {
                     rng ^= rng << 17;
                     let size = match rng % 200 {
                         0 => 600 << 10,
-                        1..=8 => 4 << 10 | (rng >> 12) as usize % (200 << 10),
+                        1..=8 => (4 << 10) | ((rng >> 12) as usize % (200 << 10)),
                         _ => 1 + (rng >> 12) as usize % 2000,
                     };
                     let mut v = vec![t as u8; size];
