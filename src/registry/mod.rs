@@ -638,23 +638,24 @@ static BIG: BigCell = BigCell(SpinLock::new(BigQueue {
 /// freed and big) and makes the oldest big blocks leave while the queue
 /// holds more than `budget` bytes (at most [`MAX_EVICT`], into `out`, their
 /// records removed). Called with no shard locked: the queue's lock is
-/// released before a leaving block's shard is locked.
+/// released before a leaving block's shard is locked. (`out` comes empty
+/// from [`free`]; fewer blocks leave if it is not.)
 #[cold]
 #[inline(never)]
 fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
-    debug_assert!(out.len == 0, "room for MAX_EVICT blocks");
+    let room = MAX_EVICT - out.len;
     let mut leaving = [0usize; MAX_EVICT];
     let mut n = 0;
     {
         let mut q = BIG.0.lock();
         if q.fifo.push((addr, cost)) {
             q.bytes += cost;
-        } else {
+        } else if room > 0 {
             // No memory for the queue's ring: the block leaves at once.
             leaving[0] = addr;
             n = 1;
         }
-        while q.bytes > budget && n < MAX_EVICT {
+        while q.bytes > budget && n < room {
             let Some((a, c)) = q.fifo.pop() else { break };
             q.bytes -= c;
             leaving[n] = a;
