@@ -36,12 +36,24 @@ extern "C" fn after_fork() {
     }
 }
 
+extern "C" fn after_fork_in_child() {
+    after_fork();
+    // The child's only thread: no other can be half-way through a free.
+    crate::registry::requeue_stranded_big();
+}
+
 pub(crate) fn register() {
     // SAFETY: getpid has no preconditions.
     OWNER.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     // SAFETY: the handlers are `extern "C"` functions that never unwind and
     // only take and release memwarden's own spin locks.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork),
+            Some(after_fork_in_child),
+        )
+    };
     // `Instant::now` reads the clock; it does not allocate.
     START.get_or_init(std::time::Instant::now);
     // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.

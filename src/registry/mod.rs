@@ -544,6 +544,8 @@ pub(crate) fn free(
     s.freed += 1;
     if queue == Some(Queue::Big) {
         slot.size_align |= BIG_BIT;
+        // Between its shard and the queue (see `requeue_stranded_big`).
+        BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         drop(guard);
         quarantine_big(addr, cost, budget.big, out);
         return Freeing::Live { rec, kept };
@@ -650,17 +652,20 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
         let mut q = BIG.0.lock();
         if q.fifo.push((addr, cost)) {
             q.bytes += cost;
+            BIG_MOVING.fetch_sub(1, Ordering::Relaxed);
         } else if room > 0 {
             // No memory for the queue's ring: the block leaves at once.
             leaving[0] = addr;
             n = 1;
         }
+        let popped = n;
         while q.bytes > budget && n < room {
             let Some((a, c)) = q.fifo.pop() else { break };
             q.bytes -= c;
             leaving[n] = a;
             n += 1;
         }
+        BIG_MOVING.fetch_add(n - popped, Ordering::Relaxed);
     }
     for &a in &leaving[..n] {
         let mut s = shard_of(a).lock();
@@ -673,7 +678,49 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
                 out.push(r.as_freed());
             }
         }
+        BIG_MOVING.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Big blocks between their shard and the queue: marked quarantined in
+/// their shard but not yet in [`BIG`], or taken out of it and not yet out
+/// of their shard. Changed under the lock of the shard or of the queue
+/// that the block is leaving, so that `fork`, which takes every lock,
+/// sees a count that matches the tables and the queue.
+static BIG_MOVING: AtomicUsize = AtomicUsize::new(0);
+
+/// In the child of a `fork` (which has only the thread that called it):
+/// the blocks other threads were moving to or from the queue of big
+/// blocks, found marked quarantined and big in their shard but missing
+/// from the queue, are queued again; otherwise nothing would ever give
+/// them back. Free unless such a move was under way. Allocates nothing
+/// through the global allocator (a sorted copy of the queue's addresses
+/// goes to `System` memory).
+pub(crate) fn requeue_stranded_big() {
+    if BIG_MOVING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut q = BIG.0.lock();
+    let mut queued: SysVec<usize> = SysVec::new();
+    if !queued.fill(0, q.fifo.len) {
+        return;
+    }
+    for (i, slot) in queued.as_mut_slice().iter_mut().enumerate() {
+        *slot = q.fifo.peek_at(i).map_or(0, |(a, _)| a);
+    }
+    queued.as_mut_slice().sort_unstable();
+    for shard in &SHARD {
+        let s = shard.lock();
+        for r in s.table.iter() {
+            if r.is_freed() && r.is_big() && queued.as_slice().binary_search(&r.addr).is_err() {
+                let cost = quarantine_cost(r);
+                if q.fifo.push((r.addr, cost)) {
+                    q.bytes += cost;
+                }
+            }
+        }
+    }
+    BIG_MOVING.store(0, Ordering::Relaxed);
 }
 
 /// Bytes of the next block to leave the quarantine fetched ahead of its
@@ -1102,6 +1149,24 @@ mod tests {
         sync_small_bytes(&mut s);
     }
 
+    /// Empties the queue of big blocks (the records of its blocks removed).
+    fn drain_big() {
+        let leaving: Vec<usize> = {
+            let mut q = BIG.0.lock();
+            q.bytes = 0;
+            std::iter::from_fn(|| q.fifo.pop().map(|(a, _)| a)).collect()
+        };
+        for a in leaving {
+            let mut s = shard_of(a).lock();
+            if let Some(i) = s.table.find(a) {
+                if s.table.at(i).is_big() {
+                    s.table.remove_at(i);
+                    s.freed -= 1;
+                }
+            }
+        }
+    }
+
     fn shard_counts(addr: usize) -> (usize, usize, usize) {
         let s = shard_of(addr).lock();
         (s.len(), s.freed, s.freed().count())
@@ -1311,6 +1376,7 @@ mod tests {
                 .any(|r| r.addr == addrs[1])
         );
         assert!(held(addrs[2]) && held(addrs[3]));
+        drain_big();
     }
 
     /// A shard's FIFO grows past its fair share (up to [`BORROW`] times)
@@ -1390,6 +1456,42 @@ mod tests {
         drain_shard(a[0]);
         drain_shard(b[0]);
         assert_eq!(SMALL_BYTES.0.load(Ordering::Relaxed), total0);
+    }
+
+    /// A `fork` while another thread moved a big block leaves its record
+    /// marked but out of the queue: the child queues it again.
+    #[test]
+    fn a_stranded_big_block_is_queued_again() {
+        let _one = one_at_a_time();
+        let addr = Box::leak(vec![0u8; 5000].into_boxed_slice()).as_ptr() as usize;
+        let rec = Record::new(addr, 5000, 8, 5, 11, 2);
+        assert!(insert(rec));
+        let in_queue = || {
+            let q = BIG.0.lock();
+            (0..q.fifo.len).any(|i| q.fifo.peek_at(i).is_some_and(|(a, _)| a == addr))
+        };
+        // What `free` does before it unlocks the shard, and no more.
+        {
+            let mut s = shard_of(addr).lock();
+            let i = s.table.find(addr).expect("recorded");
+            s.table.at_mut(i).size_align |= FREED_BIT | BIG_BIT;
+            s.freed += 1;
+            BIG_MOVING.fetch_add(1, Ordering::Relaxed);
+        }
+        assert!(!in_queue());
+        requeue_stranded_big();
+        assert!(in_queue());
+        assert_eq!(BIG_MOVING.load(Ordering::Relaxed), 0);
+        // Nothing moving: nothing to do, and nothing is queued twice.
+        requeue_stranded_big();
+        let times = {
+            let q = BIG.0.lock();
+            (0..q.fifo.len)
+                .filter(|&i| q.fifo.peek_at(i).is_some_and(|(a, _)| a == addr))
+                .count()
+        };
+        assert_eq!(times, 1);
+        drain_big();
     }
 
     #[test]
