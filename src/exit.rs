@@ -38,7 +38,9 @@ extern "C" fn after_fork() {
 
 extern "C" fn after_fork_in_child() {
     after_fork();
-    // The child's only thread: no other can be half-way through a free.
+    // The child's only thread: no other is half-way through a free. (Unless
+    // `fork` was called from a signal handler that interrupted one, which
+    // the spin locks above already make unsafe.)
     crate::registry::requeue_stranded_big();
 }
 

@@ -416,7 +416,8 @@ pub(crate) enum Freeing {
 /// Half of the total is for small blocks, in the shards' FIFOs; the other
 /// half is one queue for the bigger blocks, each up to half of that queue.
 /// A block is small if its cost ([`quarantine_cost`]) is no more than half
-/// of a shard's fair share, 1/128 of the small blocks' half.
+/// of a shard's fair share, 1/128 of the small blocks' half, or than
+/// [`SMALL_FLOOR`] when that is more (see [`Budget::place`]).
 ///
 /// A shard's FIFO may hold more than its fair share, up to [`BORROW`]
 /// shares, while the FIFOs together hold less than that half
@@ -472,10 +473,13 @@ impl Budget {
     /// Where a freed block that costs `cost` bytes is kept, if anywhere.
     /// (With a small budget, blocks costing up to [`SMALL_FLOOR`] are small
     /// all the same, and shards keep them by borrowing: otherwise nearly
-    /// every block would go through the big blocks' one lock.)
+    /// every block would go through the big blocks' one lock. Not more
+    /// than half of what a shard may borrow, or a block would push itself
+    /// out at once.)
     #[inline]
     fn place(self, cost: usize) -> Option<Queue> {
-        if self.small > 0 && cost <= (self.shard / 2).max(SMALL_FLOOR.min(self.small)) {
+        let floor = SMALL_FLOOR.min(self.shard * BORROW / 2);
+        if self.small > 0 && cost <= (self.shard / 2).max(floor) {
             Some(Queue::Shard)
         } else if cost <= self.big / 2 {
             Some(Queue::Big)
@@ -545,7 +549,7 @@ pub(crate) fn free(
     if queue == Some(Queue::Big) {
         slot.size_align |= BIG_BIT;
         // Between its shard and the queue (see `requeue_stranded_big`).
-        BIG_MOVING.fetch_add(1, Ordering::Relaxed);
+        BIG_MOVING.0.fetch_add(1, Ordering::Relaxed);
         drop(guard);
         quarantine_big(addr, cost, budget.big, out);
         return Freeing::Live { rec, kept };
@@ -652,7 +656,7 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
         let mut q = BIG.0.lock();
         if q.fifo.push((addr, cost)) {
             q.bytes += cost;
-            BIG_MOVING.fetch_sub(1, Ordering::Relaxed);
+            BIG_MOVING.0.fetch_sub(1, Ordering::Relaxed);
         } else if room > 0 {
             // No memory for the queue's ring: the block leaves at once.
             leaving[0] = addr;
@@ -665,7 +669,7 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
             leaving[n] = a;
             n += 1;
         }
-        BIG_MOVING.fetch_add(n - popped, Ordering::Relaxed);
+        BIG_MOVING.0.fetch_add(n - popped, Ordering::Relaxed);
     }
     for &a in &leaving[..n] {
         let mut s = shard_of(a).lock();
@@ -678,16 +682,23 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
                 out.push(r.as_freed());
             }
         }
-        BIG_MOVING.fetch_sub(1, Ordering::Relaxed);
+        BIG_MOVING.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Big blocks between their shard and the queue: marked quarantined in
 /// their shard but not yet in [`BIG`], or taken out of it and not yet out
-/// of their shard. Changed under the lock of the shard or of the queue
-/// that the block is leaving, so that `fork`, which takes every lock,
-/// sees a count that matches the tables and the queue.
-static BIG_MOVING: AtomicUsize = AtomicUsize::new(0);
+/// of their shard (or stale queue entries on their way out: an upper
+/// bound, 0 only when nothing is under way). Changed under the lock that
+/// the block's move is under at that moment (its shard's when it is
+/// marked and when its record goes, the queue's when it enters or leaves
+/// the queue), so that `fork`, which takes every lock, sees a count that
+/// covers the tables and the queue. On a line of its own: every big free
+/// writes it, and the counters' line next to it is read by every
+/// allocation.
+#[repr(align(128))]
+struct Moving(AtomicUsize);
+static BIG_MOVING: Moving = Moving(AtomicUsize::new(0));
 
 /// In the child of a `fork` (which has only the thread that called it):
 /// the blocks other threads were moving to or from the queue of big
@@ -695,9 +706,11 @@ static BIG_MOVING: AtomicUsize = AtomicUsize::new(0);
 /// from the queue, are queued again; otherwise nothing would ever give
 /// them back. Free unless such a move was under way. Allocates nothing
 /// through the global allocator (a sorted copy of the queue's addresses
-/// goes to `System` memory).
+/// goes to `System` memory). It scans every table: O(live blocks) in the
+/// child of each `fork` that came while a big block was under way. (If
+/// memory for the queue or the copy runs out, the block stays stranded.)
 pub(crate) fn requeue_stranded_big() {
-    if BIG_MOVING.load(Ordering::Relaxed) == 0 {
+    if BIG_MOVING.0.load(Ordering::Relaxed) == 0 {
         return;
     }
     let mut q = BIG.0.lock();
@@ -720,7 +733,7 @@ pub(crate) fn requeue_stranded_big() {
             }
         }
     }
-    BIG_MOVING.store(0, Ordering::Relaxed);
+    BIG_MOVING.0.store(0, Ordering::Relaxed);
 }
 
 /// Bytes of the next block to leave the quarantine fetched ahead of its
@@ -1305,8 +1318,13 @@ mod tests {
         assert_eq!(b.shard, 256);
         assert!(b.place(SMALL_FLOOR) == Some(Queue::Shard));
         assert!(b.place(SMALL_FLOOR + 1) == Some(Queue::Big));
-        assert!(Budget::new(1024).place(512) == Some(Queue::Shard));
-        assert!(Budget::new(1024).place(513).is_none());
+        // A tiny one: the floor is at most half of what a shard may borrow.
+        let b = Budget::new(4 << 10);
+        assert_eq!(b.shard * BORROW / 2, 128);
+        assert!(b.place(128) == Some(Queue::Shard));
+        assert!(b.place(129) == Some(Queue::Big));
+        assert!(b.place(1024) == Some(Queue::Big));
+        assert!(b.place(1025).is_none());
     }
 
     /// Big blocks wait in the queue for big blocks, whatever their shard,
@@ -1376,6 +1394,8 @@ mod tests {
                 .any(|r| r.addr == addrs[1])
         );
         assert!(held(addrs[2]) && held(addrs[3]));
+        // Every free and every leaving block is done with its move.
+        assert_eq!(BIG_MOVING.0.load(Ordering::Relaxed), 0);
         drain_big();
     }
 
@@ -1476,14 +1496,18 @@ mod tests {
             let i = s.table.find(addr).expect("recorded");
             s.table.at_mut(i).size_align |= FREED_BIT | BIG_BIT;
             s.freed += 1;
-            BIG_MOVING.fetch_add(1, Ordering::Relaxed);
+            BIG_MOVING.0.fetch_add(1, Ordering::Relaxed);
         }
         assert!(!in_queue());
         requeue_stranded_big();
         assert!(in_queue());
-        assert_eq!(BIG_MOVING.load(Ordering::Relaxed), 0);
-        // Nothing moving: nothing to do, and nothing is queued twice.
+        assert_eq!(BIG_MOVING.0.load(Ordering::Relaxed), 0);
+        // Queued blocks are not queued again: not when nothing is under
+        // way, nor when something is (another block, say).
         requeue_stranded_big();
+        BIG_MOVING.0.fetch_add(1, Ordering::Relaxed);
+        requeue_stranded_big();
+        assert_eq!(BIG_MOVING.0.load(Ordering::Relaxed), 0);
         let times = {
             let q = BIG.0.lock();
             (0..q.fifo.len)
