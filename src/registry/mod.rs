@@ -34,6 +34,8 @@
 //! report.
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
+use crossbeam_utils::CachePadded;
+
 use crate::stack::StackId;
 use crate::sync::{SpinGuard, SpinLock};
 use crate::sys::{MapVec, SysVec, prefetch, prefetch_write};
@@ -257,6 +259,24 @@ impl Shard {
             .map(Record::as_freed)
     }
 
+    /// Takes the record of `addr` out of the quarantine, if the queue named
+    /// by `big` holds it (the shard's FIFO, or the queue for big blocks),
+    /// keeping the counts. `None` for anything else there now: the FIFOs
+    /// cannot know that an address was re-used.
+    fn release(&mut self, addr: usize, big: bool) -> Option<Freed> {
+        let i = self.table.find(addr)?;
+        let r = self.table.at(i);
+        if !r.is_freed() || r.is_big() != big {
+            return None;
+        }
+        self.table.remove_at(i);
+        self.freed -= 1;
+        if !big {
+            self.fifo_bytes -= quarantine_cost(&r);
+        }
+        Some(r.as_freed())
+    }
+
     /// Drops the record of `addr` from the table, keeping the counts.
     #[inline]
     fn take(&mut self, addr: usize) -> Option<Record> {
@@ -270,18 +290,10 @@ impl Shard {
     }
 }
 
-/// A shard's lock and state on cache lines of their own, so that two
-/// threads working in two shards do not contend for one line (128 bytes:
-/// the unit that adjacent-line prefetchers fetch in).
-#[repr(align(128))]
-struct ShardCell(SpinLock<Shard>);
-
-impl std::ops::Deref for ShardCell {
-    type Target = SpinLock<Shard>;
-    fn deref(&self) -> &SpinLock<Shard> {
-        &self.0
-    }
-}
+/// A shard's lock and state, on cache lines of their own (`CachePadded`:
+/// 128 bytes, the unit that adjacent-line prefetchers fetch in), so that
+/// two threads working in two shards do not contend for one line.
+type ShardCell = CachePadded<SpinLock<Shard>>;
 
 /// Where a shard's table slots are: see [`prefetch_slot`].
 struct Placement {
@@ -290,7 +302,7 @@ struct Placement {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const SHARD_INIT: ShardCell = ShardCell(SpinLock::new(Shard::new()));
+const SHARD_INIT: ShardCell = CachePadded::new(SpinLock::new(Shard::new()));
 static SHARD: [ShardCell; SHARDS] = [SHARD_INIT; SHARDS];
 #[allow(clippy::declare_interior_mutable_const)]
 const PLACEMENT_INIT: Placement = Placement {
@@ -463,7 +475,6 @@ impl Budget {
         s.fifo_bytes > self.shard
             && (s.fifo_bytes > self.shard * BORROW
                 || SMALL_BYTES
-                    .0
                     .load(Ordering::Relaxed)
                     .saturating_sub(s.reported)
                     + s.fifo_bytes
@@ -549,7 +560,7 @@ pub(crate) fn free(
     if queue == Some(Queue::Big) {
         slot.size_align |= BIG_BIT;
         // Between its shard and the queue (see `requeue_stranded_big`).
-        BIG_MOVING.0.fetch_add(1, Ordering::Relaxed);
+        BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         drop(guard);
         quarantine_big(addr, cost, budget.big, out);
         return Freeing::Live { rec, kept };
@@ -557,17 +568,8 @@ pub(crate) fn free(
     s.fifo_bytes += cost;
     while budget.over(s) && out.len < MAX_EVICT {
         let Some(old) = s.fifo.pop() else { break };
-        // Only a quarantined record leaves (the address was re-used if
-        // anything else is there now, which the FIFO cannot know).
-        let Some(i) = s.table.find(entry_addr(old)) else {
-            continue;
-        };
-        let r = s.table.at(i);
-        if r.is_freed() && !r.is_big() {
-            s.table.remove_at(i);
-            s.freed -= 1;
-            s.fifo_bytes -= quarantine_cost(&r);
-            out.push(r.as_freed());
+        if let Some(f) = s.release(entry_addr(old), false) {
+            out.push(f);
         }
     }
     if s.fifo_bytes.abs_diff(s.reported) >= SYNC_BYTES {
@@ -601,9 +603,7 @@ const BORROW: usize = 16;
 
 /// Bytes in all the shards' FIFOs, within [`SYNC_BYTES`] per shard: the sum
 /// of their `reported`. On a line of its own.
-#[repr(align(128))]
-struct SmallBytes(AtomicUsize);
-static SMALL_BYTES: SmallBytes = SmallBytes(AtomicUsize::new(0));
+static SMALL_BYTES: CachePadded<AtomicUsize> = CachePadded::new(AtomicUsize::new(0));
 
 /// How far a shard's FIFO may grow or shrink before [`SMALL_BYTES`] hears
 /// of it.
@@ -613,13 +613,9 @@ const SYNC_BYTES: usize = 4096;
 #[inline(never)]
 fn sync_small_bytes(s: &mut Shard) {
     if s.fifo_bytes > s.reported {
-        SMALL_BYTES
-            .0
-            .fetch_add(s.fifo_bytes - s.reported, Ordering::Relaxed);
+        SMALL_BYTES.fetch_add(s.fifo_bytes - s.reported, Ordering::Relaxed);
     } else {
-        SMALL_BYTES
-            .0
-            .fetch_sub(s.reported - s.fifo_bytes, Ordering::Relaxed);
+        SMALL_BYTES.fetch_sub(s.reported - s.fifo_bytes, Ordering::Relaxed);
     }
     s.reported = s.fifo_bytes;
 }
@@ -632,10 +628,7 @@ struct BigQueue {
 }
 
 /// On a cache line of its own, away from the shards.
-#[repr(align(128))]
-struct BigCell(SpinLock<BigQueue>);
-
-static BIG: BigCell = BigCell(SpinLock::new(BigQueue {
+static BIG: CachePadded<SpinLock<BigQueue>> = CachePadded::new(SpinLock::new(BigQueue {
     fifo: Fifo::new(),
     bytes: 0,
 }));
@@ -653,10 +646,10 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
     let mut leaving = [0usize; MAX_EVICT];
     let mut n = 0;
     {
-        let mut q = BIG.0.lock();
+        let mut q = BIG.lock();
         if q.fifo.push((addr, cost)) {
             q.bytes += cost;
-            BIG_MOVING.0.fetch_sub(1, Ordering::Relaxed);
+            BIG_MOVING.fetch_sub(1, Ordering::Relaxed);
         } else if room > 0 {
             // No memory for the queue's ring: the block leaves at once.
             leaving[0] = addr;
@@ -669,20 +662,15 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
             leaving[n] = a;
             n += 1;
         }
-        BIG_MOVING.0.fetch_add(n - popped, Ordering::Relaxed);
+        BIG_MOVING.fetch_add(n - popped, Ordering::Relaxed);
     }
     for &a in &leaving[..n] {
         let mut s = shard_of(a).lock();
-        // As in a shard's FIFO: only the quarantined record leaves.
-        if let Some(i) = s.table.find(a) {
-            let r = s.table.at(i);
-            if r.is_freed() && r.is_big() {
-                s.table.remove_at(i);
-                s.freed -= 1;
-                out.push(r.as_freed());
-            }
+        if let Some(f) = s.release(a, true) {
+            out.push(f);
         }
-        BIG_MOVING.0.fetch_sub(1, Ordering::Relaxed);
+        // Still under the shard's lock (see `BIG_MOVING`).
+        BIG_MOVING.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -696,9 +684,7 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
 /// covers the tables and the queue. On a line of its own: every big free
 /// writes it, and the counters' line next to it is read by every
 /// allocation.
-#[repr(align(128))]
-struct Moving(AtomicUsize);
-static BIG_MOVING: Moving = Moving(AtomicUsize::new(0));
+static BIG_MOVING: CachePadded<AtomicUsize> = CachePadded::new(AtomicUsize::new(0));
 
 /// In the child of a `fork` (which has only the thread that called it):
 /// the blocks other threads were moving to or from the queue of big
@@ -710,10 +696,10 @@ static BIG_MOVING: Moving = Moving(AtomicUsize::new(0));
 /// child of each `fork` that came while a big block was under way. (If
 /// memory for the queue or the copy runs out, the block stays stranded.)
 pub(crate) fn requeue_stranded_big() {
-    if BIG_MOVING.0.load(Ordering::Relaxed) == 0 {
+    if BIG_MOVING.load(Ordering::Relaxed) == 0 {
         return;
     }
-    let mut q = BIG.0.lock();
+    let mut q = BIG.lock();
     let mut queued: SysVec<usize> = SysVec::new();
     if !queued.fill(0, q.fifo.len) {
         return;
@@ -733,7 +719,7 @@ pub(crate) fn requeue_stranded_big() {
             }
         }
     }
-    BIG_MOVING.0.store(0, Ordering::Relaxed);
+    BIG_MOVING.store(0, Ordering::Relaxed);
 }
 
 /// Bytes of the next block to leave the quarantine fetched ahead of its
@@ -819,7 +805,7 @@ pub(crate) fn lock_all() -> [SpinGuard<'static, Shard>; SHARDS] {
 pub(crate) fn lock_all_raw() {
     // No code holds the big blocks' queue and a shard at once, so any
     // order would do.
-    BIG.0.raw_lock();
+    BIG.raw_lock();
     for s in &SHARD {
         s.raw_lock();
     }
@@ -835,7 +821,7 @@ pub(crate) unsafe fn unlock_all_raw() {
         unsafe { s.raw_unlock() };
     }
     // SAFETY: per the contract, this thread holds the queue's lock too.
-    unsafe { BIG.0.raw_unlock() };
+    unsafe { BIG.raw_unlock() };
 }
 
 /// Visits every shard under its lock, one at a time. `f` must not
@@ -891,8 +877,8 @@ pub(crate) fn snapshot(
 // two epochs, numbers of different threads are not in allocation order.
 
 /// Per-thread counters (shared by threads whose numbers are equal modulo
-/// [`TALLY_SLOTS`], which the atomic operations keep correct).
-#[repr(align(128))]
+/// [`TALLY_SLOTS`], which the atomic operations keep correct), each slot on
+/// cache lines of its own.
 struct Tally {
     allocs: AtomicU64,
     bytes: AtomicU64,
@@ -902,12 +888,12 @@ struct Tally {
 
 const TALLY_SLOTS: usize = 64;
 #[allow(clippy::declare_interior_mutable_const)]
-const TALLY_INIT: Tally = Tally {
+const TALLY_INIT: CachePadded<Tally> = CachePadded::new(Tally {
     allocs: AtomicU64::new(0),
     bytes: AtomicU64::new(0),
     live: AtomicI64::new(0),
-};
-static TALLY: [Tally; TALLY_SLOTS] = [TALLY_INIT; TALLY_SLOTS];
+});
+static TALLY: [CachePadded<Tally>; TALLY_SLOTS] = [TALLY_INIT; TALLY_SLOTS];
 /// Bit `i` set: slot `i` of [`TALLY`] has counted an allocation.
 static SLOTS_USED: AtomicU64 = AtomicU64::new(0);
 
@@ -1150,14 +1136,7 @@ mod tests {
     fn drain_shard(addr: usize) {
         let mut s = shard_of(addr).lock();
         while let Some(e) = s.fifo.pop() {
-            if let Some(i) = s.table.find(entry_addr(e)) {
-                let r = s.table.at(i);
-                if r.is_freed() && !r.is_big() {
-                    s.table.remove_at(i);
-                    s.freed -= 1;
-                    s.fifo_bytes -= quarantine_cost(&r);
-                }
-            }
+            s.release(entry_addr(e), false);
         }
         sync_small_bytes(&mut s);
     }
@@ -1165,18 +1144,12 @@ mod tests {
     /// Empties the queue of big blocks (the records of its blocks removed).
     fn drain_big() {
         let leaving: Vec<usize> = {
-            let mut q = BIG.0.lock();
+            let mut q = BIG.lock();
             q.bytes = 0;
             std::iter::from_fn(|| q.fifo.pop().map(|(a, _)| a)).collect()
         };
         for a in leaving {
-            let mut s = shard_of(a).lock();
-            if let Some(i) = s.table.find(a) {
-                if s.table.at(i).is_big() {
-                    s.table.remove_at(i);
-                    s.freed -= 1;
-                }
-            }
+            shard_of(a).lock().release(a, true);
         }
     }
 
@@ -1395,7 +1368,7 @@ mod tests {
         );
         assert!(held(addrs[2]) && held(addrs[3]));
         // Every free and every leaving block is done with its move.
-        assert_eq!(BIG_MOVING.0.load(Ordering::Relaxed), 0);
+        assert_eq!(BIG_MOVING.load(Ordering::Relaxed), 0);
         drain_big();
     }
 
@@ -1417,7 +1390,7 @@ mod tests {
         };
         let quarantined = || shard_of(a[0]).lock().freed().count();
         let before = quarantined();
-        let total0 = SMALL_BYTES.0.load(Ordering::Relaxed);
+        let total0 = SMALL_BYTES.load(Ordering::Relaxed);
         for &addr in &a[..50] {
             assert!(insert(rec(addr)));
             let mut out = Evicted::new();
@@ -1429,7 +1402,7 @@ mod tests {
         }
         assert_eq!(quarantined(), before + 50);
         // Its growth was reported (in steps of SYNC_BYTES).
-        let total = SMALL_BYTES.0.load(Ordering::Relaxed);
+        let total = SMALL_BYTES.load(Ordering::Relaxed);
         assert!(total >= total0 + SYNC_BYTES && total <= total0 + 50 * cost);
 
         // All the FIFOs now hold more than the small blocks' budget: this
@@ -1475,7 +1448,7 @@ mod tests {
         assert!(shard_of(b[0]).lock().fifo_bytes <= BORROW * 2 * cost);
         drain_shard(a[0]);
         drain_shard(b[0]);
-        assert_eq!(SMALL_BYTES.0.load(Ordering::Relaxed), total0);
+        assert_eq!(SMALL_BYTES.load(Ordering::Relaxed), total0);
     }
 
     /// A `fork` while another thread moved a big block leaves its record
@@ -1487,7 +1460,7 @@ mod tests {
         let rec = Record::new(addr, 5000, 8, 5, 11, 2);
         assert!(insert(rec));
         let in_queue = || {
-            let q = BIG.0.lock();
+            let q = BIG.lock();
             (0..q.fifo.len).any(|i| q.fifo.peek_at(i).is_some_and(|(a, _)| a == addr))
         };
         // What `free` does before it unlocks the shard, and no more.
@@ -1496,20 +1469,20 @@ mod tests {
             let i = s.table.find(addr).expect("recorded");
             s.table.at_mut(i).size_align |= FREED_BIT | BIG_BIT;
             s.freed += 1;
-            BIG_MOVING.0.fetch_add(1, Ordering::Relaxed);
+            BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         }
         assert!(!in_queue());
         requeue_stranded_big();
         assert!(in_queue());
-        assert_eq!(BIG_MOVING.0.load(Ordering::Relaxed), 0);
+        assert_eq!(BIG_MOVING.load(Ordering::Relaxed), 0);
         // Queued blocks are not queued again: not when nothing is under
         // way, nor when something is (another block, say).
         requeue_stranded_big();
-        BIG_MOVING.0.fetch_add(1, Ordering::Relaxed);
+        BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         requeue_stranded_big();
-        assert_eq!(BIG_MOVING.0.load(Ordering::Relaxed), 0);
+        assert_eq!(BIG_MOVING.load(Ordering::Relaxed), 0);
         let times = {
-            let q = BIG.0.lock();
+            let q = BIG.lock();
             (0..q.fifo.len)
                 .filter(|&i| q.fifo.peek_at(i).is_some_and(|(a, _)| a == addr))
                 .count()
