@@ -17,16 +17,22 @@
 //! stack id and thread number. Tables grow through `System`, never through
 //! the global allocator (see `sys`).
 //!
-//! Each shard also keeps the blocks freed recently (the quarantine): their
-//! records stay in the same table, marked freed and carrying the stack that
-//! freed them instead of their sequence number, and their addresses go
-//! into a FIFO bounded in bytes. A free of an address found marked freed is
-//! a double free. (One table rather than a second one for freed blocks: a
-//! free marks the record it looked up anyway, where a second table cost an
-//! insert and a removal in memory that is rarely in cache.) A block too big
-//! for its shard's share of the quarantine waits in one queue shared by all
-//! shards instead ([`Budget`]); its record stays in its shard's table all
-//! the same.
+//! Each shard also keeps the blocks freed recently (the quarantine): a
+//! freed block's record leaves the table and goes, with the stack that
+//! freed it, into the shard's FIFO, bounded in bytes. So a block leaving
+//! the quarantine costs no table operation: its record comes out of the
+//! FIFO, in the order the FIFO filled, from memory the freeing thread
+//! wrote last. (Marking the record freed in the table and removing it
+//! there when the block left cost a lookup and a backward shift in table
+//! lines the allocating thread writes too: 5-12% of each workload.) A free
+//! or `realloc` of an address the table does not hold looks for it in the
+//! FIFO of its shard, a linear search of at most a few thousand entries;
+//! found there, it is a double free. That search is only made for a
+//! pointer that is no live block: an error, or a block allocated before
+//! tracking started. A block too big for its shard's share of the
+//! quarantine waits in one queue shared by all shards instead ([`Budget`]);
+//! its record stays in its shard's table, marked freed and carrying the
+//! stack that freed it instead of its sequence number.
 //!
 //! memwarden's own allocations (made under the re-entrancy guard) are
 //! recorded too, as *internal* records without a stack, so that freeing
@@ -48,16 +54,14 @@ const SHARD_BITS: u32 = 7;
 /// Number of shards.
 pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
 const ALIGN_SHIFT: u32 = 58;
-/// Set in a freed (quarantined) block's record.
+/// Set in the record of a freed block kept in the table: one in the queue
+/// for big blocks (see the module docs).
 const FREED_BIT: u64 = 1 << 57;
-/// Set, with [`FREED_BIT`], in the record of a block quarantined in the
-/// queue for big blocks rather than in its shard's FIFO.
-const BIG_BIT: u64 = 1 << 56;
-const SIZE_MASK: u64 = BIG_BIT - 1;
+const SIZE_MASK: u64 = FREED_BIT - 1;
 
 /// One live tracked block. (32 bytes, and tables start on a cache line:
 /// a slot never straddles two lines, so a lookup misses at most once.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Record {
     /// Address handed to the program; 0 marks an empty table slot.
     pub(crate) addr: usize,
@@ -88,7 +92,7 @@ impl Slot for Record {
 }
 
 /// A block in quarantine: its record and who freed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Freed {
     pub(crate) rec: Record,
     pub(crate) free_stack: StackId,
@@ -127,21 +131,16 @@ impl Record {
         self.stack == INTERNAL
     }
 
-    /// True for a block freed and kept in quarantine.
+    /// True for a block freed and kept in the queue for big blocks.
     fn is_freed(&self) -> bool {
         self.size_align & FREED_BIT != 0
-    }
-
-    /// True for a block freed and kept in the queue for big blocks.
-    fn is_big(&self) -> bool {
-        self.size_align & BIG_BIT != 0
     }
 
     /// The quarantined block this record describes (see [`Freed`]).
     fn as_freed(&self) -> Freed {
         Freed {
             rec: Record {
-                size_align: self.size_align & !(FREED_BIT | BIG_BIT),
+                size_align: self.size_align & !FREED_BIT,
                 seq: 0,
                 ..*self
             },
@@ -216,13 +215,16 @@ impl<T: Copy + Default> Fifo<T> {
 
 /// One shard: live blocks, and the quarantine of recently freed ones.
 pub(crate) struct Shard {
-    /// Live and quarantined records (see the module docs).
+    /// Live records, and those of the big blocks in quarantine (see the
+    /// module docs).
     table: Table<Record>,
     /// Records of memwarden's own blocks.
     internal: usize,
-    /// Quarantined records.
-    freed: usize,
-    fifo: Fifo,
+    /// Records of big blocks in quarantine, in the table.
+    freed_big: usize,
+    /// This shard's quarantine, oldest first: the freed blocks' records.
+    fifo: Fifo<Freed>,
+    /// What the blocks in `fifo` cost ([`quarantine_cost`]).
     fifo_bytes: usize,
     /// What this shard last added to [`SMALL_BYTES`] (its `fifo_bytes`
     /// then).
@@ -234,7 +236,7 @@ impl Shard {
         Shard {
             table: Table::new(),
             internal: 0,
-            freed: 0,
+            freed_big: 0,
             fifo: Fifo::new(),
             fifo_bytes: 0,
             reported: 0,
@@ -243,7 +245,13 @@ impl Shard {
 
     /// Live blocks of the program (memwarden's own not counted).
     pub(crate) fn len(&self) -> usize {
-        self.table.len() - self.internal - self.freed
+        self.table.len() - self.internal - self.freed_big
+    }
+
+    /// Blocks of this shard in quarantine, in either queue.
+    #[cfg(test)]
+    fn quarantined(&self) -> usize {
+        self.freed_big + self.fifo.len
     }
 
     /// Live records, memwarden's own included.
@@ -251,29 +259,52 @@ impl Shard {
         self.table.iter().filter(|r| !r.is_freed())
     }
 
-    /// Quarantined blocks.
+    /// Quarantined blocks of this shard, in either queue.
     pub(crate) fn freed(&self) -> impl Iterator<Item = Freed> + '_ {
-        self.table
+        let big = self
+            .table
             .iter()
             .filter(|r| r.is_freed())
-            .map(Record::as_freed)
+            .map(Record::as_freed);
+        (0..self.fifo.len)
+            .filter_map(|i| self.fifo.peek_at(i))
+            .chain(big)
     }
 
-    /// Takes the record of `addr` out of the quarantine, if the queue named
-    /// by `big` holds it (the shard's FIFO, or the queue for big blocks),
-    /// keeping the counts. `None` for anything else there now: the FIFOs
-    /// cannot know that an address was re-used.
-    fn release(&mut self, addr: usize, big: bool) -> Option<Freed> {
+    /// The quarantined block at `addr`, if this shard holds one: a big
+    /// block's record in the table, or a search of the FIFO (see the
+    /// module docs), for an address with no record in the table.
+    #[cold]
+    #[inline(never)]
+    fn find_freed(&self, addr: usize) -> Option<Freed> {
+        if let Some(r) = self.table.get(addr) {
+            return r.is_freed().then(|| r.as_freed());
+        }
+        (0..self.fifo.len)
+            .filter_map(|i| self.fifo.peek_at(i))
+            .find(|f| f.rec.addr == addr)
+    }
+
+    /// The oldest block of this shard's FIFO, out of the quarantine.
+    #[inline]
+    fn pop_small(&mut self) -> Option<Freed> {
+        let f = self.fifo.pop()?;
+        self.fifo_bytes -= quarantine_cost(&f.rec);
+        Some(f)
+    }
+
+    /// Takes the record of the big block `addr` out of the quarantine (the
+    /// queue for big blocks has just given it up), keeping the counts.
+    /// `None` if it is not there: the queue cannot know of a block whose
+    /// record went another way (see `requeue_stranded_big`).
+    fn release_big(&mut self, addr: usize) -> Option<Freed> {
         let i = self.table.find(addr)?;
         let r = self.table.at(i);
-        if !r.is_freed() || r.is_big() != big {
+        if !r.is_freed() {
             return None;
         }
         self.table.remove_at(i);
-        self.freed -= 1;
-        if !big {
-            self.fifo_bytes -= quarantine_cost(&r);
-        }
+        self.freed_big -= 1;
         Some(r.as_freed())
     }
 
@@ -282,7 +313,7 @@ impl Shard {
     fn take(&mut self, addr: usize) -> Option<Record> {
         let rec = self.table.remove(addr)?;
         if rec.is_freed() {
-            self.freed -= 1;
+            self.freed_big -= 1;
         } else if rec.is_internal() {
             self.internal -= 1;
         }
@@ -365,12 +396,9 @@ pub(crate) fn insert(rec: Record) -> bool {
             // (an address the registry missed a free of).
             match old {
                 Some(o) if o.is_freed() => {
-                    // Its FIFO entry stays, and is skipped when it comes up.
-                    // (The queue for big blocks counts its bytes by entry.)
-                    s.freed -= 1;
-                    if !o.is_big() {
-                        s.fifo_bytes -= quarantine_cost(&o);
-                    }
+                    // Its entry in the queue for big blocks stays, and is
+                    // skipped when it comes up (`release_big`).
+                    s.freed_big -= 1;
                 }
                 Some(o) if o.is_internal() => s.internal -= 1,
                 _ => {}
@@ -399,12 +427,11 @@ pub(crate) enum Lookup {
 pub(crate) fn remove(addr: usize) -> Lookup {
     let mut s = shard_of(addr).lock();
     match s.table.get(addr) {
-        Some(rec) if rec.is_freed() => Lookup::Freed(rec.as_freed()),
-        Some(_) => match s.take(addr) {
+        Some(rec) if !rec.is_freed() => match s.take(addr) {
             Some(rec) => Lookup::Live(rec),
             None => Lookup::Unknown,
         },
-        None => Lookup::Unknown,
+        _ => s.find_freed(addr).map_or(Lookup::Unknown, Lookup::Freed),
     }
 }
 
@@ -531,7 +558,7 @@ pub(crate) fn free(
     let mut guard = shard_of(addr).lock();
     let s = &mut *guard;
     let Some(i) = s.table.find(addr) else {
-        return Freeing::Unknown;
+        return s.find_freed(addr).map_or(Freeing::Unknown, Freeing::Freed);
     };
     let rec = s.table.at(i);
     if rec.is_freed() {
@@ -544,21 +571,27 @@ pub(crate) fn free(
     let cost = quarantine_cost(&rec);
     let queue = budget.place(cost);
     let kept = match queue {
-        Some(Queue::Shard) => s.fifo.push(fifo_entry(addr, rec.size())),
+        Some(Queue::Shard) => s.fifo.push(Freed {
+            rec: Record { seq: 0, ..rec },
+            free_stack,
+            free_thread,
+        }),
         Some(Queue::Big) => true,
         None => false,
     };
     inspect(&rec, kept);
+    if queue != Some(Queue::Big) {
+        // Not kept, or kept in the FIFO: the record leaves the table.
+        s.table.remove_at(i);
+    }
     if !kept {
-        s.take(addr);
         return Freeing::Live { rec, kept };
     }
-    let slot = s.table.at_mut(i);
-    slot.size_align |= FREED_BIT;
-    slot.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
-    s.freed += 1;
     if queue == Some(Queue::Big) {
-        slot.size_align |= BIG_BIT;
+        let slot = s.table.at_mut(i);
+        slot.size_align |= FREED_BIT;
+        slot.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
+        s.freed_big += 1;
         // Between its shard and the queue (see `requeue_stranded_big`).
         BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         drop(guard);
@@ -567,28 +600,21 @@ pub(crate) fn free(
     }
     s.fifo_bytes += cost;
     while budget.over(s) && out.len < MAX_EVICT {
-        let Some(old) = s.fifo.pop() else { break };
-        if let Some(f) = s.release(entry_addr(old), false) {
-            out.push(f);
-        }
+        let Some(f) = s.pop_small() else { break };
+        out.push(f);
     }
     if s.fifo_bytes.abs_diff(s.reported) >= SYNC_BYTES {
         sync_small_bytes(s);
     }
-    // The blocks about to leave have been out of cache for long. A
-    // two-step pipeline, one free of this shard apart: the block after the
-    // next gets its record fetched; the next one, whose record was fetched
-    // by the free before, gets the bytes its poison check will read (the
-    // first `PREFETCH_BYTES`, as many as its FIFO entry says) and the inner
-    // allocator's header before it.
+    // The block about to leave has been out of cache for long: fetch the
+    // bytes its poison check will read (the first `PREFETCH_BYTES`) and
+    // the inner allocator's header before it, one free of this shard ahead.
+    // (Its record is in the FIFO, which is read in order.)
     if let Some(next) = s.fifo.peek_at(0) {
-        let at = entry_addr(next);
+        let at = next.rec.addr;
         prefetch(at.wrapping_sub(32));
-        for line in 0..entry_lines(next) {
+        for line in 0..next.rec.size().min(PREFETCH_BYTES).div_ceil(64) {
             prefetch(at.wrapping_add(line * 64));
-        }
-        if let Some(after) = s.fifo.peek_at(1) {
-            s.table.prefetch(entry_addr(after));
         }
     }
     Freeing::Live { rec, kept }
@@ -666,7 +692,7 @@ fn quarantine_big(addr: usize, cost: usize, budget: usize, out: &mut Evicted) {
     }
     for &a in &leaving[..n] {
         let mut s = shard_of(a).lock();
-        if let Some(f) = s.release(a, true) {
+        if let Some(f) = s.release_big(a) {
             out.push(f);
         }
         // Still under the shard's lock (see `BIG_MOVING`).
@@ -711,7 +737,7 @@ pub(crate) fn requeue_stranded_big() {
     for shard in &SHARD {
         let s = shard.lock();
         for r in s.table.iter() {
-            if r.is_freed() && r.is_big() && queued.as_slice().binary_search(&r.addr).is_err() {
+            if r.is_freed() && queued.as_slice().binary_search(&r.addr).is_err() {
                 let cost = quarantine_cost(r);
                 if q.fifo.push((r.addr, cost)) {
                     q.bytes += cost;
@@ -725,29 +751,6 @@ pub(crate) fn requeue_stranded_big() {
 /// Bytes of the next block to leave the quarantine fetched ahead of its
 /// poison check (a cache line at a time).
 const PREFETCH_BYTES: usize = 512;
-
-/// Bits of a FIFO entry that hold the address (user-space addresses are
-/// below 2^57 even with five-level page tables).
-const ENTRY_ADDR_BITS: u32 = 60;
-
-/// A quarantine FIFO entry: the block's address, and in the top bits how
-/// many of its first cache lines to prefetch before it leaves (so that
-/// the prefetch needs no lookup of its record).
-#[inline]
-fn fifo_entry(addr: usize, size: usize) -> usize {
-    let lines = size.min(PREFETCH_BYTES).div_ceil(64);
-    addr | (lines << ENTRY_ADDR_BITS)
-}
-
-#[inline]
-fn entry_addr(entry: usize) -> usize {
-    entry & ((1 << ENTRY_ADDR_BITS) - 1)
-}
-
-#[inline]
-fn entry_lines(entry: usize) -> usize {
-    entry >> ENTRY_ADDR_BITS
-}
 
 /// Most blocks evicted from quarantine per free.
 pub(crate) const MAX_EVICT: usize = 8;
@@ -1065,17 +1068,6 @@ mod tests {
     }
 
     #[test]
-    fn a_fifo_entry_holds_the_address_and_the_lines_to_prefetch() {
-        let top = (1usize << 57) - 16;
-        for (size, lines) in [(1, 1), (64, 1), (65, 2), (512, 8), (100_000, 8)] {
-            for addr in [0x10, 0x7fff_1234_5670, top] {
-                let e = fifo_entry(addr, size);
-                assert_eq!((entry_addr(e), entry_lines(e)), (addr, lines));
-            }
-        }
-    }
-
-    #[test]
     #[cfg_attr(miri, ignore = "16 million allocations")]
     fn a_threads_sequence_numbers_only_grow_across_the_count_wrapping() {
         // A thread number of its own slot: no other test allocates there
@@ -1131,13 +1123,11 @@ mod tests {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Empties the FIFO of the shard of `addr` (the records of its blocks
-    /// removed) and reports that, so that the next test starts afresh.
+    /// Empties the FIFO of the shard of `addr` and reports that, so that
+    /// the next test starts afresh.
     fn drain_shard(addr: usize) {
         let mut s = shard_of(addr).lock();
-        while let Some(e) = s.fifo.pop() {
-            s.release(entry_addr(e), false);
-        }
+        while s.pop_small().is_some() {}
         sync_small_bytes(&mut s);
     }
 
@@ -1149,13 +1139,13 @@ mod tests {
             std::iter::from_fn(|| q.fifo.pop().map(|(a, _)| a)).collect()
         };
         for a in leaving {
-            shard_of(a).lock().release(a, true);
+            shard_of(a).lock().release_big(a);
         }
     }
 
     fn shard_counts(addr: usize) -> (usize, usize, usize) {
         let s = shard_of(addr).lock();
-        (s.len(), s.freed, s.freed().count())
+        (s.len(), s.quarantined(), s.freed().count())
     }
 
     #[test]
@@ -1467,8 +1457,8 @@ mod tests {
         {
             let mut s = shard_of(addr).lock();
             let i = s.table.find(addr).expect("recorded");
-            s.table.at_mut(i).size_align |= FREED_BIT | BIG_BIT;
-            s.freed += 1;
+            s.table.at_mut(i).size_align |= FREED_BIT;
+            s.freed_big += 1;
             BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         }
         assert!(!in_queue());

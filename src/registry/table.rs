@@ -118,17 +118,6 @@ impl<R: Slot> Table<R> {
         self.find(addr).map(|i| self.slots.as_slice()[i])
     }
 
-    /// Brings the slot where a lookup of `addr` starts into cache, and the
-    /// slot after it, which a removal reads next (to shift it back).
-    pub(crate) fn prefetch(&self, addr: usize) {
-        let (first, mask) = self.placement();
-        if first != 0 {
-            let at = home_slot::<R>(first, mask, addr);
-            crate::sys::prefetch(at);
-            crate::sys::prefetch(at + size_of::<R>());
-        }
-    }
-
     /// Where the slots are (0 while there are none), and the mask of slot
     /// indices: for [`super::prefetch_slot`], which finds a key's slot
     /// without the shard's lock.
