@@ -82,19 +82,23 @@ fn still_sound(run: &Run) {
     );
 }
 
-#[test]
-fn double_free_names_allocation_first_free_and_second_free() {
-    let run = run_continue("double_free");
+/// Runs `program`, which frees a block twice (the lines marked ALLOC, FREE
+/// and BUG with its name), and checks the double-free report: where, and
+/// both earlier stacks.
+fn finds_double_free(program: &str) -> Run {
+    let run = run_continue(program);
     let e = error(&run, "double_free");
-    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "double_free")));
-    assert_eq!(
-        top_line(&e["alloc_frames"]),
-        Some(line("ALLOC", "double_free"))
-    );
-    assert_eq!(
-        top_line(&e["free_frames"]),
-        Some(line("FREE", "double_free"))
-    );
+    for (frames, what) in [
+        ("frames", "BUG"),
+        ("alloc_frames", "ALLOC"),
+        ("free_frames", "FREE"),
+    ] {
+        assert_eq!(
+            top_line(&e[frames]),
+            Some(line(what, program)),
+            "{frames} of {program}"
+        );
+    }
     assert!(e["address"].as_str().unwrap().starts_with("0x"));
     assert!(
         run.stderr.contains("memwarden: ERROR: double free at 0x"),
@@ -102,6 +106,35 @@ fn double_free_names_allocation_first_free_and_second_free() {
         run.describe()
     );
     still_sound(&run);
+    run
+}
+
+#[test]
+fn double_free_names_allocation_first_free_and_second_free() {
+    finds_double_free("double_free");
+}
+
+#[test]
+fn a_double_free_is_found_deep_in_the_quarantine() {
+    // Hundreds of its neighbours freed before it: its record is far back in
+    // its shard's FIFO, where the second free has to find it.
+    finds_double_free("double_free_after_frees");
+}
+
+#[test]
+fn a_double_free_of_a_big_block_is_found_too() {
+    // Too big for a shard's share: the queue for big blocks holds it.
+    finds_double_free("double_free_big");
+}
+
+#[test]
+fn realloc_of_a_freed_block_is_a_double_free_and_gives_null() {
+    let run = finds_double_free("realloc_after_free");
+    assert!(
+        run.stdout.contains("realloc after free gave null: true"),
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]

@@ -21,6 +21,53 @@ fn double_free() {
     unsafe { dealloc(black_box(p), layout) }; // BUG: double_free
 }
 
+/// The same with the freed block's record deep in its shard's FIFO of the
+/// quarantine: its neighbours in memory (which share its shard) are freed
+/// before it, and the second free has to search past them.
+#[inline(never)]
+fn double_free_after_frees() {
+    let layout = Layout::from_size_align(40, 8).unwrap();
+    let mut blocks: Vec<*mut u8> = (0..600)
+        // SAFETY: a valid non-zero layout.
+        .map(|_| unsafe { alloc(layout) }) // ALLOC: double_free_after_frees
+        .collect();
+    let p = blocks.remove(300);
+    for b in blocks {
+        // SAFETY: each was allocated with `layout` and is freed once.
+        unsafe { dealloc(b, layout) };
+    }
+    // SAFETY: `p` was allocated with `layout`.
+    unsafe { dealloc(p, layout) }; // FREE: double_free_after_frees
+    // SAFETY: none: this is the bug under test.
+    unsafe { dealloc(black_box(p), layout) }; // BUG: double_free_after_frees
+}
+
+/// The same with a block too big for a shard's share of the quarantine,
+/// which waits in the queue for big blocks.
+#[inline(never)]
+fn double_free_big() {
+    let layout = Layout::from_size_align(100 << 10, 8).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: double_free_big
+    // SAFETY: `p` was allocated with `layout`.
+    unsafe { dealloc(p, layout) }; // FREE: double_free_big
+    // SAFETY: none: this is the bug under test.
+    unsafe { dealloc(black_box(p), layout) }; // BUG: double_free_big
+}
+
+/// `realloc` of a freed block: refused (null), reported as a double free.
+#[inline(never)]
+fn realloc_after_free() {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: realloc_after_free
+    // SAFETY: `p` was allocated with `layout`.
+    unsafe { dealloc(p, layout) }; // FREE: realloc_after_free
+    // SAFETY: none: this is the bug under test.
+    let q = unsafe { std::alloc::realloc(black_box(p), layout, 96) }; // BUG: realloc_after_free
+    println!("realloc after free gave null: {}", q.is_null());
+}
+
 #[inline(never)]
 fn invalid_free() {
     let mut local = [0u8; 64];
@@ -181,6 +228,9 @@ fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
     match name.as_str() {
         "double_free" => double_free(),
+        "double_free_after_frees" => double_free_after_frees(),
+        "double_free_big" => double_free_big(),
+        "realloc_after_free" => realloc_after_free(),
         "invalid_free" => invalid_free(),
         "interior_free" => interior_free(),
         "layout_mismatch" => layout_mismatch(),
