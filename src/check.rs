@@ -106,6 +106,20 @@ pub(crate) struct Overrun {
     pub(crate) distance: usize,
 }
 
+/// True if the 16 bytes right before `user` hold the red-zone pattern, as
+/// they do before every tracked block (freed or not) while red zones are
+/// on; false if red zones are off, or if those bytes lie on another page
+/// than `user` (not read then: that page may not be mapped).
+///
+/// # Safety
+/// `user` must be readable for one byte: then its page is mapped.
+pub(crate) unsafe fn front_zone_intact(user: *const u8) -> bool {
+    state::redzones()
+        && user as usize % 4096 >= 16
+        // SAFETY: the 16 bytes lie on `user`'s page, which is mapped.
+        && unsafe { user.sub(16).cast::<u128>().read_unaligned() } == ZONE_WORD
+}
+
 /// Checks both red zones of a tracked block.
 ///
 /// # Safety

@@ -270,6 +270,9 @@ mod tracked {
                 free_stack,
                 thread,
                 budget,
+                // SAFETY: `ptr` is a block handed back to us (`dealloc`'s
+                // contract), not yet freed: the registry has no record of it.
+                || unsafe { may_be_quarantined(ptr) },
                 |rec, kept| {
                     // Counted before the poison's stores, which the
                     // counter's atomic add would otherwise wait for.
@@ -452,7 +455,8 @@ mod tracked {
             // Remove the record before the inner allocator may free the old
             // block: otherwise another thread could be handed the same
             // address and record it before we drop the old record.
-            let old = match registry::remove(addr) {
+            // SAFETY: as in `dealloc_tracked`.
+            let old = match registry::remove(addr, || unsafe { may_be_quarantined(ptr) }) {
                 Lookup::Live(rec) => rec,
                 Lookup::Freed(f) => {
                     let _busy = Reentry::enter();
@@ -551,6 +555,32 @@ mod tracked {
                 unsafe { new.add(front) }
             }
         }
+    }
+
+    /// Whether `ptr`, handed back to `dealloc` or `realloc` with no record
+    /// in the registry, may be a small block in quarantine (whose record is
+    /// in its shard's FIFO), so that the registry searches for it there.
+    /// Always, when every block was tracked: an address with no record is
+    /// then an error, and the search tells a double free from an invalid
+    /// free. Otherwise most such addresses are blocks allocated untracked
+    /// (before `enable()`, while paused, during the exit report), and a
+    /// quarantined block starts with the poison byte and has the red-zone
+    /// pattern right before it: two reads spare the others the search. (A
+    /// block freed, then written over both at its first byte and right
+    /// before it, and freed again while blocks go untracked, would go to
+    /// the inner allocator a second time unseen; the checks still report
+    /// both writes, the poison's when the block leaves the quarantine.)
+    ///
+    /// # Safety
+    /// When not every block was tracked, `ptr` must be readable for one
+    /// byte (any block the program hands back is).
+    #[inline]
+    unsafe fn may_be_quarantined(ptr: *const u8) -> bool {
+        // SAFETY: read only when not every block was tracked, per the
+        // contract.
+        state::all_tracked()
+            || !state::poison()
+            || unsafe { ptr.read() == check::FREED || check::front_zone_intact(ptr) }
     }
 
     /// Checks a tracked block being freed or reallocated with the

@@ -128,6 +128,20 @@ fn a_double_free_of_a_big_block_is_found_too() {
 }
 
 #[test]
+fn a_double_free_is_found_while_tracking_is_paused() {
+    // Untracked blocks are freed around it, some of them starting with the
+    // poison byte: none of them is reported.
+    let run = finds_double_free("double_free_paused");
+    assert!(
+        run.stdout.contains("untracked frees while paused: ok"),
+        "{}",
+        run.describe()
+    );
+    let errors = run.report()["errors"].as_array().map(Vec::len);
+    assert_eq!(errors, Some(1), "{}", run.describe());
+}
+
+#[test]
 fn realloc_of_a_freed_block_is_a_double_free_and_gives_null() {
     let run = finds_double_free("realloc_after_free");
     assert!(

@@ -25,11 +25,14 @@
 //! wrote last. (Marking the record freed in the table and removing it
 //! there when the block left cost a lookup and a backward shift in table
 //! lines the allocating thread writes too: 5-12% of each workload.) A free
-//! or `realloc` of an address the table does not hold looks for it in the
-//! FIFO of its shard, a linear search of at most a few thousand entries;
-//! found there, it is a double free. That search is only made for a
-//! pointer that is no live block: an error, or a block allocated before
-//! tracking started. A block too big for its shard's share of the
+//! or `realloc` of an address the table does not hold may look for it in
+//! the FIFO of its shard; found there, it is a double free. That is a
+//! linear search, of up to about one entry per KiB of
+//! `DEBUG_MEMORY_QUARANTINE` (some 2,000 at the default 2 MiB, where a
+//! shard may borrow up to 128 KiB), made only where the caller cannot rule
+//! it out cheaply (see [`free`]): for a pointer with no record when every
+//! block was tracked (an error, whatever it finds), or when the block's
+//! first byte is the poison byte. A block too big for its shard's share of the
 //! quarantine waits in one queue shared by all shards instead ([`Budget`]);
 //! its record stays in its shard's table, marked freed and carrying the
 //! stack that freed it instead of its sequence number.
@@ -271,15 +274,12 @@ impl Shard {
             .chain(big)
     }
 
-    /// The quarantined block at `addr`, if this shard holds one: a big
-    /// block's record in the table, or a search of the FIFO (see the
-    /// module docs), for an address with no record in the table.
+    /// The block at `addr` in this shard's FIFO, if it is there: a linear
+    /// search (see the module docs), for an address with no record in the
+    /// table.
     #[cold]
     #[inline(never)]
-    fn find_freed(&self, addr: usize) -> Option<Freed> {
-        if let Some(r) = self.table.get(addr) {
-            return r.is_freed().then(|| r.as_freed());
-        }
+    fn search_fifo(&self, addr: usize) -> Option<Freed> {
         (0..self.fifo.len)
             .filter_map(|i| self.fifo.peek_at(i))
             .find(|f| f.rec.addr == addr)
@@ -396,8 +396,13 @@ pub(crate) fn insert(rec: Record) -> bool {
             // (an address the registry missed a free of).
             match old {
                 Some(o) if o.is_freed() => {
-                    // Its entry in the queue for big blocks stays, and is
-                    // skipped when it comes up (`release_big`).
+                    // A big block's: its entry in the queue for big blocks
+                    // stays, and is skipped when it comes up
+                    // (`release_big`). (A small block in a FIFO cannot be
+                    // given out again while it is there: the inner
+                    // allocator has not had it back. Only a free that
+                    // bypasses `Warden`, of a block it still holds, could
+                    // do that, and then the FIFO would free it twice.)
                     s.freed_big -= 1;
                 }
                 Some(o) if o.is_internal() => s.internal -= 1,
@@ -423,15 +428,19 @@ pub(crate) enum Lookup {
 }
 
 /// Removes the live record of `addr`, or says what else is known of it.
+/// If the table has no record of it, `search()` says whether to look for
+/// it in its shard's FIFO (see [`free`]).
 #[inline]
-pub(crate) fn remove(addr: usize) -> Lookup {
+pub(crate) fn remove(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
     let mut s = shard_of(addr).lock();
     match s.table.get(addr) {
-        Some(rec) if !rec.is_freed() => match s.take(addr) {
+        Some(rec) if rec.is_freed() => Lookup::Freed(rec.as_freed()),
+        Some(_) => match s.take(addr) {
             Some(rec) => Lookup::Live(rec),
             None => Lookup::Unknown,
         },
-        _ => s.find_freed(addr).map_or(Lookup::Unknown, Lookup::Freed),
+        None if search() => s.search_fifo(addr).map_or(Lookup::Unknown, Lookup::Freed),
+        None => Lookup::Unknown,
     }
 }
 
@@ -546,19 +555,31 @@ enum Queue {
 /// shard's FIFO, and all of this happens under that one lock; a big
 /// block's is the queue for big blocks, locked after the shard's lock is
 /// released (never both at once).
+///
+/// An address with no record in the table may be a small block in its
+/// shard's FIFO (a double free), found only by a linear search there:
+/// `search()`, called under the lock, says whether to make it. (The caller
+/// says no where it can tell cheaply that the address is not a quarantined
+/// block: when blocks were allocated untracked, most addresses with no
+/// record are theirs, and a search at each of their frees made a free of
+/// an untracked block 3 to 40 times slower.)
 #[inline]
 pub(crate) fn free(
     addr: usize,
     free_stack: StackId,
     free_thread: u32,
     budget: Budget,
+    search: impl FnOnce() -> bool,
     inspect: impl FnOnce(&Record, bool),
     out: &mut Evicted,
 ) -> Freeing {
     let mut guard = shard_of(addr).lock();
     let s = &mut *guard;
     let Some(i) = s.table.find(addr) else {
-        return s.find_freed(addr).map_or(Freeing::Unknown, Freeing::Freed);
+        if !search() {
+            return Freeing::Unknown;
+        }
+        return s.search_fifo(addr).map_or(Freeing::Unknown, Freeing::Freed);
     };
     let rec = s.table.at(i);
     if rec.is_freed() {
@@ -660,7 +681,7 @@ static BIG: CachePadded<SpinLock<BigQueue>> = CachePadded::new(SpinLock::new(Big
 }));
 
 /// Queues the big block at `addr` (whose record [`free`] has just marked
-/// freed and big) and makes the oldest big blocks leave while the queue
+/// freed) and makes the oldest big blocks leave while the queue
 /// holds more than `budget` bytes (at most [`MAX_EVICT`], into `out`, their
 /// records removed). Called with no shard locked: the queue's lock is
 /// released before a leaving block's shard is locked. (`out` comes empty
@@ -714,7 +735,7 @@ static BIG_MOVING: CachePadded<AtomicUsize> = CachePadded::new(AtomicUsize::new(
 
 /// In the child of a `fork` (which has only the thread that called it):
 /// the blocks other threads were moving to or from the queue of big
-/// blocks, found marked quarantined and big in their shard but missing
+/// blocks, found marked freed in their shard's table but missing
 /// from the queue, are queued again; otherwise nothing would ever give
 /// them back. Free unless such a move was under way. Allocates nothing
 /// through the global allocator (a sorted copy of the queue's addresses
@@ -1117,6 +1138,24 @@ mod tests {
     /// another ended gets its glibc arena, and the same regions).
     static QUARANTINE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// [`super::free`], searching the FIFO for every address with no record.
+    fn free(
+        addr: usize,
+        free_stack: StackId,
+        free_thread: u32,
+        budget: Budget,
+        inspect: impl FnOnce(&Record, bool),
+        out: &mut Evicted,
+    ) -> Freeing {
+        super::free(addr, free_stack, free_thread, budget, || true, inspect, out)
+    }
+
+    /// [`super::remove`], searching the FIFO for every address with no
+    /// record.
+    fn remove(addr: usize) -> Lookup {
+        super::remove(addr, || true)
+    }
+
     fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         QUARANTINE_TESTS
             .lock()
@@ -1259,6 +1298,59 @@ mod tests {
         let freeing = free(a[2], 82, 3, budget, |_, _| panic!("internal"), &mut out);
         assert_eq!(freeing, Freeing::Internal(own));
         assert_eq!(remove(a[2]), Lookup::Unknown);
+        drain_shard(a[0]);
+    }
+
+    /// A double free is found in a FIFO whose ring has wrapped, on both
+    /// sides of the wrap; not once the block has left; and not searched for
+    /// when the caller says not to.
+    #[test]
+    fn a_double_free_is_found_across_the_fifos_wrap() {
+        let _one = one_at_a_time();
+        let a = addresses_in_one_shard(300);
+        drain_shard(a[0]);
+        let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
+        let share = 3 * quarantine_cost(&rec(a[0]));
+        let budget = Budget {
+            shard: share,
+            small: share,
+            big: 0,
+        };
+        let wrapped = || {
+            let s = shard_of(a[0]).lock();
+            s.fifo.len == 3 && s.fifo.head > s.fifo.buf.len() - 3
+        };
+        let mut n = 0;
+        while n < 3 || !wrapped() {
+            assert!(n < a.len(), "the ring never wrapped");
+            assert!(insert(rec(a[n])));
+            let stack = 1000 + n as StackId;
+            free(a[n], stack, 3, budget, |_, _| {}, &mut Evicted::new());
+            n += 1;
+        }
+        // The last three are quarantined, on both sides of the ring's end.
+        for (k, &addr) in a[n - 3..n].iter().enumerate() {
+            let stack = 1000 + (n - 3 + k) as StackId;
+            let again = free(
+                addr,
+                1,
+                3,
+                budget,
+                |_, _| panic!("not live"),
+                &mut Evicted::new(),
+            );
+            assert!(
+                matches!(again, Freeing::Freed(f) if f.rec.addr == addr && f.free_stack == stack),
+                "{again:?}"
+            );
+            assert!(matches!(remove(addr), Lookup::Freed(f) if f.free_stack == stack));
+            let unsearched =
+                super::free(addr, 1, 3, budget, || false, |_, _| {}, &mut Evicted::new());
+            assert_eq!(unsearched, Freeing::Unknown);
+            assert_eq!(super::remove(addr, || false), Lookup::Unknown);
+        }
+        // One that left the quarantine is unknown.
+        assert_eq!(remove(a[n - 4]), Lookup::Unknown);
         drain_shard(a[0]);
     }
 

@@ -55,6 +55,26 @@ fn double_free_big() {
     unsafe { dealloc(black_box(p), layout) }; // BUG: double_free_big
 }
 
+/// The same while tracking is paused: blocks allocated then are untracked,
+/// and their frees (some of them starting with the poison byte) must not
+/// be taken for double frees, while the real one is still found.
+#[inline(never)]
+fn double_free_paused() {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    // SAFETY: a valid non-zero layout.
+    let p = unsafe { alloc(layout) }; // ALLOC: double_free_paused
+    // SAFETY: `p` was allocated with `layout`.
+    unsafe { dealloc(p, layout) }; // FREE: double_free_paused
+    memwarden::disable();
+    for i in 0..1000usize {
+        let fill = if i % 2 == 0 { 0xdd } else { i as u8 };
+        drop(std::hint::black_box(vec![fill; 48]));
+    }
+    // SAFETY: none: this is the bug under test.
+    unsafe { dealloc(black_box(p), layout) }; // BUG: double_free_paused
+    println!("untracked frees while paused: ok");
+}
+
 /// `realloc` of a freed block: refused (null), reported as a double free.
 #[inline(never)]
 fn realloc_after_free() {
@@ -230,6 +250,7 @@ fn main() {
         "double_free" => double_free(),
         "double_free_after_frees" => double_free_after_frees(),
         "double_free_big" => double_free_big(),
+        "double_free_paused" => double_free_paused(),
         "realloc_after_free" => realloc_after_free(),
         "invalid_free" => invalid_free(),
         "interior_free" => interior_free(),
