@@ -8,6 +8,7 @@
 #   SKIP_EXIT=1 scripts/bench.sh           # without the exit-report measurement
 #   WORKLOADS="larson maps" scripts/bench.sh   # some workloads only
 #   TABLE_ONLY=1 scripts/bench.sh          # the table again, from the last run's results
+#   BEST_OF=2 scripts/bench.sh             # each variant twice per round, the faster kept
 #
 # Variants: System, mimalloc, dhat-rs (heap profiler running), and memwarden
 # with the `tracking` feature compiled out, compiled in with DEBUG_MEMORY
@@ -27,6 +28,11 @@ mkdir -p "$TARGET"
 TARGET=$(cd "$TARGET" && pwd)
 OUT=$TARGET/bench-results
 ROUNDS=${ROUNDS:-3}
+# Processes per variant and round; the fastest counts. On a VM whose vCPUs
+# the host moves, a process can land in a slow mode for its whole life
+# (docs/performance.md: `larson` is bimodal); more than one try per round
+# keeps such a process from deciding the round.
+BEST_OF=${BEST_OF:-1}
 export CRITERION_HOME=$TARGET/criterion
 export CARGO_TERM_COLOR=never
 # Inherited switches would change what is measured.
@@ -104,15 +110,17 @@ PY
       echo "== round $round/$ROUNDS: $w (load average $(cut -d' ' -f1-3 /proc/loadavg))"
       for v in "${VARIANTS[@]}"; do
         IFS='|' read -r label exe envs <<<"$v"
-        log=$OUT/$w.$label.round$round.log
-        marker=$OUT/.start
-        touch "$marker"
-        # shellcheck disable=SC2086 # $envs is a word list
-        if ! env $envs "$exe" --bench "^$w/" "$@" >"$log" 2>&1; then
-          echo "   $w/$label FAILED: see $log" >&2
-          tail -5 "$log" >&2
-        fi
-        collect "$w" "$label" "$marker" "$round"
+        for try in $(seq 1 "$BEST_OF"); do
+          log=$OUT/$w.$label.round$round.try$try.log
+          marker=$OUT/.start
+          touch "$marker"
+          # shellcheck disable=SC2086 # $envs is a word list
+          if ! env $envs "$exe" --bench "^$w/" "$@" >"$log" 2>&1; then
+            echo "   $w/$label FAILED: see $log" >&2
+            tail -5 "$log" >&2
+          fi
+          collect "$w" "$label" "$marker" "$round"
+        done
       done
     done
   done
@@ -126,8 +134,12 @@ python3 - "$OUT/results.jsonl" >"$TABLE" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 order = ["small_pairs", "producer_consumer", "larson", "realloc_growth", "maps"]
-# Allocations per second of each (workload, variant, round).
-thr = {(r["workload"], r["variant"], r["round"]): r["elements"] / r["median_ns"] * 1e9 for r in rows}
+# Allocations per second of each (workload, variant, round): the fastest
+# try where there were several (BEST_OF).
+thr = {}
+for r in rows:
+    k = (r["workload"], r["variant"], r["round"])
+    thr[k] = max(thr.get(k, 0), r["elements"] / r["median_ns"] * 1e9)
 workloads = [w for w in order if any(k[0] == w for k in thr)]
 workloads += sorted({k[0] for k in thr} - set(workloads))
 

@@ -82,12 +82,11 @@ fn still_sound(run: &Run) {
     );
 }
 
-/// Runs `program`, which frees a block twice (the lines marked ALLOC, FREE
-/// and BUG with its name), and checks the double-free report: where, and
-/// both earlier stacks.
-fn finds_double_free(program: &str) -> Run {
-    let run = run_continue(program);
-    let e = error(&run, "double_free");
+/// The one error of `kind` in `run`, after checking that its stacks start
+/// at the lines of `program` marked BUG (where it was found), ALLOC and
+/// FREE.
+fn error_at_three_lines<'a>(run: &'a Run, kind: &str, program: &str) -> &'a Value {
+    let e = error(run, kind);
     for (frames, what) in [
         ("frames", "BUG"),
         ("alloc_frames", "ALLOC"),
@@ -99,6 +98,15 @@ fn finds_double_free(program: &str) -> Run {
             "{frames} of {program}"
         );
     }
+    e
+}
+
+/// Runs `program`, which frees a block twice (the lines marked ALLOC, FREE
+/// and BUG with its name), and checks the double-free report: where, and
+/// both earlier stacks.
+fn finds_double_free(program: &str) -> Run {
+    let run = run_continue(program);
+    let e = error_at_three_lines(&run, "double_free", program);
     assert!(e["address"].as_str().unwrap().starts_with("0x"));
     assert!(
         run.stderr.contains("memwarden: ERROR: double free at 0x"),
@@ -264,18 +272,7 @@ fn check_heap_finds_an_overrun_of_a_live_block_once() {
 /// checks the use-after-free report: where, which byte, both stacks.
 fn finds_use_after_free(program: &str, byte: usize) {
     let run = run_continue(program);
-    let e = error(&run, "use_after_free");
-    for (frames, what) in [
-        ("frames", "BUG"),
-        ("alloc_frames", "ALLOC"),
-        ("free_frames", "FREE"),
-    ] {
-        assert_eq!(
-            top_line(&e[frames]),
-            Some(line(what, program)),
-            "{frames} of {program}"
-        );
-    }
+    error_at_three_lines(&run, "use_after_free", program);
     let said = format!("byte {byte} of the block was written after it was freed");
     assert!(run.stderr.contains(&said), "{}", run.describe());
     assert!(
