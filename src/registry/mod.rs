@@ -303,15 +303,27 @@ impl Shard {
         if !r.is_freed() {
             return None;
         }
-        self.table.remove_at(i);
+        self.remove_at(i, addr);
         self.freed_big -= 1;
         Some(r.as_freed())
+    }
+
+    /// Removes the record in the table's slot `i` (from `find(addr)`), and
+    /// halves the table if that left it sparse.
+    #[inline]
+    fn remove_at(&mut self, i: usize, addr: usize) -> Record {
+        let rec = self.table.remove_at(i);
+        if self.table.shrink_if_sparse() {
+            publish_placement(shard_index(addr), &self.table);
+        }
+        rec
     }
 
     /// Drops the record of `addr` from the table, keeping the counts.
     #[inline]
     fn take(&mut self, addr: usize) -> Option<Record> {
-        let rec = self.table.remove(addr)?;
+        let i = self.table.find(addr)?;
+        let rec = self.remove_at(i, addr);
         if rec.is_freed() {
             self.freed_big -= 1;
         } else if rec.is_internal() {
@@ -376,6 +388,18 @@ pub(crate) fn prefetch_slot(addr: usize) {
     }
 }
 
+/// Keeps [`PLACEMENT`]`[i]` up to date with shard `i`'s table, under its
+/// lock, after the table may have moved (grown or shrunk).
+#[inline]
+fn publish_placement(i: usize, table: &Table<Record>) {
+    let (first, mask) = table.placement();
+    let p = &PLACEMENT[i];
+    if p.first.load(Ordering::Relaxed) != first {
+        p.first.store(first, Ordering::Relaxed);
+        p.mask.store(mask, Ordering::Relaxed);
+    }
+}
+
 /// Records a block; `false` if the table could not grow (the block then
 /// stays untracked).
 #[inline]
@@ -383,12 +407,7 @@ pub(crate) fn insert(rec: Record) -> bool {
     let i = shard_index(rec.addr);
     let mut s = SHARD[i].lock();
     let replaced = s.table.replace(rec);
-    let (first, mask) = s.table.placement();
-    let p = &PLACEMENT[i];
-    if p.first.load(Ordering::Relaxed) != first {
-        p.first.store(first, Ordering::Relaxed);
-        p.mask.store(mask, Ordering::Relaxed);
-    }
+    publish_placement(i, &s.table);
     match replaced {
         None => false,
         Some(old) => {
@@ -603,7 +622,7 @@ pub(crate) fn free(
     inspect(&rec, kept);
     if queue != Some(Queue::Big) {
         // Not kept, or kept in the FIFO: the record leaves the table.
-        s.table.remove_at(i);
+        s.remove_at(i, addr);
     }
     if !kept {
         return Freeing::Live { rec, kept };

@@ -1,5 +1,8 @@
 //! An open-addressing hash table keyed by address: linear probing,
-//! backward-shift deletion (no tombstones), at most half full. Its memory
+//! backward-shift deletion (no tombstones), at most half full, and halved
+//! when it falls under an eighth full ([`Table::shrink_if_sparse`]), so that
+//! a program whose live blocks once peaked does not keep the tables of
+//! that peak. Its memory
 //! comes from `System` through [`SysVec`], never from the global allocator.
 use crate::sys::SysVec;
 
@@ -27,6 +30,10 @@ pub(crate) fn home_slot<R>(first: usize, mask: usize, addr: usize) -> usize {
     first.wrapping_add(((mix(addr) as usize) & mask).wrapping_mul(size_of::<R>()))
 }
 
+/// The fewest slots of a table that has any: it grows to this at its
+/// first insertion and never shrinks below it.
+const MIN_SLOTS: usize = 256;
+
 /// See the module docs.
 pub(crate) struct Table<R: Slot> {
     slots: SysVec<R>,
@@ -48,7 +55,27 @@ impl<R: Slot> Table<R> {
     #[cold]
     #[inline(never)]
     fn grow(&mut self) -> bool {
-        let new_len = (self.slots.len() * 2).max(256);
+        self.rebuild((self.slots.len() * 2).max(MIN_SLOTS))
+    }
+
+    /// Halves the table if it is less than an eighth full (and bigger than
+    /// [`MIN_SLOTS`]): it is then a quarter full, so that it takes as many
+    /// removals again before the next halving, and as many insertions
+    /// before it doubles, as the rebuild costs. `true` if the slots moved
+    /// (see [`Table::placement`]). A table that cannot get the memory for
+    /// the smaller buffer stays as it is.
+    #[inline]
+    pub(crate) fn shrink_if_sparse(&mut self) -> bool {
+        let n = self.slots.len();
+        n > MIN_SLOTS && self.len * 8 < n && self.rebuild(n / 2)
+    }
+
+    /// Moves every value into a new buffer of `new_len` slots (a power of
+    /// two, more than twice `len`); `false`, leaving the table as it was,
+    /// if it could not be had.
+    #[cold]
+    #[inline(never)]
+    fn rebuild(&mut self, new_len: usize) -> bool {
         let mut slots = SysVec::new();
         if !slots.fill(R::EMPTY, new_len) {
             return false;
@@ -139,6 +166,7 @@ impl<R: Slot> Table<R> {
         &mut self.slots.as_mut_slice()[i]
     }
 
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, addr: usize) -> Option<R> {
         let i = self.find(addr)?;
         Some(self.remove_at(i))
@@ -212,6 +240,7 @@ mod tests {
                 model.insert(addr, V(addr, step));
             } else {
                 assert_eq!(t.remove(addr), model.remove(&addr));
+                t.shrink_if_sparse();
             }
             assert_eq!(t.len(), model.len());
         }
@@ -219,5 +248,38 @@ mod tests {
             assert_eq!(t.get(a), Some(*r));
         }
         assert_eq!(t.iter().count(), model.len());
+    }
+
+    #[test]
+    fn a_table_shrinks_when_sparse_and_keeps_every_value() {
+        let mut t = Table::<V>::new();
+        let addr = |i: usize| (i + 1) * 16;
+        for i in 0..100_000 {
+            assert!(t.insert(V(addr(i), i as u32)));
+        }
+        let peak = t.slots.len();
+        assert!(peak >= 200_000);
+        let mut moves = 0;
+        for i in 0..99_990 {
+            assert_eq!(t.remove(addr(i)), Some(V(addr(i), i as u32)));
+            if t.shrink_if_sparse() {
+                moves += 1;
+                // Never under a quarter full after a halving, nor more than
+                // half full.
+                assert!(
+                    t.len() * 2 <= t.slots.len(),
+                    "{} in {}",
+                    t.len(),
+                    t.slots.len()
+                );
+            }
+        }
+        assert!(moves > 0);
+        assert_eq!(t.slots.len(), MIN_SLOTS, "ten values left in {peak} slots");
+        for i in 99_990..100_000 {
+            assert_eq!(t.get(addr(i)), Some(V(addr(i), i as u32)));
+        }
+        assert_eq!(t.len(), 10);
+        assert!(!t.shrink_if_sparse(), "not below the smallest size");
     }
 }
