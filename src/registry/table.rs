@@ -31,8 +31,16 @@ pub(crate) fn home_slot<R>(first: usize, mask: usize, addr: usize) -> usize {
 }
 
 /// The fewest slots of a table that has any: it grows to this at its
-/// first insertion and never shrinks below it.
+/// first insertion.
 const MIN_SLOTS: usize = 256;
+
+/// Tables are halved only above this many slots (512 KiB of 32-byte
+/// records): a shard whose blocks are all freed and then allocated again,
+/// over and over (a batch handed to another thread, a structure rebuilt
+/// in a loop), would otherwise halve and double its table at each round,
+/// which made a two-thread producer and consumer 15-20% slower. So at
+/// most 64 MiB of tables (128 shards) stay after a peak of live blocks.
+const SHRINK_ABOVE: usize = 1 << 14;
 
 /// See the module docs.
 pub(crate) struct Table<R: Slot> {
@@ -58,8 +66,8 @@ impl<R: Slot> Table<R> {
         self.rebuild((self.slots.len() * 2).max(MIN_SLOTS))
     }
 
-    /// Halves the table if it is less than an eighth full (and bigger than
-    /// [`MIN_SLOTS`]): it is then a quarter full, so that it takes as many
+    /// Halves the table if it is less than an eighth full and bigger than
+    /// [`SHRINK_ABOVE`]: it is then a quarter full, so that it takes as many
     /// removals again before the next halving, and as many insertions
     /// before it doubles, as the rebuild costs. `true` if the slots moved
     /// (see [`Table::placement`]). A table that cannot get the memory for
@@ -67,7 +75,7 @@ impl<R: Slot> Table<R> {
     #[inline]
     pub(crate) fn shrink_if_sparse(&mut self) -> bool {
         let n = self.slots.len();
-        n > MIN_SLOTS && self.len * 8 < n && self.rebuild(n / 2)
+        n > SHRINK_ABOVE && self.len * 8 < n && self.rebuild(n / 2)
     }
 
     /// Moves every value into a new buffer of `new_len` slots (a power of
@@ -275,7 +283,11 @@ mod tests {
             }
         }
         assert!(moves > 0);
-        assert_eq!(t.slots.len(), MIN_SLOTS, "ten values left in {peak} slots");
+        assert_eq!(
+            t.slots.len(),
+            SHRINK_ABOVE,
+            "ten values left in {peak} slots"
+        );
         for i in 99_990..100_000 {
             assert_eq!(t.get(addr(i)), Some(V(addr(i), i as u32)));
         }
