@@ -106,18 +106,19 @@ pub(crate) struct Overrun {
     pub(crate) distance: usize,
 }
 
-/// True if the 16 bytes right before `user` hold the red-zone pattern, as
-/// they do before every tracked block (freed or not) while red zones are
-/// on; false if red zones are off, or if those bytes lie on another page
-/// than `user` (not read then: that page may not be mapped).
+/// False if the 16 bytes right before `user` show that it is no tracked
+/// block: red zones are on, those bytes lie on `user`'s page, and they do
+/// not hold the red-zone pattern that every tracked block (freed or not)
+/// has there. True otherwise, including when they lie on the page before,
+/// which is not read (it may not be mapped).
 ///
 /// # Safety
 /// `user` must be readable for one byte: then its page is mapped.
-pub(crate) unsafe fn front_zone_intact(user: *const u8) -> bool {
+pub(crate) unsafe fn may_follow_a_red_zone(user: *const u8) -> bool {
     state::redzones()
-        && user as usize % 4096 >= 16
-        // SAFETY: the 16 bytes lie on `user`'s page, which is mapped.
-        && unsafe { user.sub(16).cast::<u128>().read_unaligned() } == ZONE_WORD
+        && (user as usize % 4096 < 16
+            // SAFETY: the 16 bytes lie on `user`'s page, which is mapped.
+            || unsafe { user.sub(16).cast::<u128>().read_unaligned() } == ZONE_WORD)
 }
 
 /// Checks both red zones of a tracked block.
@@ -465,6 +466,31 @@ fn render(found: &Found, err: &HeapErrorReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What decides whether a pointer with no record is searched for in the
+    /// quarantine: the red-zone pattern before it, read only on its page.
+    #[test]
+    fn a_red_zone_is_looked_for_only_on_the_blocks_page() {
+        let layout = std::alloc::Layout::from_size_align(3 * 4096, 4096).unwrap();
+        // SAFETY: a valid non-zero layout (the test's allocator is System).
+        let page = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!page.is_null());
+        // SAFETY: every pointer below lies inside the three pages.
+        unsafe {
+            let mid = page.add(4096 + 64);
+            assert!(!may_follow_a_red_zone(mid), "zeros before it");
+            mid.sub(16).write_bytes(REDZONE, 16);
+            assert!(may_follow_a_red_zone(mid), "the pattern before it");
+            mid.sub(1).write(0);
+            assert!(!may_follow_a_red_zone(mid), "one byte of it changed");
+            // At a page's start the bytes before are on another page: not
+            // read, and taken as a maybe.
+            let start = page.add(4096);
+            assert!(may_follow_a_red_zone(start));
+            assert!(!may_follow_a_red_zone(start.add(16)));
+            std::alloc::dealloc(page, layout);
+        }
+    }
 
     #[test]
     fn fill_writes_exactly_its_bytes() {

@@ -564,23 +564,32 @@ mod tracked {
     /// then an error, and the search tells a double free from an invalid
     /// free. Otherwise most such addresses are blocks allocated untracked
     /// (before `enable()`, while paused, during the exit report), and a
-    /// quarantined block starts with the poison byte and has the red-zone
-    /// pattern right before it: two reads spare the others the search. (A
-    /// block freed, then written over both at its first byte and right
-    /// before it, and freed again while blocks go untracked, would go to
-    /// the inner allocator a second time unseen; the checks still report
-    /// both writes, the poison's when the block leaves the quarantine.)
+    /// quarantined block starts with the poison byte (with
+    /// `DEBUG_MEMORY_POISON` on) and has the red-zone pattern right before
+    /// it (with `DEBUG_MEMORY_REDZONES` on; when those bytes lie on the
+    /// page before, they are not read, and the search is made): a read or
+    /// two spares the others the search. With both off there is no sign to read, and every such
+    /// free searches. (A block freed, then written over at its first byte
+    /// and right before it, and freed again while blocks go untracked,
+    /// would go to the inner allocator a second time unseen; the checks
+    /// still report both writes, the poison's when the block leaves the
+    /// quarantine.)
     ///
     /// # Safety
     /// When not every block was tracked, `ptr` must be readable for one
     /// byte (any block the program hands back is).
     #[inline]
     unsafe fn may_be_quarantined(ptr: *const u8) -> bool {
-        // SAFETY: read only when not every block was tracked, per the
-        // contract.
-        state::all_tracked()
-            || !state::poison()
-            || unsafe { ptr.read() == check::FREED || check::front_zone_intact(ptr) }
+        if state::all_tracked() {
+            return true;
+        }
+        let poison = state::poison();
+        if !poison && !state::redzones() {
+            return true;
+        }
+        // SAFETY: not every block was tracked: `ptr` is readable for one
+        // byte, per the contract (`may_follow_a_red_zone` needs no more).
+        unsafe { (poison && ptr.read() == check::FREED) || check::may_follow_a_red_zone(ptr) }
     }
 
     /// Checks a tracked block being freed or reallocated with the

@@ -105,7 +105,14 @@ fn error_at_three_lines<'a>(run: &'a Run, kind: &str, program: &str) -> &'a Valu
 /// and BUG with its name), and checks the double-free report: where, and
 /// both earlier stacks.
 fn finds_double_free(program: &str) -> Run {
-    let run = run_continue(program);
+    finds_double_free_with(program, &[])
+}
+
+/// [`finds_double_free`] with more environment variables.
+fn finds_double_free_with(program: &str, extra: &[(&str, &str)]) -> Run {
+    let mut env = vec![("DEBUG_MEMORY_ON_ERROR", "continue")];
+    env.extend_from_slice(extra);
+    let run = run_program(program, &env);
     let e = error_at_three_lines(&run, "double_free", program);
     assert!(e["address"].as_str().unwrap().starts_with("0x"));
     assert!(
@@ -138,15 +145,23 @@ fn a_double_free_of_a_big_block_is_found_too() {
 #[test]
 fn a_double_free_is_found_while_tracking_is_paused() {
     // Untracked blocks are freed around it, some of them starting with the
-    // poison byte: none of them is reported.
-    let run = finds_double_free("double_free_paused");
-    assert!(
-        run.stdout.contains("untracked frees while paused: ok"),
-        "{}",
-        run.describe()
-    );
-    let errors = run.report()["errors"].as_array().map(Vec::len);
-    assert_eq!(errors, Some(1), "{}", run.describe());
+    // poison byte: none of them is reported. It is found by the poison byte
+    // it starts with or by the red zone before it, so with either of them
+    // off too.
+    for extra in [
+        &[][..],
+        &[("DEBUG_MEMORY_POISON", "0")][..],
+        &[("DEBUG_MEMORY_REDZONES", "0")][..],
+    ] {
+        let run = finds_double_free_with("double_free_paused", extra);
+        assert!(
+            run.stdout.contains("untracked frees while paused: ok"),
+            "{}",
+            run.describe()
+        );
+        let errors = run.report()["errors"].as_array().map(Vec::len);
+        assert_eq!(errors, Some(1), "{}", run.describe());
+    }
 }
 
 #[test]
