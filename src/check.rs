@@ -115,8 +115,11 @@ pub(crate) struct Overrun {
 /// # Safety
 /// `user` must be readable for one byte: then its page is mapped.
 pub(crate) unsafe fn may_follow_a_red_zone(user: *const u8) -> bool {
+    // The smallest page size: larger ones are multiples of it, so 16 bytes
+    // that do not cross a 4 KiB boundary stay on `user`'s page.
+    const PAGE: usize = 4096;
     state::redzones()
-        && (user as usize % 4096 < 16
+        && (user as usize % PAGE < 16
             // SAFETY: the 16 bytes lie on `user`'s page, which is mapped.
             || unsafe { user.sub(16).cast::<u128>().read_unaligned() } == ZONE_WORD)
 }

@@ -568,12 +568,12 @@ mod tracked {
     /// `DEBUG_MEMORY_POISON` on) and has the red-zone pattern right before
     /// it (with `DEBUG_MEMORY_REDZONES` on; when those bytes lie on the
     /// page before, they are not read, and the search is made): a read or
-    /// two spares the others the search. With both off there is no sign to read, and every such
-    /// free searches. (A block freed, then written over at its first byte
-    /// and right before it, and freed again while blocks go untracked,
-    /// would go to the inner allocator a second time unseen; the checks
-    /// still report both writes, the poison's when the block leaves the
-    /// quarantine.)
+    /// two spares the others the search. With both off there is no sign to
+    /// read, and every such free searches. (A block freed, then written
+    /// over at its first byte and right before it, and freed again while
+    /// blocks go untracked, would go to the inner allocator a second time
+    /// unseen; the checks still report both writes, the poison's when the
+    /// block leaves the quarantine.)
     ///
     /// # Safety
     /// When not every block was tracked, `ptr` must be readable for one

@@ -31,8 +31,9 @@
 //! `DEBUG_MEMORY_QUARANTINE` (some 2,000 at the default 2 MiB, where a
 //! shard may borrow up to 128 KiB), made only where the caller cannot rule
 //! it out cheaply (see [`free`]): for a pointer with no record when every
-//! block was tracked (an error, whatever it finds), or when the block's
-//! first byte is the poison byte. A block too big for its shard's share of the
+//! block was tracked (an error, whatever it finds), or when the block
+//! starts with the poison byte or follows a red zone (`warden`'s
+//! `may_be_quarantined`). A block too big for its shard's share of the
 //! quarantine waits in one queue shared by all shards instead ([`Budget`]);
 //! its record stays in its shard's table, marked freed and carrying the
 //! stack that freed it instead of its sequence number.
@@ -204,6 +205,11 @@ impl<T: Copy + Default> Fifo<T> {
         (n < self.len).then(|| self.buf.as_slice()[(self.head + n) & (self.buf.len() - 1)])
     }
 
+    /// Every entry, oldest first.
+    fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        (0..self.len).filter_map(|n| self.peek_at(n))
+    }
+
     #[inline]
     fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
@@ -269,9 +275,7 @@ impl Shard {
             .iter()
             .filter(|r| r.is_freed())
             .map(Record::as_freed);
-        (0..self.fifo.len)
-            .filter_map(|i| self.fifo.peek_at(i))
-            .chain(big)
+        self.fifo.iter().chain(big)
     }
 
     /// The block at `addr` in this shard's FIFO, if it is there: a linear
@@ -280,9 +284,7 @@ impl Shard {
     #[cold]
     #[inline(never)]
     fn search_fifo(&self, addr: usize) -> Option<Freed> {
-        (0..self.fifo.len)
-            .filter_map(|i| self.fifo.peek_at(i))
-            .find(|f| f.rec.addr == addr)
+        self.fifo.iter().find(|f| f.rec.addr == addr)
     }
 
     /// The oldest block of this shard's FIFO, out of the quarantine.
@@ -319,17 +321,17 @@ impl Shard {
         rec
     }
 
-    /// Drops the record of `addr` from the table, keeping the counts.
+    /// Drops the record in the table's slot `i` (from `find(addr)`),
+    /// keeping the counts.
     #[inline]
-    fn take(&mut self, addr: usize) -> Option<Record> {
-        let i = self.table.find(addr)?;
+    fn take_at(&mut self, i: usize, addr: usize) -> Record {
         let rec = self.remove_at(i, addr);
         if rec.is_freed() {
             self.freed_big -= 1;
         } else if rec.is_internal() {
             self.internal -= 1;
         }
-        Some(rec)
+        rec
     }
 }
 
@@ -452,12 +454,9 @@ pub(crate) enum Lookup {
 #[inline]
 pub(crate) fn remove(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
     let mut s = shard_of(addr).lock();
-    match s.table.get(addr) {
-        Some(rec) if rec.is_freed() => Lookup::Freed(rec.as_freed()),
-        Some(_) => match s.take(addr) {
-            Some(rec) => Lookup::Live(rec),
-            None => Lookup::Unknown,
-        },
+    match s.table.find(addr) {
+        Some(i) if s.table.at(i).is_freed() => Lookup::Freed(s.table.at(i).as_freed()),
+        Some(i) => Lookup::Live(s.take_at(i, addr)),
         None if search() => s.search_fifo(addr).map_or(Lookup::Unknown, Lookup::Freed),
         None => Lookup::Unknown,
     }
@@ -605,7 +604,7 @@ pub(crate) fn free(
         return Freeing::Freed(rec.as_freed());
     }
     if rec.is_internal() {
-        s.take(addr);
+        s.take_at(i, addr);
         return Freeing::Internal(rec);
     }
     let cost = quarantine_cost(&rec);
@@ -620,14 +619,8 @@ pub(crate) fn free(
         None => false,
     };
     inspect(&rec, kept);
-    if queue != Some(Queue::Big) {
-        // Not kept, or kept in the FIFO: the record leaves the table.
-        s.remove_at(i, addr);
-    }
-    if !kept {
-        return Freeing::Live { rec, kept };
-    }
     if queue == Some(Queue::Big) {
+        // Its record stays in the table, marked freed.
         let slot = s.table.at_mut(i);
         slot.size_align |= FREED_BIT;
         slot.seq = (u64::from(free_stack) << 32) | u64::from(free_thread);
@@ -636,6 +629,11 @@ pub(crate) fn free(
         BIG_MOVING.fetch_add(1, Ordering::Relaxed);
         drop(guard);
         quarantine_big(addr, cost, budget.big, out);
+        return Freeing::Live { rec, kept };
+    }
+    // Not kept, or kept in the FIFO: the record leaves the table.
+    s.remove_at(i, addr);
+    if !kept {
         return Freeing::Live { rec, kept };
     }
     s.fifo_bytes += cost;
@@ -770,8 +768,8 @@ pub(crate) fn requeue_stranded_big() {
     if !queued.fill(0, q.fifo.len) {
         return;
     }
-    for (i, slot) in queued.as_mut_slice().iter_mut().enumerate() {
-        *slot = q.fifo.peek_at(i).map_or(0, |(a, _)| a);
+    for (slot, (a, _)) in queued.as_mut_slice().iter_mut().zip(q.fifo.iter()) {
+        *slot = a;
     }
     queued.as_mut_slice().sort_unstable();
     for shard in &SHARD {
@@ -1175,6 +1173,16 @@ mod tests {
         super::remove(addr, || true)
     }
 
+    /// A quarantine of `share` bytes, all of which one shard's FIFO may
+    /// hold, and no queue for big blocks.
+    fn one_shard_of(share: usize) -> Budget {
+        Budget {
+            shard: share,
+            small: share,
+            big: 0,
+        }
+    }
+
     fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         QUARANTINE_TESTS
             .lock()
@@ -1213,12 +1221,7 @@ mod tests {
         let (live0, freed0, quarantined0) = shard_counts(a[0]);
         let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
         // Room for two blocks.
-        let share = 2 * quarantine_cost(&rec(a[0]));
-        let budget = Budget {
-            shard: share,
-            small: share,
-            big: 0,
-        };
+        let budget = one_shard_of(2 * quarantine_cost(&rec(a[0])));
         let mut out = Evicted::new();
         assert!(insert(rec(a[0])));
         assert_eq!(shard_counts(a[0]).0, live0 + 1);
@@ -1329,12 +1332,7 @@ mod tests {
         let a = addresses_in_one_shard(300);
         drain_shard(a[0]);
         let rec = |addr| Record::new(addr, 32, 8, 5, 11, 2);
-        let share = 3 * quarantine_cost(&rec(a[0]));
-        let budget = Budget {
-            shard: share,
-            small: share,
-            big: 0,
-        };
+        let budget = one_shard_of(3 * quarantine_cost(&rec(a[0])));
         let wrapped = || {
             let s = shard_of(a[0]).lock();
             s.fifo.len == 3 && s.fifo.head > s.fifo.buf.len() - 3
@@ -1562,7 +1560,7 @@ mod tests {
         assert!(insert(rec));
         let in_queue = || {
             let q = BIG.lock();
-            (0..q.fifo.len).any(|i| q.fifo.peek_at(i).is_some_and(|(a, _)| a == addr))
+            q.fifo.iter().any(|(a, _)| a == addr)
         };
         // What `free` does before it unlocks the shard, and no more.
         {
@@ -1584,9 +1582,7 @@ mod tests {
         assert_eq!(BIG_MOVING.load(Ordering::Relaxed), 0);
         let times = {
             let q = BIG.lock();
-            (0..q.fifo.len)
-                .filter(|&i| q.fifo.peek_at(i).is_some_and(|(a, _)| a == addr))
-                .count()
+            q.fifo.iter().filter(|&(a, _)| a == addr).count()
         };
         assert_eq!(times, 1);
         drain_big();

@@ -1,9 +1,9 @@
 //! An open-addressing hash table keyed by address: linear probing,
-//! backward-shift deletion (no tombstones), at most half full, and halved
-//! when it falls under an eighth full ([`Table::shrink_if_sparse`]), so that
-//! a program whose live blocks once peaked does not keep the tables of
-//! that peak. Its memory
-//! comes from `System` through [`SysVec`], never from the global allocator.
+//! backward-shift deletion (no tombstones), at most half full, and, over
+//! [`SHRINK_ABOVE`] slots, halved when it falls under an eighth full
+//! ([`Table::shrink_if_sparse`]), so that a program whose live blocks once
+//! peaked does not keep the tables of that peak. Its memory comes from
+//! `System` through [`SysVec`], never from the global allocator.
 use crate::sys::SysVec;
 
 /// A value stored in a [`Table`]: plain data with a non-zero key.
@@ -149,6 +149,7 @@ impl<R: Slot> Table<R> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn get(&self, addr: usize) -> Option<R> {
         self.find(addr).map(|i| self.slots.as_slice()[i])
     }
