@@ -18,7 +18,9 @@
 //! `suppressed` and left out of the report's entries.
 //!
 //! Built in: a lost block with no frame of the program on its stack (made
-//! by the Rust runtime itself, e.g. before `main`) is suppressed too; set
+//! by the Rust runtime itself, e.g. before `main`) is suppressed too, and
+//! so is one that glibc allocated while setting up a thread (its
+//! thread-local storage vector, seen when C's heap is tracked); set
 //! `DEBUG_MEMORY_SUPPRESS_BUILTIN=0` to see those.
 use std::fmt;
 
@@ -148,7 +150,7 @@ impl Suppressions {
     /// True if a lost block allocated from `frames` is suppressed.
     /// `runtime` says the stack has no frame of the program.
     pub(crate) fn matches(&self, frames: &[Frame], runtime: bool) -> bool {
-        if self.builtin && runtime {
+        if self.builtin && (runtime || frames.iter().any(crate::report::symbols::is_thread_setup)) {
             return true;
         }
         self.patterns.iter().any(|p| {

@@ -314,6 +314,73 @@ pub(crate) fn page_size() -> usize {
     p
 }
 
+/// The mapping of `/proc/self/maps` that holds `addr`: its start, its end,
+/// and whether it is the main thread's stack (`[stack]`). Read with
+/// `open`/`read`/`close` into a buffer on the stack: no allocation and no
+/// lock of the C library's, so it may run while the caller's caller (C
+/// code in glibc, say) holds any of them.
+pub(crate) fn mapping_of(addr: usize) -> Option<(usize, usize, bool)> {
+    /// Parses the range at the start of a line: `lo-hi ...`.
+    fn range(line: &[u8]) -> Option<(usize, usize)> {
+        let text = std::str::from_utf8(line.split(|&b| b == b' ').next()?).ok()?;
+        let (lo, hi) = text.split_once('-')?;
+        Some((
+            usize::from_str_radix(lo, 16).ok()?,
+            usize::from_str_radix(hi, 16).ok()?,
+        ))
+    }
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    // Bytes at the start of `buf` that belong to a line not yet ended.
+    let mut kept = 0;
+    // Inside a line longer than the buffer (a very long path), whose
+    // range, in its first bytes, did not hold `addr`: skipped to its end.
+    let mut skipping = false;
+    let mut found = None;
+    'read: loop {
+        // SAFETY: the rest of `buf` is writable for `buf.len() - kept` bytes.
+        let n = unsafe { libc::read(fd, buf[kept..].as_mut_ptr().cast(), buf.len() - kept) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        let Ok(n @ 1..) = usize::try_from(n) else {
+            break;
+        };
+        let end = kept + n;
+        let mut start = 0;
+        while let Some(nl) = buf[start..end].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if std::mem::take(&mut skipping) {
+                continue;
+            }
+            if let Some((lo, hi)) = range(line).filter(|&(lo, hi)| lo <= addr && addr < hi) {
+                found = Some((lo, hi, line.ends_with(b"[stack]")));
+                break 'read;
+            }
+        }
+        if start == 0 && end == buf.len() {
+            skipping = true;
+            kept = 0;
+        } else {
+            buf.copy_within(start..end, 0);
+            kept = end - start;
+        }
+    }
+    // SAFETY: `fd` was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    found
+}
+
 /// Writes `bytes` to stderr with `write(2)`: no allocation, no lock, safe
 /// to call from the allocation path and from a signal handler.
 pub(crate) fn write_stderr(bytes: &[u8]) {
@@ -442,6 +509,33 @@ fn check_prefetchw() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(not(miri))]
+    fn the_mapping_of_an_address_holds_it() {
+        let local = 5u64;
+        let here = &local as *const u64 as usize;
+        let (lo, hi, main_stack) = mapping_of(here).expect("the stack is mapped");
+        assert!(lo <= here && here < hi && lo % 4096 == 0 && hi % 4096 == 0);
+        // Tests run on threads of their own, whose stacks are not `[stack]`.
+        let on_main = std::thread::current().name() == Some("main");
+        assert_eq!(main_stack, on_main);
+        let heap = Box::new(7u64);
+        let at = &*heap as *const u64 as usize;
+        let (lo, hi, main_stack) = mapping_of(at).expect("the heap is mapped");
+        assert!(lo <= at && at < hi && !main_stack);
+        // Nothing is mapped at page 0.
+        assert_eq!(mapping_of(16), None);
+        // A thread's stack, as the unwinder will see it.
+        std::thread::spawn(|| {
+            let local = 1u8;
+            let here = &local as *const u8 as usize;
+            let (lo, hi, main_stack) = mapping_of(here).expect("mapped");
+            assert!(lo <= here && here < hi && !main_stack);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn prefetches_never_fault() {

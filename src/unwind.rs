@@ -488,29 +488,37 @@ pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     (bounds.1 > 1).then_some(bounds)
 }
 
-/// Asks the thread library for the calling thread's stack.
+/// Finds the calling thread's stack: the mapping in `/proc/self/maps`
+/// that holds the stack pointer, read with plain system calls into a
+/// buffer on the stack. For the main thread's stack, which grows down on
+/// demand, the low end is where the stack limit (`RLIMIT_STACK`, 8 MiB
+/// if unlimited) lets it reach: the walk reads only above its frames.
+///
+/// Not `pthread_getattr_np`: glibc holds the thread's lock while that
+/// function allocates (`fopen` of the same file for the main thread, a
+/// `realloc` for every thread), so with C's heap tracked
+/// (`track_c_heap!`) the allocation's stack capture came back here and
+/// waited on that lock for ever.
 #[cfg(target_arch = "x86_64")]
 #[cold]
 #[inline(never)]
 fn query_stack_bounds() -> Option<(usize, usize)> {
-    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::zeroed();
-    // SAFETY: `attr` is writable storage for an attribute object, filled
-    // in by the call (zeroed first, as std does on Linux).
-    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) } != 0 {
-        return None;
+    let sp = crate::roots::stack_pointer();
+    let (lo, hi, main) = crate::sys::mapping_of(sp)?;
+    if !main {
+        return Some((lo, hi));
     }
-    let mut addr = std::ptr::null_mut();
-    let mut size = 0;
-    // SAFETY: `attr` was initialised by pthread_getattr_np and is destroyed
-    // exactly once, after the read.
-    let ok = unsafe {
-        let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
-        libc::pthread_attr_destroy(attr.as_mut_ptr());
-        ok
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    let lo = addr as usize;
-    let hi = lo.checked_add(size)?;
-    (ok && lo != 0 && size != 0).then_some((lo, hi))
+    // SAFETY: `limit` is writable storage for the answer.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
+    let reach = match limit.rlim_cur {
+        n if ok && n != libc::RLIM_INFINITY => usize::try_from(n).unwrap_or(usize::MAX),
+        _ => 8 << 20,
+    };
+    Some((lo.min(hi.saturating_sub(reach)), hi))
 }
 
 /// Hooks for `benches/unwind.rs`; not part of the API.

@@ -82,6 +82,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Warden<A> {
     }
 }
 
+#[cfg(all(feature = "tracking", target_os = "linux", target_env = "gnu"))]
+pub(crate) use tracked::may_be_quarantined;
+
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod tracked {
     use super::*;
@@ -579,7 +582,7 @@ mod tracked {
     /// When not every block was tracked, `ptr` must be readable for one
     /// byte (any block the program hands back is).
     #[inline]
-    unsafe fn may_be_quarantined(ptr: *const u8) -> bool {
+    pub(crate) unsafe fn may_be_quarantined(ptr: *const u8) -> bool {
         if state::all_tracked() {
             return true;
         }

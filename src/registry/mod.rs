@@ -462,6 +462,21 @@ pub(crate) fn remove(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
     }
 }
 
+/// What the registry knows of `addr`, leaving it as it is: [`remove`]
+/// without the removal (`Lookup::Live` then holds the record still in
+/// the table). For C's `free` and `realloc`, which do not pass the
+/// block's size: they look it up first (see `c_heap`).
+#[cfg(target_env = "gnu")]
+pub(crate) fn peek(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
+    let s = shard_of(addr).lock();
+    match s.table.find(addr) {
+        Some(i) if s.table.at(i).is_freed() => Lookup::Freed(s.table.at(i).as_freed()),
+        Some(i) => Lookup::Live(s.table.at(i)),
+        None if search() => s.search_fifo(addr).map_or(Lookup::Unknown, Lookup::Freed),
+        None => Lookup::Unknown,
+    }
+}
+
 /// What [`free`] did with a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Freeing {

@@ -113,7 +113,59 @@ fn is_shim(name: &str) -> bool {
         "__rust_dealloc",
         "__rust_alloc_zeroed",
     ];
-    SHIMS.iter().any(|s| name.ends_with(s)) || name.contains("__rg_") || name.contains("__rdl_")
+    SHIMS.iter().any(|s| name.ends_with(s))
+        || name.contains("__rg_")
+        || name.contains("__rdl_")
+        || is_c_entry(name)
+}
+
+/// C's allocation functions, which `track_c_heap!` defines in the
+/// program (debug info names them inside the macro's anonymous constant,
+/// `app::_::malloc`) and through which glibc's own code allocates: the
+/// first frame of the program is the one that called them.
+fn is_c_entry(name: &str) -> bool {
+    const C_ENTRIES: [&str; 11] = [
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "free",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "malloc_usable_size",
+    ];
+    let (path, last) = name.rsplit_once("::").unwrap_or(("", name));
+    C_ENTRIES.contains(&last)
+        && (path.is_empty() || path.ends_with("::_") || path.contains("{constant#"))
+}
+
+/// Frames of glibc's thread set-up, whose blocks glibc keeps for the
+/// thread's life and after it, in its cache of thread stacks (a thread's
+/// vector of thread-local storage blocks, `allocate_dtv`, and the blocks
+/// themselves for libraries loaded later): where only glibc can reach them.
+/// With C's heap tracked (`track_c_heap!`), a block allocated under one of
+/// these is suppressed as the runtime's own, as Valgrind's default
+/// suppressions do.
+pub(crate) fn is_thread_setup(f: &Frame) -> bool {
+    const SETUP: [&str; 9] = [
+        "_dl_allocate_tls",
+        "_dl_allocate_tls_init",
+        "allocate_dtv",
+        "_dl_resize_dtv",
+        "_dl_update_slotinfo",
+        "__tls_get_addr",
+        "allocate_stack",
+        "pthread_create",
+        "__pthread_create_2_1",
+    ];
+    f.function.as_deref().is_some_and(|name| {
+        let name = name.trim_start_matches("__GI_");
+        let name = name.split('@').next().unwrap_or(name);
+        SETUP.contains(&name)
+    })
 }
 
 /// Drops the internal frames at the top of `frames`, then keeps at most
@@ -231,6 +283,51 @@ mod tests {
         assert_eq!(out[0].function.as_deref(), Some("leaky::make_buffer"));
         assert_eq!(out[0].line, Some(12));
         assert_eq!(out.len(), 3, "frames below the first user frame are kept");
+    }
+
+    #[test]
+    fn cs_allocation_functions_defined_by_the_macro_are_internal() {
+        // As debug info names them inside the macro's anonymous constant,
+        // and bare (release builds, no debug info).
+        for name in [
+            "app::_::malloc",
+            "app::{constant#0}::free",
+            "calloc",
+            "realloc",
+        ] {
+            assert!(is_internal(&f(name, "src/main.rs", 3)), "{name}");
+        }
+        // The program's own functions of those names are its own.
+        for name in ["app::malloc", "app::pool::free", "mallocate"] {
+            assert!(!is_internal(&f(name, "src/main.rs", 3)), "{name}");
+        }
+    }
+
+    #[test]
+    fn glibcs_thread_set_up_is_recognised_by_name() {
+        let named = |n: &str| Frame {
+            function: Some(n.to_owned()),
+            file: None,
+            line: None,
+        };
+        for name in [
+            "_dl_allocate_tls",
+            "__GI__dl_allocate_tls",
+            "allocate_dtv",
+            "pthread_create@@GLIBC_2.34",
+            "__pthread_create_2_1",
+            "__tls_get_addr",
+        ] {
+            assert!(is_thread_setup(&named(name)), "{name}");
+        }
+        for name in ["app::pthread_create_wrapper", "main", "calloc"] {
+            assert!(!is_thread_setup(&named(name)), "{name}");
+        }
+        assert!(!is_thread_setup(&Frame {
+            function: None,
+            file: None,
+            line: None
+        }));
     }
 
     #[test]

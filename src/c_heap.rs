@@ -1,0 +1,538 @@
+//! C's heap through memwarden, for programs that mix Rust and C: the
+//! functions behind [`track_c_heap!`](crate::track_c_heap).
+//!
+//! The macro defines `malloc`, `free` and the rest of C's allocation
+//! functions in the program's own binary, where they replace glibc's for
+//! every library the process loads (glibc supports replacing its
+//! allocator this way). Each calls its namesake here. While tracking is
+//! on, a block of C's is allocated and freed by a second [`Warden`],
+//! [`HEAP`], around glibc's allocator as reached by its own names
+//! (`__libc_malloc`, ...), which the program's `malloc` does not replace.
+//! Its records go into the same registry as the Rust allocator's, so a
+//! report shows C's leaks with their stacks, a block of Rust's held only
+//! by a C structure is reachable through that structure, and C's double
+//! frees, overruns and uses after free are caught as Rust's are.
+//!
+//! Rust's `System` allocator calls `malloc` too, so the Rust allocator's
+//! own calls to its inner allocator come here as well: they are told
+//! apart by memwarden's re-entrancy guard, which is set while `Warden`
+//! works on a block, and go straight to glibc. So does every call while
+//! tracking is off, after one relaxed load.
+//!
+//! Written by hand rather than taken from a crate: the replacement must
+//! share memwarden's registry, guard and reports, which no allocator
+//! crate can reach.
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::Warden;
+use crate::guard::{self, Reentry};
+use crate::registry::{self, Lookup, Record};
+use crate::state::{self, MODE, OFF, ON, UNINIT};
+
+unsafe extern "C" {
+    fn __libc_malloc(size: usize) -> *mut c_void;
+    fn __libc_calloc(n: usize, size: usize) -> *mut c_void;
+    fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void;
+    fn __libc_free(ptr: *mut c_void);
+    fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
+}
+
+/// The alignment glibc's `malloc` gives every block.
+const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
+
+/// glibc's allocator by its own names: the inner allocator of C's
+/// tracked blocks. Unlike `GlobalAlloc`'s contract requires, it also
+/// takes zero sizes (C's `malloc(0)`), as glibc does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LibcHeap;
+
+// SAFETY: every method returns null or a block of glibc's of at least the
+// layout's size and alignment (`__libc_malloc` aligns to MALLOC_ALIGN,
+// `__libc_memalign` to any power of two), and frees only such blocks.
+unsafe impl GlobalAlloc for LibcHeap {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: glibc's allocator takes any size.
+        unsafe {
+            if l.align() <= MALLOC_ALIGN {
+                __libc_malloc(l.size()).cast()
+            } else {
+                __libc_memalign(l.align(), l.size()).cast()
+            }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        if l.align() <= MALLOC_ALIGN {
+            // SAFETY: as above.
+            return unsafe { __libc_calloc(1, l.size()).cast() };
+        }
+        // SAFETY: as above.
+        let p = unsafe { self.alloc(l) };
+        if !p.is_null() {
+            // SAFETY: `p` is a new block of `l.size()` bytes.
+            unsafe { p.write_bytes(0, l.size()) };
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, _: Layout) {
+        // SAFETY: `ptr` came from this allocator, that is from glibc's.
+        unsafe { __libc_free(ptr.cast()) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        if l.align() <= MALLOC_ALIGN {
+            // SAFETY: `ptr` is glibc's; a moved block keeps MALLOC_ALIGN.
+            return unsafe { __libc_realloc(ptr.cast(), new_size).cast() };
+        }
+        // glibc's `realloc` may move a block to a place aligned only to
+        // MALLOC_ALIGN: move it by hand.
+        // SAFETY: `new_size` with `l.align()` is a valid layout (the
+        // caller's contract).
+        let new = unsafe { self.alloc(Layout::from_size_align_unchecked(new_size, l.align())) };
+        if !new.is_null() {
+            // SAFETY: both blocks are live and distinct, of `l.size()` and
+            // `new_size` bytes; the old one is freed once.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new, l.size().min(new_size));
+                __libc_free(ptr.cast());
+            }
+        }
+        new
+    }
+}
+
+/// The `Warden` of C's blocks.
+static HEAP: Warden<LibcHeap> = Warden::wrap(LibcHeap);
+
+/// True if a new block is to be tracked: tracking is on, and this is not
+/// memwarden's own work (the Rust allocator's inner calls among it).
+#[inline(always)]
+fn tracking() -> bool {
+    MODE.load(Ordering::Relaxed) != OFF && state::mode() == ON && !guard::busy()
+}
+
+/// True if the block at `p`, handed back to `free` or `realloc`, may be a
+/// tracked one, so that the registry is asked: not while tracking has
+/// never been on, and not inside memwarden. There nearly every call is the
+/// Rust allocator giving back the inner block of one of its own, or one of
+/// memwarden's buffers, which are glibc's, untracked; and memwarden may
+/// hold a registry lock then, which a lookup would wait on for ever.
+/// (memwarden's own work calls no C function that frees a block the
+/// program allocated: what C allocates inside it, it frees inside it.)
+#[inline(always)]
+fn may_be_tracked() -> bool {
+    let m = MODE.load(Ordering::Relaxed);
+    m != OFF && m != UNINIT && !guard::busy()
+}
+
+/// The registry's knowledge of `p`, searching the quarantine when the
+/// Rust allocator would.
+///
+/// # Safety
+/// `p` must be a block the caller may free: readable for one byte.
+unsafe fn lookup(p: *const u8) -> Lookup {
+    // SAFETY: `p` is readable for one byte (the contract).
+    registry::peek(p as usize, || unsafe {
+        crate::warden::may_be_quarantined(p)
+    })
+}
+
+/// The layout a tracked block was allocated with.
+fn layout_of(rec: &Record) -> Layout {
+    // SAFETY: the record's size and alignment came from a valid layout
+    // (or from C's `malloc`, whose sizes `malloc` checked the same way).
+    unsafe { Layout::from_size_align_unchecked(rec.size(), rec.align()) }
+}
+
+/// A layout for a block the registry knows as freed: any will do, the
+/// free is reported and nothing freed.
+const ANY: Layout = Layout::new::<u8>();
+
+/// True if `p`, which the registry does not know, cannot be a block of
+/// glibc's while every block has been tracked: it is not aligned as
+/// glibc's blocks are, or the size word glibc keeps right before a block
+/// is not one it would write (a pointer into the middle of a tracked block
+/// has the block's own bytes there). Such a free is reported as an
+/// invalid one; any other unknown pointer goes to glibc, whose own checks
+/// then apply (a block glibc allocated for itself while memwarden was at
+/// work is untracked, and legitimately freed later).
+///
+/// # Safety
+/// As for [`lookup`]; glibc's `free` reads the same word.
+unsafe fn not_glibcs(p: *const u8) -> bool {
+    const WORD: usize = std::mem::size_of::<usize>();
+    if !state::all_tracked() {
+        return false;
+    }
+    if p as usize % MALLOC_ALIGN != 0 {
+        return true;
+    }
+    // SAFETY: the word before a block handed to `free`: readable for a
+    // block of glibc's, and read by glibc's `free` in any case.
+    let size = unsafe { p.sub(WORD).cast::<usize>().read() } & !7;
+    size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > 1 << 47
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: `__errno_location` returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn enomem() -> *mut c_void {
+    set_errno(libc::ENOMEM);
+    std::ptr::null_mut()
+}
+
+/// Allocates `l` tracked, or sets `ENOMEM`.
+///
+/// # Safety
+/// `l`'s size may be zero; nothing else is required.
+#[inline(always)]
+unsafe fn alloc_tracked(l: Layout, zeroed: bool) -> *mut c_void {
+    // SAFETY: `Warden` and `LibcHeap` take zero sizes too (a tracked
+    // block always has red zones around it, or glibc takes the zero).
+    let p = unsafe {
+        if zeroed {
+            HEAP.alloc_zeroed(l)
+        } else {
+            HEAP.alloc(l)
+        }
+    };
+    if p.is_null() { enomem() } else { p.cast() }
+}
+
+/// C's `malloc`.
+///
+/// # Safety
+/// None beyond C's: the block must be freed once, with `free`.
+#[doc(hidden)]
+pub unsafe fn malloc(size: usize) -> *mut c_void {
+    if !tracking() {
+        // SAFETY: glibc's allocator takes any size.
+        return unsafe { __libc_malloc(size) };
+    }
+    match Layout::from_size_align(size, 1) {
+        // SAFETY: a valid layout.
+        Ok(l) => unsafe { alloc_tracked(l, false) },
+        Err(_) => enomem(),
+    }
+}
+
+/// C's `calloc`.
+///
+/// # Safety
+/// As for [`malloc`].
+#[doc(hidden)]
+pub unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
+    if !tracking() {
+        // SAFETY: glibc's allocator checks the product itself.
+        return unsafe { __libc_calloc(n, size) };
+    }
+    match n
+        .checked_mul(size)
+        .and_then(|t| Layout::from_size_align(t, 1).ok())
+    {
+        // SAFETY: a valid layout.
+        Some(l) => unsafe { alloc_tracked(l, true) },
+        None => enomem(),
+    }
+}
+
+/// C's `memalign`, as glibc has it: an alignment that is not a power of
+/// two is rounded up to one.
+///
+/// # Safety
+/// As for [`malloc`].
+#[doc(hidden)]
+pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
+    if !tracking() {
+        // SAFETY: glibc's allocator takes any arguments.
+        return unsafe { __libc_memalign(align, size) };
+    }
+    let Some(align) = align.max(1).checked_next_power_of_two() else {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    };
+    match Layout::from_size_align(size, align) {
+        // SAFETY: a valid layout.
+        Ok(l) => unsafe { alloc_tracked(l, false) },
+        Err(_) => enomem(),
+    }
+}
+
+/// C's `aligned_alloc`: the alignment must be a power of two.
+///
+/// # Safety
+/// As for [`malloc`].
+#[doc(hidden)]
+pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: as for `memalign`.
+    unsafe { memalign(align, size) }
+}
+
+/// C's `posix_memalign`: 0, `EINVAL` or `ENOMEM`; `errno` is kept.
+///
+/// # Safety
+/// `out` must be valid for a pointer's write.
+#[doc(hidden)]
+pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % std::mem::size_of::<usize>() != 0 {
+        return libc::EINVAL;
+    }
+    // SAFETY: `__errno_location` returns this thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: as for `memalign`.
+    let p = unsafe { memalign(align, size) };
+    set_errno(errno);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: `out` is writable (the contract).
+    unsafe { out.write(p) };
+    0
+}
+
+/// C's `valloc`: aligned to a page.
+///
+/// # Safety
+/// As for [`malloc`].
+#[doc(hidden)]
+pub unsafe fn valloc(size: usize) -> *mut c_void {
+    // SAFETY: as for `memalign`.
+    unsafe { memalign(crate::sys::page_size(), size) }
+}
+
+/// C's `pvalloc`: aligned to a page, the size rounded up to pages (one
+/// page for 0).
+///
+/// # Safety
+/// As for [`malloc`].
+#[doc(hidden)]
+pub unsafe fn pvalloc(size: usize) -> *mut c_void {
+    let page = crate::sys::page_size();
+    match size.max(1).checked_next_multiple_of(page) {
+        // SAFETY: as for `memalign`.
+        Some(size) => unsafe { memalign(page, size) },
+        None => enomem(),
+    }
+}
+
+/// C's `free`.
+///
+/// # Safety
+/// `ptr` is null or a block from this module's functions (or glibc's)
+/// not freed yet; a double or invalid free of a tracked block is reported
+/// instead.
+#[doc(hidden)]
+pub unsafe fn free(ptr: *mut c_void) {
+    if ptr.is_null() {
+        return;
+    }
+    let p = ptr.cast::<u8>();
+    // SAFETY: `p` is a block handed back to us, readable for one byte; a
+    // tracked one is freed with its own record's layout, by the `Warden`
+    // whose inner allocator is glibc's (as is the Rust allocator's,
+    // `System`, whose blocks C may free too).
+    unsafe {
+        if !may_be_tracked() {
+            return __libc_free(ptr);
+        }
+        match lookup(p) {
+            Lookup::Live(rec) => HEAP.dealloc(p, layout_of(&rec)),
+            // Reported there (a double free, or an invalid one).
+            Lookup::Freed(_) => HEAP.dealloc(p, ANY),
+            Lookup::Unknown if not_glibcs(p) => HEAP.dealloc(p, ANY),
+            Lookup::Unknown => __libc_free(ptr),
+        }
+    }
+}
+
+/// C's `realloc`, as glibc has it: `realloc(NULL, n)` is `malloc(n)`,
+/// and `realloc(p, 0)` frees `p` and returns null.
+///
+/// # Safety
+/// As for [`free`].
+#[doc(hidden)]
+pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: as in `free`; the new size is checked to make a valid
+    // layout with the block's alignment.
+    unsafe {
+        if ptr.is_null() {
+            return malloc(size);
+        }
+        if size == 0 {
+            free(ptr);
+            return std::ptr::null_mut();
+        }
+        let p = ptr.cast::<u8>();
+        if !may_be_tracked() {
+            return __libc_realloc(ptr, size);
+        }
+        match lookup(p) {
+            Lookup::Live(rec) => {
+                if Layout::from_size_align(size, rec.align()).is_err() {
+                    return enomem();
+                }
+                let new = HEAP.realloc(p, layout_of(&rec), size);
+                if new.is_null() {
+                    set_errno(libc::ENOMEM);
+                }
+                new.cast()
+            }
+            // Reported there; null.
+            Lookup::Freed(_) => HEAP.realloc(p, ANY, size).cast(),
+            Lookup::Unknown if not_glibcs(p) => HEAP.realloc(p, ANY, size).cast(),
+            // glibc's own block, from before tracking or from inside
+            // memwarden: it stays glibc's.
+            Lookup::Unknown => __libc_realloc(ptr, size),
+        }
+    }
+}
+
+/// C's `reallocarray` (glibc 2.26).
+///
+/// # Safety
+/// As for [`free`].
+#[doc(hidden)]
+pub unsafe fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: as for `realloc`.
+        Some(total) => unsafe { realloc(ptr, total) },
+        None => enomem(),
+    }
+}
+
+/// C's `malloc_usable_size`: for a tracked block, its size as asked (the
+/// bytes after it are its red zone).
+///
+/// # Safety
+/// `ptr` is null or a live block.
+#[doc(hidden)]
+pub unsafe fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    let p = ptr.cast::<u8>();
+    if may_be_tracked() {
+        // SAFETY: as above.
+        match unsafe { lookup(p) } {
+            Lookup::Live(rec) => return rec.size(),
+            Lookup::Freed(_) => return 0,
+            Lookup::Unknown => {}
+        }
+    }
+    // SAFETY: glibc's own block.
+    unsafe { glibc_usable_size(ptr) }
+}
+
+/// glibc's `malloc_usable_size`, which the program's replaces: found
+/// with `dlsym(RTLD_NEXT)` at first use.
+///
+/// # Safety
+/// `ptr` is a live block of glibc's.
+unsafe fn glibc_usable_size(ptr: *mut c_void) -> usize {
+    static REAL: AtomicUsize = AtomicUsize::new(0);
+    let mut f = REAL.load(Ordering::Acquire);
+    if f == 0 {
+        // dlsym may allocate: through glibc, untracked.
+        let _busy = Reentry::enter();
+        // SAFETY: a NUL-terminated name; RTLD_NEXT looks past this binary.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) } as usize;
+        if f == 0 {
+            return 0;
+        }
+        REAL.store(f, Ordering::Release);
+    }
+    // SAFETY: `f` is glibc's `malloc_usable_size`.
+    unsafe {
+        let f: unsafe extern "C" fn(*mut c_void) -> usize = std::mem::transmute(f);
+        f(ptr)
+    }
+}
+
+/// Defines C's allocation functions (`malloc`, `calloc`, `realloc`,
+/// `reallocarray`, `free`, `posix_memalign`, `aligned_alloc`, `memalign`,
+/// `valloc`, `pvalloc`, `malloc_usable_size`) in this binary, so that C
+/// code's blocks are tracked as Rust's are, and Rust blocks that only C
+/// structures point to are seen as reachable. See the crate's docs.
+#[cfg(all(feature = "tracking", target_os = "linux", target_env = "gnu"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __track_c_heap {
+    () => {
+        const _: () = {
+            use ::core::ffi::{c_int, c_void};
+            use $crate::c_heap as h;
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::malloc(size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::calloc(n, size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::realloc(p, size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn reallocarray(
+                p: *mut c_void,
+                n: usize,
+                size: usize,
+            ) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::reallocarray(p, n, size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn free(p: *mut c_void) {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::free(p) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn posix_memalign(
+                out: *mut *mut c_void,
+                align: usize,
+                size: usize,
+            ) -> c_int {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::posix_memalign(out, align, size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::aligned_alloc(align, size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::memalign(align, size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::valloc(size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::pvalloc(size) }
+            }
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+                // SAFETY: C's contract, kept by the function called.
+                unsafe { h::malloc_usable_size(p) }
+            }
+        };
+    };
+}
