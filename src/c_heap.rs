@@ -27,7 +27,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Warden;
-use crate::guard::{self, Reentry};
+use crate::guard;
 use crate::registry::{self, Lookup, Record};
 use crate::state::{self, MODE, OFF, ON, UNINIT};
 
@@ -194,13 +194,7 @@ fn enomem() -> *mut c_void {
 unsafe fn alloc_tracked(l: Layout, zeroed: bool) -> *mut c_void {
     // SAFETY: `Warden` and `LibcHeap` take zero sizes too (a tracked
     // block always has red zones around it, or glibc takes the zero).
-    let p = unsafe {
-        if zeroed {
-            HEAP.alloc_zeroed(l)
-        } else {
-            HEAP.alloc(l)
-        }
-    };
+    let p = unsafe { HEAP.alloc_c(l, zeroed) };
     if p.is_null() { enomem() } else { p.cast() }
 }
 
@@ -342,6 +336,12 @@ pub unsafe fn free(ptr: *mut c_void) {
     // `System`, whose blocks C may free too).
     unsafe {
         if !may_be_tracked() {
+            if guard::forking() {
+                // In the fork window: this thread holds the registry's
+                // locks, so the block's record cannot be looked up now.
+                defer_free(ptr as usize);
+                return;
+            }
             return __libc_free(ptr);
         }
         match lookup(p) {
@@ -351,6 +351,37 @@ pub unsafe fn free(ptr: *mut c_void) {
             Lookup::Unknown if not_glibcs(p) => HEAP.dealloc(p, ANY),
             Lookup::Unknown => __libc_free(ptr),
         }
+    }
+}
+
+/// How many of C's frees the fork window keeps for later.
+const DEFERRED_MAX: usize = 64;
+/// C's frees made in the fork window (see `guard::enter_fork`), done when
+/// it closes. Only the forking thread uses them, while it holds every
+/// registry lock, which keeps any other thread out of the window.
+static DEFERRED: [AtomicUsize; DEFERRED_MAX] = [const { AtomicUsize::new(0) }; DEFERRED_MAX];
+static DEFERRED_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Keeps a free made in the fork window for [`free_deferred`]. Past
+/// [`DEFERRED_MAX`] the block is never freed: it may be a tracked one,
+/// which glibc cannot take (a leak, reported as such, rather than a
+/// corrupt heap).
+fn defer_free(addr: usize) {
+    let n = DEFERRED_LEN.load(Ordering::Relaxed);
+    if n < DEFERRED_MAX {
+        DEFERRED[n].store(addr, Ordering::Relaxed);
+        DEFERRED_LEN.store(n + 1, Ordering::Relaxed);
+    }
+}
+
+/// Does the frees [`defer_free`] kept: called by memwarden's `fork`
+/// handlers, in the parent and in the child, once the locks are released.
+pub(crate) fn free_deferred() {
+    let n = DEFERRED_LEN.swap(0, Ordering::Relaxed);
+    for slot in &DEFERRED[..n] {
+        // SAFETY: a block handed to `free` in the fork window, not freed
+        // since.
+        unsafe { free(slot.swap(0, Ordering::Relaxed) as *mut c_void) };
     }
 }
 
@@ -441,8 +472,9 @@ unsafe fn glibc_usable_size(ptr: *mut c_void) -> usize {
     static REAL: AtomicUsize = AtomicUsize::new(0);
     let mut f = REAL.load(Ordering::Acquire);
     if f == 0 {
-        // dlsym may allocate: through glibc, untracked.
-        let _busy = Reentry::enter();
+        // Not inside the re-entrancy guard: `dlsym` frees the thread's last
+        // `dlerror` message, which may be a tracked block (a `free` inside
+        // memwarden goes straight to glibc).
         // SAFETY: a NUL-terminated name; RTLD_NEXT looks past this binary.
         f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"malloc_usable_size".as_ptr()) } as usize;
         if f == 0 {

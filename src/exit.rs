@@ -25,15 +25,22 @@ static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0
 extern "C" fn before_fork() {
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();
+    // The `fork` handlers registered before memwarden's run after this one
+    // and may allocate: see `guard::enter_fork`.
+    crate::guard::enter_fork();
 }
 
 extern "C" fn after_fork() {
+    crate::guard::leave_fork();
     // SAFETY: `before_fork` took every lock, in this thread (fork handlers
     // run in the thread that calls fork, and the child's one thread is it).
     unsafe {
         crate::registry::unlock_all_raw();
         crate::stack::unlock_all_raw();
     }
+    // C's frees made while the locks were held, done now.
+    #[cfg(target_env = "gnu")]
+    crate::c_heap::free_deferred();
 }
 
 extern "C" fn after_fork_in_child() {

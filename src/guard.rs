@@ -17,6 +17,12 @@ thread_local! {
     static ENTRY_SP: Cell<usize> = const { Cell::new(0) };
     /// This thread's number, 0 until first needed.
     static THREAD: Cell<u32> = const { Cell::new(0) };
+    /// True between memwarden's `fork` handlers, in the forking thread,
+    /// which then holds every registry and stack-table lock: see
+    /// [`enter_fork`].
+    static FORKING: Cell<bool> = const { Cell::new(false) };
+    /// BUSY as it was when the fork window opened.
+    static BUSY_BEFORE_FORK: Cell<bool> = const { Cell::new(false) };
     /// The block this thread is allocating, between its record's insertion
     /// and the end of `alloc` (0 otherwise): see [`in_flight`].
     static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
@@ -65,6 +71,31 @@ impl Drop for Reentry {
     fn drop(&mut self) {
         let _ = BUSY.try_with(|b| b.set(false));
     }
+}
+
+/// Opens the fork window on this thread, which has just taken every lock
+/// of memwarden's in its `fork` handler: until [`leave_fork`], the thread
+/// counts as inside memwarden, so that the `fork` handlers that run after
+/// memwarden's (those registered before it) allocate through the inner
+/// allocator instead of waiting on those locks (see `c_heap`, and
+/// `Warden::alloc_tracked`).
+pub(crate) fn enter_fork() {
+    let was = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
+    let _ = BUSY_BEFORE_FORK.try_with(|b| b.set(was));
+    let _ = FORKING.try_with(|f| f.set(true));
+}
+
+/// Closes the fork window opened by [`enter_fork`].
+pub(crate) fn leave_fork() {
+    let was = BUSY_BEFORE_FORK.try_with(Cell::get).unwrap_or(false);
+    let _ = FORKING.try_with(|f| f.set(false));
+    let _ = BUSY.try_with(|b| b.set(was));
+}
+
+/// True inside the fork window (see [`enter_fork`]).
+#[inline]
+pub(crate) fn forking() -> bool {
+    FORKING.try_with(Cell::get).unwrap_or(false)
 }
 
 /// Where this thread entered memwarden code, if it is inside it now.

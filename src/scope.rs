@@ -196,9 +196,8 @@ const SCRUB: usize = 32 << 10;
 fn scrub_dead_stack() {
     let sp = crate::roots::stack_pointer();
     // Keep 16 KiB of headroom above the thread's guard page.
-    let room = crate::unwind::stack_bounds().map_or(8 << 10, |(lo, _)| {
-        sp.saturating_sub(lo).saturating_sub(16 << 10)
-    });
+    let room = crate::unwind::stack_floor()
+        .map_or(8 << 10, |lo| sp.saturating_sub(lo).saturating_sub(16 << 10));
     if room >= SCRUB {
         scrub::<SCRUB>();
     } else if room >= SCRUB / 4 {

@@ -4,17 +4,28 @@
 //! scan buffers) lives in memory from this module, never from the global
 //! allocator, so that bookkeeping can never re-enter `Warden`. Two sources:
 //!
-//! * [`SysVec`] grows through [`System`] (`malloc`). It is used on the hot
-//!   path, under a shard lock; `malloc` never calls back into Rust's global
-//!   allocator, so that lock cannot be taken again underneath.
+//! * [`SysVec`] grows through glibc's `malloc` (by its own name,
+//!   `__libc_malloc`, which `track_c_heap!` does not replace; `System`
+//!   off glibc). It is used on the hot path, under a shard lock; that
+//!   `malloc` never calls back into Rust's global allocator or into
+//!   memwarden, so that lock cannot be taken again underneath.
 //! * [`MapVec`] grows through `mmap`/`mremap`. It is used while the other
 //!   threads are stopped for a leak scan: one of them may be stopped inside
 //!   `malloc` holding its arena lock, so the scanner must not call `malloc`.
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator of [`SysVec`]: glibc's by its own names where
+/// `track_c_heap!` may have replaced `malloc` (so that memwarden's buffers
+/// never go through the program's `malloc`, tracked or not), `System`
+/// elsewhere.
+#[cfg(target_env = "gnu")]
+use crate::c_heap::LibcHeap as Heap;
+#[cfg(not(target_env = "gnu"))]
+use std::alloc::System as Heap;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-/// A growable array of `Copy` values in memory from `System`.
+/// A growable array of `Copy` values in memory from the C heap ([`Heap`]).
 ///
 /// Growth that fails leaves the vector unchanged and reports `false`: the
 /// allocation path never panics.
@@ -73,7 +84,7 @@ impl<T: Copy> SysVec<T> {
         // `realloc`): see `release`.
         // SAFETY: `new_layout` has a non-zero size (new_cap >= 8, and
         // zero-sized T is never used with SysVec).
-        let Some(new_ptr) = NonNull::new(unsafe { System.alloc(new_layout) }.cast::<T>()) else {
+        let Some(new_ptr) = NonNull::new(unsafe { Heap.alloc(new_layout) }.cast::<T>()) else {
             return false;
         };
         // SAFETY: the old buffer holds `len` values, the new one has room
@@ -87,21 +98,21 @@ impl<T: Copy> SysVec<T> {
 
     /// Wipes and frees the buffer (leaving the vector without one). The
     /// buffers hold block addresses (registry records, quarantine FIFOs):
-    /// `System` hands the memory to the program next, and a stale address
+    /// The C heap hands the memory to the program next, and a stale address
     /// left in a block the program does not fully write would look to the
     /// leak scan like a pointer keeping a leaked block reachable.
     fn release(&mut self) {
         if self.cap == 0 {
             return;
         }
-        // SAFETY: allocated by System with this layout in `reserve`; the
+        // SAFETY: allocated by `Heap` with this layout in `reserve`; the
         // whole buffer is ours to overwrite (T is plain data) and is freed
         // exactly once.
         unsafe {
             let layout = Self::layout(self.cap).unwrap_unchecked();
             let p = self.ptr.as_ptr().cast::<u8>();
             p.write_bytes(0, layout.size());
-            System.dealloc(p, layout);
+            Heap.dealloc(p, layout);
         }
         self.ptr = NonNull::dangling();
         self.cap = 0;
@@ -314,19 +325,34 @@ pub(crate) fn page_size() -> usize {
     p
 }
 
-/// The mapping of `/proc/self/maps` that holds `addr`: its start, its end,
-/// and whether it is the main thread's stack (`[stack]`). Read with
+/// A mapping of `/proc/self/maps` (see [`mapping_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+    /// The main thread's stack (`[stack]`).
+    pub(crate) main_stack: bool,
+    /// The mapping right below ends at `lo` and has no access: a guard
+    /// page, as glibc puts below a thread's stack.
+    pub(crate) guard_below: bool,
+}
+
+/// The mapping of `/proc/self/maps` that holds `addr`. Read with
 /// `open`/`read`/`close` into a buffer on the stack: no allocation and no
 /// lock of the C library's, so it may run while the caller's caller (C
 /// code in glibc, say) holds any of them.
-pub(crate) fn mapping_of(addr: usize) -> Option<(usize, usize, bool)> {
-    /// Parses the range at the start of a line: `lo-hi ...`.
-    fn range(line: &[u8]) -> Option<(usize, usize)> {
-        let text = std::str::from_utf8(line.split(|&b| b == b' ').next()?).ok()?;
-        let (lo, hi) = text.split_once('-')?;
+pub(crate) fn mapping_of(addr: usize) -> Option<Mapping> {
+    /// The range and the permissions at the start of a line:
+    /// `lo-hi perms ...`.
+    fn parse(line: &[u8]) -> Option<(usize, usize, &[u8])> {
+        let mut fields = line.split(|&b| b == b' ');
+        let range = std::str::from_utf8(fields.next()?).ok()?;
+        let perms = fields.next().unwrap_or_default();
+        let (lo, hi) = range.split_once('-')?;
         Some((
             usize::from_str_radix(lo, 16).ok()?,
             usize::from_str_radix(hi, 16).ok()?,
+            perms,
         ))
     }
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
@@ -343,8 +369,10 @@ pub(crate) fn mapping_of(addr: usize) -> Option<(usize, usize, bool)> {
     // Bytes at the start of `buf` that belong to a line not yet ended.
     let mut kept = 0;
     // Inside a line longer than the buffer (a very long path), whose
-    // range, in its first bytes, did not hold `addr`: skipped to its end.
+    // range was looked at in its first bytes: skipped to its end.
     let mut skipping = false;
+    // The end of the last mapping seen, if it had no access.
+    let mut guard_end = None;
     let mut found = None;
     'read: loop {
         // SAFETY: the rest of `buf` is writable for `buf.len() - kept` bytes.
@@ -357,24 +385,36 @@ pub(crate) fn mapping_of(addr: usize) -> Option<(usize, usize, bool)> {
         };
         let end = kept + n;
         let mut start = 0;
-        while let Some(nl) = buf[start..end].iter().position(|&b| b == b'\n') {
-            let line = &buf[start..start + nl];
-            start += nl + 1;
-            if std::mem::take(&mut skipping) {
-                continue;
+        loop {
+            let (line, whole) = match buf[start..end].iter().position(|&b| b == b'\n') {
+                Some(nl) => (&buf[start..start + nl], true),
+                // The start of a line longer than the buffer.
+                None if start == 0 && end == buf.len() => (&buf[..end], false),
+                None => break,
+            };
+            if !std::mem::take(&mut skipping) {
+                if let Some((lo, hi, perms)) = parse(line) {
+                    if lo <= addr && addr < hi {
+                        found = Some(Mapping {
+                            lo,
+                            hi,
+                            main_stack: whole && line.ends_with(b"[stack]"),
+                            guard_below: guard_end == Some(lo),
+                        });
+                        break 'read;
+                    }
+                    guard_end = perms.starts_with(b"---").then_some(hi);
+                }
             }
-            if let Some((lo, hi)) = range(line).filter(|&(lo, hi)| lo <= addr && addr < hi) {
-                found = Some((lo, hi, line.ends_with(b"[stack]")));
-                break 'read;
+            if !whole {
+                skipping = true;
+                start = end;
+                break;
             }
+            start += line.len() + 1;
         }
-        if start == 0 && end == buf.len() {
-            skipping = true;
-            kept = 0;
-        } else {
-            buf.copy_within(start..end, 0);
-            kept = end - start;
-        }
+        buf.copy_within(start..end, 0);
+        kept = end - start;
     }
     // SAFETY: `fd` was opened above and is closed once.
     unsafe { libc::close(fd) };
@@ -515,23 +555,25 @@ mod tests {
     fn the_mapping_of_an_address_holds_it() {
         let local = 5u64;
         let here = &local as *const u64 as usize;
-        let (lo, hi, main_stack) = mapping_of(here).expect("the stack is mapped");
-        assert!(lo <= here && here < hi && lo % 4096 == 0 && hi % 4096 == 0);
-        // Tests run on threads of their own, whose stacks are not `[stack]`.
+        let m = mapping_of(here).expect("the stack is mapped");
+        assert!(m.lo <= here && here < m.hi && m.lo % 4096 == 0 && m.hi % 4096 == 0);
+        // Tests run on threads of their own, whose stacks are not `[stack]`
+        // and have glibc's guard page below them.
         let on_main = std::thread::current().name() == Some("main");
-        assert_eq!(main_stack, on_main);
+        assert_eq!(m.main_stack, on_main);
+        assert!(on_main || m.guard_below, "{m:?}");
         let heap = Box::new(7u64);
         let at = &*heap as *const u64 as usize;
-        let (lo, hi, main_stack) = mapping_of(at).expect("the heap is mapped");
-        assert!(lo <= at && at < hi && !main_stack);
+        let m = mapping_of(at).expect("the heap is mapped");
+        assert!(m.lo <= at && at < m.hi && !m.main_stack);
         // Nothing is mapped at page 0.
         assert_eq!(mapping_of(16), None);
         // A thread's stack, as the unwinder will see it.
         std::thread::spawn(|| {
             let local = 1u8;
             let here = &local as *const u8 as usize;
-            let (lo, hi, main_stack) = mapping_of(here).expect("mapped");
-            assert!(lo <= here && here < hi && !main_stack);
+            let m = mapping_of(here).expect("mapped");
+            assert!(m.lo <= here && here < m.hi && !m.main_stack && m.guard_below);
         })
         .join()
         .unwrap();

@@ -404,6 +404,12 @@ pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     None
 }
 
+/// The lowest address of the calling thread's stack: unknown off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn stack_floor() -> Option<usize> {
+    None
+}
+
 /// [`capture_fast`] elsewhere: always the slow path.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn capture_fast(_out: &mut [usize], _max: usize, _entry_sp: usize) -> Option<usize> {
@@ -469,7 +475,9 @@ fn registers() -> (usize, usize, usize) {
 #[cfg(target_arch = "x86_64")]
 thread_local! {
     /// This thread's stack as `lo..hi`: (0, 0) until first asked, (1, 1)
-    /// when it could not be found out.
+    /// when it could not be found out. `lo`'s lowest bit set: `lo` is only
+    /// a bound on where the walk may start, not the stack's true end (see
+    /// [`stack_floor`]).
     static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
@@ -477,22 +485,52 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
+    let (lo, hi) = known_stack()?;
+    Some((lo & !1, hi))
+}
+
+/// The lowest address of the calling thread's stack, if it is known for
+/// sure: the main thread's stack as far as its limit lets it grow, or a
+/// thread's stack above its guard page. For a stack found in a mapping
+/// that may hold more than the stack (one the program allocated itself),
+/// `None`: nothing below the stack pointer is known to be this stack's.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn stack_floor() -> Option<usize> {
+    known_stack().and_then(|(lo, _)| (lo & 1 == 0).then_some(lo))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn known_stack() -> Option<(usize, usize)> {
     let known = STACK.try_with(std::cell::Cell::get).ok()?;
     let bounds = if known.1 != 0 {
         known
     } else {
-        let found = query_stack_bounds().unwrap_or((1, 1));
-        let _ = STACK.try_with(|s| s.set(found));
-        found
+        match query_stack_bounds() {
+            Some(found) => {
+                let found = found.unwrap_or((1, 1));
+                let _ = STACK.try_with(|s| s.set(found));
+                found
+            }
+            // Asked again at the next capture.
+            None => return None,
+        }
     };
     (bounds.1 > 1).then_some(bounds)
 }
 
 /// Finds the calling thread's stack: the mapping in `/proc/self/maps`
-/// that holds the stack pointer, read with plain system calls into a
-/// buffer on the stack. For the main thread's stack, which grows down on
-/// demand, the low end is where the stack limit (`RLIMIT_STACK`, 8 MiB
-/// if unlimited) lets it reach: the walk reads only above its frames.
+/// (read with plain system calls into a buffer on the stack) that holds
+/// the thread's own stack, found from a pointer glibc keeps into it (the
+/// main thread's `__libc_stack_end`, another thread's descriptor, which
+/// glibc puts at the top of its stack), so that a thread running on
+/// another stack at the time (a signal's alternate stack, a coroutine's)
+/// still gets its own; from the stack pointer elsewhere. For the main
+/// thread's stack, which grows down on demand, the low end is where the
+/// stack limit (`RLIMIT_STACK`, 8 MiB if unlimited) lets it reach: the
+/// walk reads only above its frames. `Some(None)`: not found (not asked
+/// again); `None`: found only another stack than the main thread's own,
+/// so asked again next time rather than kept.
 ///
 /// Not `pthread_getattr_np`: glibc holds the thread's lock while that
 /// function allocates (`fopen` of the same file for the main thread, a
@@ -502,11 +540,34 @@ pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
 #[cfg(target_arch = "x86_64")]
 #[cold]
 #[inline(never)]
-fn query_stack_bounds() -> Option<(usize, usize)> {
-    let sp = crate::roots::stack_pointer();
-    let (lo, hi, main) = crate::sys::mapping_of(sp)?;
-    if !main {
-        return Some((lo, hi));
+fn query_stack_bounds() -> Option<Option<(usize, usize)>> {
+    // SAFETY: getpid and gettid have no preconditions.
+    let main_thread = unsafe { libc::getpid() == libc::gettid() };
+    #[cfg(target_env = "gnu")]
+    let anchor = if main_thread {
+        unsafe extern "C" {
+            /// Near the top of the main thread's stack (glibc's loader).
+            static __libc_stack_end: *const std::ffi::c_void;
+        }
+        // SAFETY: set by the loader before any code of ours ran.
+        unsafe { __libc_stack_end as usize }
+    } else {
+        // SAFETY: no preconditions; glibc's thread descriptor lies at the
+        // top of the thread's stack block.
+        unsafe { libc::pthread_self() as usize }
+    };
+    #[cfg(not(target_env = "gnu"))]
+    let anchor = crate::roots::stack_pointer();
+    let Some(m) = crate::sys::mapping_of(anchor) else {
+        return Some(None);
+    };
+    if main_thread && !m.main_stack {
+        return None;
+    }
+    if !m.main_stack {
+        // A thread's stack: exact above glibc's guard page; otherwise the
+        // mapping may be more than the stack (marked, see `STACK`).
+        return Some(Some((m.lo | usize::from(!m.guard_below), m.hi)));
     }
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -518,7 +579,9 @@ fn query_stack_bounds() -> Option<(usize, usize)> {
         n if ok && n != libc::RLIM_INFINITY => usize::try_from(n).unwrap_or(usize::MAX),
         _ => 8 << 20,
     };
-    Some((lo.min(hi.saturating_sub(reach)), hi))
+    // Rounded up to even: the lowest bit is a mark (see `STACK`).
+    let lo = m.lo.min(m.hi.saturating_sub(reach)).next_multiple_of(2);
+    Some(Some((lo, m.hi)))
 }
 
 /// Hooks for `benches/unwind.rs`; not part of the API.

@@ -134,7 +134,7 @@ mod tracked {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             if MODE.load(Ordering::Relaxed) != OFF {
                 // SAFETY: forwarded contract of `GlobalAlloc::alloc`.
-                return unsafe { self.alloc_tracked(layout, false, entry_sp!()) };
+                return unsafe { self.alloc_tracked(layout, false, entry_sp!(), false) };
             }
             // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
             unsafe { self.inner.alloc(layout) }
@@ -144,7 +144,7 @@ mod tracked {
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
             if MODE.load(Ordering::Relaxed) != OFF {
                 // SAFETY: forwarded contract of `GlobalAlloc::alloc_zeroed`.
-                return unsafe { self.alloc_tracked(layout, true, entry_sp!()) };
+                return unsafe { self.alloc_tracked(layout, true, entry_sp!(), false) };
             }
             // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract.
             unsafe { self.inner.alloc_zeroed(layout) }
@@ -172,10 +172,34 @@ mod tracked {
     }
 
     impl<A: GlobalAlloc> Warden<A> {
+        /// An allocation of C's `malloc` family (`track_c_heap!`): tracked
+        /// as `alloc` would, its record marked as C's (see `check_block`).
+        ///
         /// # Safety
-        /// The contract of `GlobalAlloc::alloc` (or `alloc_zeroed`).
+        /// The contract of `GlobalAlloc::alloc` (or `alloc_zeroed`), but
+        /// for a zero size, which the inner allocator must take.
+        #[cfg(target_env = "gnu")]
+        #[inline(always)]
+        pub(crate) unsafe fn alloc_c(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+            if MODE.load(Ordering::Relaxed) == OFF {
+                // SAFETY: per the contract.
+                return unsafe { self.alloc_inner(layout, zeroed) };
+            }
+            // SAFETY: per the contract.
+            unsafe { self.alloc_tracked(layout, zeroed, entry_sp!(), true) }
+        }
+
+        /// # Safety
+        /// The contract of `GlobalAlloc::alloc` (or `alloc_zeroed`). `c`:
+        /// the block is one of C's `malloc` family.
         #[inline(never)]
-        unsafe fn alloc_tracked(&self, layout: Layout, zeroed: bool, entry_sp: usize) -> *mut u8 {
+        unsafe fn alloc_tracked(
+            &self,
+            layout: Layout,
+            zeroed: bool,
+            entry_sp: usize,
+            c: bool,
+        ) -> *mut u8 {
             if state::mode() != ON {
                 // SAFETY: the caller upholds the `alloc` contract.
                 return unsafe { self.alloc_inner(layout, zeroed) };
@@ -185,7 +209,11 @@ mod tracked {
                 // its free is not mistaken for an invalid one.
                 // SAFETY: the caller upholds the `alloc` contract.
                 let p = unsafe { self.alloc_inner(layout, zeroed) };
-                if !p.is_null() {
+                if guard::forking() {
+                    // A `fork` handler's, while this thread holds every
+                    // shard's lock (see `guard::enter_fork`): not recorded.
+                    state::note_untracked();
+                } else if !p.is_null() {
                     let rec =
                         Record::new(p as usize, layout.size(), layout.align(), 0, INTERNAL, 0);
                     if !registry::insert(rec) {
@@ -219,7 +247,7 @@ mod tracked {
             // (A leak scan that stops this thread before `alloc` returns
             // finds the block through `in_flight`.)
             guard::in_flight(user as usize);
-            track(user as usize, size, align, entry_sp);
+            track(user as usize, size, align, entry_sp, c);
             if !zeroed {
                 // SAFETY: `user` starts `size` fresh bytes of the inner block.
                 unsafe { check::fill(user, JUNK, size.min(FILL_LIMIT)) };
@@ -423,7 +451,7 @@ mod tracked {
             // or a new block.
             unsafe {
                 self.move_block(ptr, layout, new_size, false, |l| {
-                    self.alloc_tracked(l, false, entry_sp)
+                    self.alloc_tracked(l, false, entry_sp, false)
                 })
             }
         }
@@ -538,13 +566,14 @@ mod tracked {
                     unsafe { check::paint(user, new_size, align) };
                 }
                 if busy.is_some() && state::mode() == ON {
-                    track(user as usize, new_size, align, entry_sp);
+                    track(user as usize, new_size, align, entry_sp, old.is_c());
                 } else {
                     // Tracking paused: keep the block tracked under its
                     // original stack.
                     let seq = registry::count_alloc(new_size, thread);
                     let rec =
-                        Record::new(user as usize, new_size, align, seq, old.stack, old.thread);
+                        Record::new(user as usize, new_size, align, seq, old.stack, old.thread)
+                            .marked_c(old.is_c());
                     if !registry::insert(rec) {
                         registry::count_free(new_size, thread);
                         state::note_untracked();
@@ -603,7 +632,17 @@ mod tracked {
     /// `rec` must be a live tracked block that nobody else frees meanwhile.
     #[inline(always)]
     unsafe fn check_block(rec: &Record, layout: Layout) -> (bool, Option<check::Overrun>) {
-        let mismatch = (rec.size(), rec.align()) != (layout.size(), layout.align());
+        let mismatch = if rec.is_c() {
+            // A block of C's `malloc` family freed through Rust's allocator
+            // (taken over with `CString::from_raw`, say, or allocated by
+            // `System` while tracking switched on between `Warden`'s look
+            // at the mode and `malloc`'s): its size must match, and its
+            // alignment be what it had, at least malloc's 16 bytes.
+            rec.size() != layout.size()
+                || layout.align() > rec.align().max(2 * std::mem::size_of::<usize>())
+        } else {
+            (rec.size(), rec.align()) != (layout.size(), layout.align())
+        };
         // SAFETY: per the contract, the block and its red zones are live.
         let overrun =
             unsafe { check::check_redzones(rec.addr as *const u8, rec.size(), rec.align()) };
@@ -644,11 +683,11 @@ mod tracked {
 
     /// Records a new tracked block with the current call stack.
     #[inline(always)]
-    fn track(addr: usize, size: usize, align: usize, entry_sp: usize) {
+    fn track(addr: usize, size: usize, align: usize, entry_sp: usize, c: bool) {
         let stack = here(entry_sp);
         let thread = guard::thread_id();
         let seq = registry::count_alloc(size, thread);
-        if !registry::insert(Record::new(addr, size, align, seq, stack, thread)) {
+        if !registry::insert(Record::new(addr, size, align, seq, stack, thread).marked_c(c)) {
             registry::count_free(size, thread);
             state::note_untracked();
         }

@@ -61,7 +61,11 @@ const ALIGN_SHIFT: u32 = 58;
 /// Set in the record of a freed block kept in the table: one in the queue
 /// for big blocks (see the module docs).
 const FREED_BIT: u64 = 1 << 57;
-const SIZE_MASK: u64 = FREED_BIT - 1;
+/// Set in the record of a block allocated through C's `malloc` family
+/// (`track_c_heap!`), whose alignment is what `malloc` gives, not what a
+/// layout asked.
+const C_BIT: u64 = 1 << 56;
+const SIZE_MASK: u64 = C_BIT - 1;
 
 /// One live tracked block. (32 bytes, and tables start on a cache line:
 /// a slot never straddles two lines, so a lookup misses at most once.)
@@ -128,6 +132,23 @@ impl Record {
 
     pub(crate) fn align(&self) -> usize {
         1 << (self.size_align >> ALIGN_SHIFT)
+    }
+
+    /// This record, marked as a block of C's `malloc` family (or not).
+    pub(crate) fn marked_c(self, c: bool) -> Self {
+        Record {
+            size_align: if c {
+                self.size_align | C_BIT
+            } else {
+                self.size_align & !C_BIT
+            },
+            ..self
+        }
+    }
+
+    /// True for a block allocated through C's `malloc` family.
+    pub(crate) fn is_c(&self) -> bool {
+        self.size_align & C_BIT != 0
     }
 
     /// True for memwarden's own blocks.
@@ -1109,6 +1130,20 @@ pub(crate) fn counters() -> (u64, u64, u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_c_block_is_marked_apart_from_its_size_and_align() {
+        let r = Record::new(0x1000, 1 << 40, 64, 1, 2, 3);
+        let c = r.marked_c(true);
+        assert!(c.is_c() && !r.is_c());
+        assert_eq!((c.size(), c.align()), (1 << 40, 64));
+        assert_eq!(c.marked_c(false), r);
+        // A freed big block keeps the mark.
+        let mut freed = c;
+        freed.size_align |= FREED_BIT;
+        assert!(freed.as_freed().rec.is_c());
+        assert_eq!(freed.as_freed().rec.size(), 1 << 40);
+    }
 
     #[test]
     fn record_packs_size_and_align() {

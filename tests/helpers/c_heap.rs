@@ -44,6 +44,9 @@ fn main() {
             "use_after_free" => use_after_free(),
             "invalid_free" => invalid_free(),
             "across" => across(),
+            "fork" => fork(),
+            "dlerror" => dlerror(),
+            "toggle" => toggle(),
             other => panic!("unknown program {other:?}"),
         }
     }
@@ -126,11 +129,25 @@ unsafe fn round_trips() {
             (0..1000).all(|i| out.add(i).read() == 0x5a),
             "aligned, grown"
         );
+        // Tracked, a block keeps its alignment through realloc (glibc's
+        // own realloc gives only malloc's 16 bytes, as C allows).
+        if memwarden::is_enabled() {
+            assert_eq!(out as usize % 256, 0, "still aligned");
+        }
         libc::free(out.cast());
         assert_eq!(
             libc::posix_memalign(&mut ptr::null_mut(), 24, 8),
             libc::EINVAL
         );
+        // posix_memalign leaves errno alone; malloc(0) gives a block.
+        *libc::__errno_location() = libc::EAGAIN;
+        let mut q = ptr::null_mut();
+        assert_eq!(libc::posix_memalign(&mut q, 64, 64), 0);
+        assert_eq!(*libc::__errno_location(), libc::EAGAIN);
+        libc::free(q);
+        let zero = libc::malloc(0);
+        assert!(!zero.is_null());
+        libc::free(zero);
         let a = libc::aligned_alloc(64, 128);
         assert_eq!(a as usize % 64, 0);
         libc::free(a);
@@ -250,6 +267,96 @@ unsafe fn across() {
         drop(std::ffi::CString::from_raw(s));
         still_sound();
     }
+}
+
+/// A C block allocated before `fork`, freed by a `fork` handler.
+static BEFORE_FORK: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+
+extern "C" fn fork_handler() {
+    // SAFETY: plain C allocations, each freed once.
+    unsafe {
+        let p = libc::malloc(64);
+        p.cast::<u8>().write_bytes(1, 64);
+        libc::free(p);
+        libc::free(BEFORE_FORK.swap(ptr::null_mut(), Ordering::SeqCst));
+    }
+}
+
+/// `fork` with a handler, registered before tracking is switched on (so
+/// before memwarden's own), that allocates and frees C blocks: it runs
+/// while memwarden's handler holds its locks.
+unsafe fn fork() {
+    // SAFETY: plain C allocations and a child that only allocates and
+    // leaves with `_exit`.
+    unsafe {
+        libc::pthread_atfork(Some(fork_handler), Some(fork_handler), Some(fork_handler));
+        memwarden::enable();
+        for _ in 0..3 {
+            BEFORE_FORK.store(libc::malloc(32), Ordering::SeqCst);
+            match libc::fork() {
+                0 => {
+                    let v: Vec<u64> = (0..100).collect();
+                    let p = libc::malloc(100);
+                    libc::free(p);
+                    libc::_exit(if v.len() == 100 { 0 } else { 1 });
+                }
+                -1 => panic!("fork failed"),
+                child => {
+                    let mut status = 0;
+                    assert_eq!(libc::waitpid(child, &mut status, 0), child);
+                    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+                }
+            }
+        }
+        still_sound();
+    }
+}
+
+/// A failed `dlopen` leaves a tracked `dlerror` message, which glibc frees
+/// at the next `dl*` call, made by `malloc_usable_size` of a block glibc
+/// allocated untracked (while tracking was paused).
+unsafe fn dlerror() {
+    // SAFETY: plain C allocations, each freed once; a failing dlopen.
+    unsafe {
+        memwarden::disable();
+        let untracked = libc::malloc(10);
+        memwarden::enable();
+        assert!(libc::dlopen(c"/nonexistent/libnothing.so".as_ptr(), libc::RTLD_NOW).is_null());
+        assert!(libc::malloc_usable_size(untracked) >= 10);
+        libc::free(untracked);
+        still_sound();
+    }
+}
+
+/// Rust allocations on two threads while tracking is switched off and on:
+/// some reach `malloc` after the switch, and must not be taken for C
+/// blocks freed with a wrong layout.
+unsafe fn toggle() {
+    use std::sync::atomic::AtomicBool;
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let mut kept = Vec::new();
+                while !STOP.load(Ordering::Relaxed) {
+                    kept.push(Box::new(1u64));
+                    if kept.len() == 64 {
+                        kept.clear();
+                    }
+                }
+            })
+        })
+        .collect();
+    // Until both threads have run a while (each toggle is a few stores).
+    for _ in 0..200_000 {
+        memwarden::disable();
+        memwarden::enable();
+    }
+    STOP.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    still_sound();
 }
 
 /// After an error under `DEBUG_MEMORY_ON_ERROR=continue`: the heap still
