@@ -24,7 +24,7 @@
 //! crate can reach.
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::Warden;
 use crate::guard;
@@ -104,14 +104,78 @@ unsafe impl GlobalAlloc for LibcHeap {
     }
 }
 
-/// The `Warden` of C's blocks.
+/// The `Warden` that allocates C's blocks. They are freed (and
+/// reallocated) through the program's global allocator when that is a
+/// `Warden` (see [`note_rust_warden`]): the quarantine is shared, and a
+/// free that pushes blocks out of it must hand each to the allocator that
+/// made it, which only the global `Warden` knows for Rust's blocks (it
+/// frees C's with glibc's, `Record::is_c`).
 static HEAP: Warden<LibcHeap> = Warden::wrap(LibcHeap);
+
+/// True once a `Warden` tracked a Rust allocation: the global allocator is
+/// a `Warden`, through which C's frees then go.
+static RUST_WARDEN: AtomicBool = AtomicBool::new(false);
+
+/// Called by a `Warden` as it tracks a Rust allocation (before the block
+/// is recorded, so before any Rust block can be in the quarantine).
+#[inline(always)]
+pub(crate) fn note_rust_warden() {
+    if !RUST_WARDEN.load(Ordering::Relaxed) {
+        RUST_WARDEN.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Frees the tracked block `p` with `layout` (a live record's own, or any
+/// for a block to be reported), through the global `Warden` if there is
+/// one, else through [`HEAP`], where no Rust block can be.
+///
+/// # Safety
+/// `p` is a block handed to `free`.
+unsafe fn dealloc_tracked(p: *mut u8, layout: Layout) {
+    // SAFETY: the global allocator is a `Warden`, which looks the block
+    // up as `HEAP` would (the contract's, not `GlobalAlloc`'s).
+    unsafe {
+        if RUST_WARDEN.load(Ordering::Relaxed) {
+            std::alloc::dealloc(p, layout)
+        } else {
+            HEAP.dealloc(p, layout)
+        }
+    }
+}
+
+/// [`dealloc_tracked`]'s `realloc`.
+///
+/// # Safety
+/// As for [`dealloc_tracked`]; `size` makes a valid layout with
+/// `layout`'s alignment, and is not zero.
+unsafe fn realloc_tracked(p: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+    // SAFETY: as in `dealloc_tracked`.
+    unsafe {
+        if RUST_WARDEN.load(Ordering::Relaxed) {
+            std::alloc::realloc(p, layout, size)
+        } else {
+            HEAP.realloc(p, layout, size)
+        }
+    }
+}
 
 /// True if a new block is to be tracked: tracking is on, and this is not
 /// memwarden's own work (the Rust allocator's inner calls among it).
 #[inline(always)]
 fn tracking() -> bool {
-    MODE.load(Ordering::Relaxed) != OFF && state::mode() == ON && !guard::busy()
+    if MODE.load(Ordering::Relaxed) == OFF || state::mode() != ON {
+        return false;
+    }
+    if guard::busy() {
+        if guard::forking() {
+            // A `fork` handler's block, made untracked (the registry's
+            // locks are held): a Rust free of it must not be taken for an
+            // invalid one.
+            state::note_untracked();
+        }
+        return false;
+    }
+    true
 }
 
 /// True if the block at `p`, handed back to `free` or `realloc`, may be a
@@ -203,6 +267,7 @@ unsafe fn alloc_tracked(l: Layout, zeroed: bool) -> *mut c_void {
 /// # Safety
 /// None beyond C's: the block must be freed once, with `free`.
 #[doc(hidden)]
+#[inline]
 pub unsafe fn malloc(size: usize) -> *mut c_void {
     if !tracking() {
         // SAFETY: glibc's allocator takes any size.
@@ -220,6 +285,7 @@ pub unsafe fn malloc(size: usize) -> *mut c_void {
 /// # Safety
 /// As for [`malloc`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
     if !tracking() {
         // SAFETY: glibc's allocator checks the product itself.
@@ -241,6 +307,7 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// As for [`malloc`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
     if !tracking() {
         // SAFETY: glibc's allocator takes any arguments.
@@ -262,6 +329,7 @@ pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// As for [`malloc`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
         set_errno(libc::EINVAL);
@@ -276,6 +344,7 @@ pub unsafe fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// `out` must be valid for a pointer's write.
 #[doc(hidden)]
+#[inline]
 pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
     if !align.is_power_of_two() || align % std::mem::size_of::<usize>() != 0 {
         return libc::EINVAL;
@@ -298,6 +367,7 @@ pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -
 /// # Safety
 /// As for [`malloc`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn valloc(size: usize) -> *mut c_void {
     // SAFETY: as for `memalign`.
     unsafe { memalign(crate::sys::page_size(), size) }
@@ -309,6 +379,7 @@ pub unsafe fn valloc(size: usize) -> *mut c_void {
 /// # Safety
 /// As for [`malloc`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn pvalloc(size: usize) -> *mut c_void {
     let page = crate::sys::page_size();
     match size.max(1).checked_next_multiple_of(page) {
@@ -325,6 +396,7 @@ pub unsafe fn pvalloc(size: usize) -> *mut c_void {
 /// not freed yet; a double or invalid free of a tracked block is reported
 /// instead.
 #[doc(hidden)]
+#[inline]
 pub unsafe fn free(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
@@ -345,10 +417,10 @@ pub unsafe fn free(ptr: *mut c_void) {
             return __libc_free(ptr);
         }
         match lookup(p) {
-            Lookup::Live(rec) => HEAP.dealloc(p, layout_of(&rec)),
+            Lookup::Live(rec) => dealloc_tracked(p, layout_of(&rec)),
             // Reported there (a double free, or an invalid one).
-            Lookup::Freed(_) => HEAP.dealloc(p, ANY),
-            Lookup::Unknown if not_glibcs(p) => HEAP.dealloc(p, ANY),
+            Lookup::Freed(_) => dealloc_tracked(p, ANY),
+            Lookup::Unknown if not_glibcs(p) => dealloc_tracked(p, ANY),
             Lookup::Unknown => __libc_free(ptr),
         }
     }
@@ -374,14 +446,25 @@ fn defer_free(addr: usize) {
     }
 }
 
-/// Does the frees [`defer_free`] kept: called by memwarden's `fork`
-/// handlers, in the parent and in the child, once the locks are released.
-pub(crate) fn free_deferred() {
+/// The frees [`defer_free`] kept, taken out while the window's locks are
+/// still held (from glibc 2.36, another thread's `fork` may open its
+/// window as soon as they are released), for [`free_deferred`].
+pub(crate) fn take_deferred() -> ([usize; DEFERRED_MAX], usize) {
     let n = DEFERRED_LEN.swap(0, Ordering::Relaxed);
-    for slot in &DEFERRED[..n] {
+    let mut taken = [0; DEFERRED_MAX];
+    for (to, slot) in taken.iter_mut().zip(&DEFERRED[..n]) {
+        *to = slot.swap(0, Ordering::Relaxed);
+    }
+    (taken, n)
+}
+
+/// Does the frees [`take_deferred`] took: called by memwarden's `fork`
+/// handlers, in the parent and in the child, once the locks are released.
+pub(crate) fn free_deferred(blocks: &[usize]) {
+    for &p in blocks {
         // SAFETY: a block handed to `free` in the fork window, not freed
         // since.
-        unsafe { free(slot.swap(0, Ordering::Relaxed) as *mut c_void) };
+        unsafe { free(p as *mut c_void) };
     }
 }
 
@@ -391,6 +474,7 @@ pub(crate) fn free_deferred() {
 /// # Safety
 /// As for [`free`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: as in `free`; the new size is checked to make a valid
     // layout with the block's alignment.
@@ -404,6 +488,9 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         }
         let p = ptr.cast::<u8>();
         if !may_be_tracked() {
+            if guard::forking() {
+                return realloc_in_fork_window(p, size);
+            }
             return __libc_realloc(ptr, size);
         }
         match lookup(p) {
@@ -411,18 +498,46 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
                 if Layout::from_size_align(size, rec.align()).is_err() {
                     return enomem();
                 }
-                let new = HEAP.realloc(p, layout_of(&rec), size);
+                let new = realloc_tracked(p, layout_of(&rec), size);
                 if new.is_null() {
                     set_errno(libc::ENOMEM);
                 }
                 new.cast()
             }
             // Reported there; null.
-            Lookup::Freed(_) => HEAP.realloc(p, ANY, size).cast(),
-            Lookup::Unknown if not_glibcs(p) => HEAP.realloc(p, ANY, size).cast(),
+            Lookup::Freed(_) => realloc_tracked(p, ANY, size).cast(),
+            Lookup::Unknown if not_glibcs(p) => realloc_tracked(p, ANY, size).cast(),
             // glibc's own block, from before tracking or from inside
             // memwarden: it stays glibc's.
             Lookup::Unknown => __libc_realloc(ptr, size),
+        }
+    }
+}
+
+/// `realloc` in the `fork` window (see `guard::enter_fork`), where the
+/// registry can be read (this thread holds its locks) but not changed: a
+/// tracked block is copied into a new block of glibc's, untracked, and
+/// freed once the window closes.
+///
+/// # Safety
+/// As for [`free`].
+unsafe fn realloc_in_fork_window(p: *mut u8, size: usize) -> *mut c_void {
+    // SAFETY: `p` is a live block (the contract); the copy stays within
+    // both blocks.
+    unsafe {
+        match lookup(p) {
+            Lookup::Live(rec) => {
+                let new = __libc_malloc(size);
+                if new.is_null() {
+                    return enomem();
+                }
+                std::ptr::copy_nonoverlapping(p, new.cast(), rec.size().min(size));
+                defer_free(p as usize);
+                new
+            }
+            // A double free, which cannot be reported here.
+            Lookup::Freed(_) => std::ptr::null_mut(),
+            Lookup::Unknown => __libc_realloc(p.cast(), size),
         }
     }
 }
@@ -432,6 +547,7 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 /// # Safety
 /// As for [`free`].
 #[doc(hidden)]
+#[inline]
 pub unsafe fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         // SAFETY: as for `realloc`.
@@ -446,12 +562,13 @@ pub unsafe fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_vo
 /// # Safety
 /// `ptr` is null or a live block.
 #[doc(hidden)]
+#[inline]
 pub unsafe fn malloc_usable_size(ptr: *mut c_void) -> usize {
     if ptr.is_null() {
         return 0;
     }
     let p = ptr.cast::<u8>();
-    if may_be_tracked() {
+    if may_be_tracked() || guard::forking() {
         // SAFETY: as above.
         match unsafe { lookup(p) } {
             Lookup::Live(rec) => return rec.size(),

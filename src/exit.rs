@@ -23,6 +23,9 @@ static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0
 /// `fork` and released after it in both processes, so that a child never
 /// starts with a lock some other (vanished) thread held.
 extern "C" fn before_fork() {
+    // The child's one thread is this one, on this thread's stack, but it is
+    // the child's main thread: its stack is found now, while it can be.
+    let _ = crate::unwind::stack_bounds();
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();
     // The `fork` handlers registered before memwarden's run after this one
@@ -32,15 +35,17 @@ extern "C" fn before_fork() {
 
 extern "C" fn after_fork() {
     crate::guard::leave_fork();
+    // C's frees made while the locks were held, done once they are not.
+    #[cfg(target_env = "gnu")]
+    let (deferred, n) = crate::c_heap::take_deferred();
     // SAFETY: `before_fork` took every lock, in this thread (fork handlers
     // run in the thread that calls fork, and the child's one thread is it).
     unsafe {
         crate::registry::unlock_all_raw();
         crate::stack::unlock_all_raw();
     }
-    // C's frees made while the locks were held, done now.
     #[cfg(target_env = "gnu")]
-    crate::c_heap::free_deferred();
+    crate::c_heap::free_deferred(&deferred[..n]);
 }
 
 extern "C" fn after_fork_in_child() {

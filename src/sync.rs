@@ -53,6 +53,18 @@ impl<T> SpinLock<T> {
         std::mem::forget(self.lock());
     }
 
+    /// The value, read while this thread holds the lock through
+    /// [`SpinLock::raw_lock`] (in the `fork` window).
+    ///
+    /// # Safety
+    /// The calling thread must hold the lock, taken with `raw_lock`, and
+    /// nobody may change the value meanwhile.
+    pub(crate) unsafe fn raw_get(&self) -> &T {
+        // SAFETY: the lock is held by this thread (the contract): no one
+        // else touches the value.
+        unsafe { &*self.value.get() }
+    }
+
     /// Releases a lock taken with [`SpinLock::raw_lock`].
     ///
     /// # Safety

@@ -506,15 +506,9 @@ fn known_stack() -> Option<(usize, usize)> {
     let bounds = if known.1 != 0 {
         known
     } else {
-        match query_stack_bounds() {
-            Some(found) => {
-                let found = found.unwrap_or((1, 1));
-                let _ = STACK.try_with(|s| s.set(found));
-                found
-            }
-            // Asked again at the next capture.
-            None => return None,
-        }
+        let found = query_stack_bounds().unwrap_or((1, 1));
+        let _ = STACK.try_with(|s| s.set(found));
+        found
     };
     (bounds.1 > 1).then_some(bounds)
 }
@@ -528,9 +522,7 @@ fn known_stack() -> Option<(usize, usize)> {
 /// still gets its own; from the stack pointer elsewhere. For the main
 /// thread's stack, which grows down on demand, the low end is where the
 /// stack limit (`RLIMIT_STACK`, 8 MiB if unlimited) lets it reach: the
-/// walk reads only above its frames. `Some(None)`: not found (not asked
-/// again); `None`: found only another stack than the main thread's own,
-/// so asked again next time rather than kept.
+/// walk reads only above its frames. `None`: not found.
 ///
 /// Not `pthread_getattr_np`: glibc holds the thread's lock while that
 /// function allocates (`fopen` of the same file for the main thread, a
@@ -540,7 +532,7 @@ fn known_stack() -> Option<(usize, usize)> {
 #[cfg(target_arch = "x86_64")]
 #[cold]
 #[inline(never)]
-fn query_stack_bounds() -> Option<Option<(usize, usize)>> {
+fn query_stack_bounds() -> Option<(usize, usize)> {
     // SAFETY: getpid and gettid have no preconditions.
     let main_thread = unsafe { libc::getpid() == libc::gettid() };
     #[cfg(target_env = "gnu")]
@@ -558,16 +550,18 @@ fn query_stack_bounds() -> Option<Option<(usize, usize)>> {
     };
     #[cfg(not(target_env = "gnu"))]
     let anchor = crate::roots::stack_pointer();
-    let Some(m) = crate::sys::mapping_of(anchor) else {
-        return Some(None);
+    let m = crate::sys::mapping_of(anchor)?;
+    // The main thread's anchor outside `[stack]` (under an emulator, say):
+    // the stack pointer's own mapping, taken as it is.
+    let m = if main_thread && !m.main_stack {
+        crate::sys::mapping_of(crate::roots::stack_pointer())?
+    } else {
+        m
     };
-    if main_thread && !m.main_stack {
-        return None;
-    }
     if !m.main_stack {
         // A thread's stack: exact above glibc's guard page; otherwise the
         // mapping may be more than the stack (marked, see `STACK`).
-        return Some(Some((m.lo | usize::from(!m.guard_below), m.hi)));
+        return Some((m.lo | usize::from(!m.guard_below), m.hi));
     }
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -581,7 +575,7 @@ fn query_stack_bounds() -> Option<Option<(usize, usize)>> {
     };
     // Rounded up to even: the lowest bit is a mark (see `STACK`).
     let lo = m.lo.min(m.hi.saturating_sub(reach)).next_multiple_of(2);
-    Some(Some((lo, m.hi)))
+    Some((lo, m.hi))
 }
 
 /// Hooks for `benches/unwind.rs`; not part of the API.

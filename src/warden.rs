@@ -200,6 +200,10 @@ mod tracked {
             entry_sp: usize,
             c: bool,
         ) -> *mut u8 {
+            #[cfg(target_env = "gnu")]
+            if !c {
+                crate::c_heap::note_rust_warden();
+            }
             if state::mode() != ON {
                 // SAFETY: the caller upholds the `alloc` contract.
                 return unsafe { self.alloc_inner(layout, zeroed) };
@@ -464,10 +468,41 @@ mod tracked {
                 return;
             };
             // SAFETY: the block was allocated as `il` at `addr - front`.
-            unsafe {
-                self.inner
-                    .dealloc((rec.addr as *mut u8).sub(check::front(rec.align())), il)
+            let inner = unsafe { (rec.addr as *mut u8).sub(check::front(rec.align())) };
+            // A block of C's `malloc` family is glibc's, whatever `A` is
+            // (it may be freed here by a Rust `dealloc`, or leave the
+            // quarantine at a Rust free).
+            #[cfg(target_env = "gnu")]
+            if rec.is_c() {
+                // SAFETY: as above; `LibcHeap` allocated it.
+                return unsafe { crate::c_heap::LibcHeap.dealloc(inner, il) };
             }
+            // SAFETY: as above; `self.inner` allocated it.
+            unsafe { self.inner.dealloc(inner, il) }
+        }
+
+        /// `realloc` of the inner block `inner` (`il`) of `rec`, by the
+        /// allocator that made it (see [`Self::free_inner`]).
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::realloc` for `inner`, `il` and
+        /// `new_size`.
+        #[inline(always)]
+        unsafe fn realloc_inner(
+            &self,
+            rec: &Record,
+            inner: *mut u8,
+            il: Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            #[cfg(target_env = "gnu")]
+            if rec.is_c() {
+                // SAFETY: per the contract; `LibcHeap` allocated it.
+                return unsafe { crate::c_heap::LibcHeap.realloc(inner, il, new_size) };
+            }
+            let _ = rec;
+            // SAFETY: per the contract; `self.inner` allocated it.
+            unsafe { self.inner.realloc(inner, il, new_size) }
         }
 
         /// # Safety
@@ -545,7 +580,7 @@ mod tracked {
                 // SAFETY: the old block was allocated as `il` at `ptr -
                 // front`; `nl` has a non-zero size and the same alignment.
                 (Some(il), Some(nl)) => unsafe {
-                    self.inner.realloc(ptr.sub(front), il, nl.size())
+                    self.realloc_inner(&old, ptr.sub(front), il, nl.size())
                 },
                 _ => std::ptr::null_mut(),
             };

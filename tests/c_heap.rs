@@ -322,3 +322,25 @@ fn switching_tracking_under_allocating_threads_reports_no_error() {
         run.describe()
     );
 }
+
+#[test]
+fn each_language_s_blocks_go_back_to_their_own_allocator() {
+    // Around mimalloc, Rust's blocks are mimalloc's and C's glibc's: a free
+    // of either that pushes the other's out of the shared quarantine, and
+    // a block freed by the other language, go to the right one.
+    let bin = example_bin("c_heap_mimalloc", &[]);
+    for env in [&[("DEBUG_MEMORY", "1")][..], &[][..]] {
+        let run = run_bin(&bin, &[], env);
+        assert_eq!(run.code(), 0, "{}", run.describe());
+        assert!(
+            run.stdout.contains("heap still sound"),
+            "{}",
+            run.describe()
+        );
+        assert!(
+            !run.stderr.contains("ERROR"),
+            "no heap error\n{}",
+            run.describe()
+        );
+    }
+}

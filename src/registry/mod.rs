@@ -489,7 +489,16 @@ pub(crate) fn remove(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
 /// block's size: they look it up first (see `c_heap`).
 #[cfg(target_env = "gnu")]
 pub(crate) fn peek(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
-    let s = shard_of(addr).lock();
+    let guard;
+    let s = if crate::guard::forking() {
+        // In the `fork` window this thread holds every shard's lock
+        // (`lock_all_raw`): read the shard as it is.
+        // SAFETY: the lock is held by this thread, which changes nothing.
+        unsafe { shard_of(addr).raw_get() }
+    } else {
+        guard = shard_of(addr).lock();
+        &*guard
+    };
     match s.table.find(addr) {
         Some(i) if s.table.at(i).is_freed() => Lookup::Freed(s.table.at(i).as_freed()),
         Some(i) => Lookup::Live(s.table.at(i)),

@@ -269,16 +269,26 @@ unsafe fn across() {
     }
 }
 
-/// A C block allocated before `fork`, freed by a `fork` handler.
+/// C blocks allocated before `fork`: one freed, one reallocated by a
+/// `fork` handler.
 static BEFORE_FORK: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+static GROWN_IN_FORK: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 
 extern "C" fn fork_handler() {
-    // SAFETY: plain C allocations, each freed once.
+    // SAFETY: plain C allocations, each freed once; the reallocated block
+    // keeps its first 32 bytes.
     unsafe {
         let p = libc::malloc(64);
         p.cast::<u8>().write_bytes(1, 64);
         libc::free(p);
         libc::free(BEFORE_FORK.swap(ptr::null_mut(), Ordering::SeqCst));
+        let old = GROWN_IN_FORK.swap(ptr::null_mut(), Ordering::SeqCst);
+        if !old.is_null() {
+            assert_eq!(libc::malloc_usable_size(old), 32, "the tracked size");
+            let new = libc::realloc(old, 4000).cast::<u8>();
+            assert!((0..32).all(|i| new.add(i).read() == 7), "kept");
+            libc::free(new.cast());
+        }
     }
 }
 
@@ -293,6 +303,9 @@ unsafe fn fork() {
         memwarden::enable();
         for _ in 0..3 {
             BEFORE_FORK.store(libc::malloc(32), Ordering::SeqCst);
+            let grown = libc::malloc(32);
+            grown.cast::<u8>().write_bytes(7, 32);
+            GROWN_IN_FORK.store(grown, Ordering::SeqCst);
             match libc::fork() {
                 0 => {
                     let v: Vec<u64> = (0..100).collect();
