@@ -16,15 +16,7 @@ const FILE: &str = "tests/helpers/c_heap.rs";
 
 /// The line of the `// <WHAT>: <tag>` marker.
 fn line(what: &str, tag: &str) -> u64 {
-    let marker = format!("// {what}: {tag}");
-    let found: Vec<u64> = SRC
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_end().ends_with(&marker))
-        .map(|(i, _)| i as u64 + 1)
-        .collect();
-    assert_eq!(found.len(), 1, "exactly one line marked {marker}");
-    found[0]
+    common::marked_line(SRC, what, tag)
 }
 
 /// Runs `program` with `env`, plus a JSON report when tracking.
@@ -76,6 +68,31 @@ fn entries_at<'a>(run: &'a Run, kind: &str, line: u64, depth: usize) -> Vec<&'a 
 fn summary(run: &Run, kind: &str) -> (u64, u64) {
     let s = &run.report()["summary"][kind];
     (s["bytes"].as_u64().unwrap(), s["blocks"].as_u64().unwrap())
+}
+
+/// The program ran to its end (`heap still sound`) with status 0, and
+/// reported no heap error and, when tracked, nothing definitely lost.
+fn clean(run: &Run) {
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(
+        run.stdout.contains("heap still sound"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !run.stderr.contains("ERROR"),
+        "no heap error\n{}",
+        run.describe()
+    );
+    if run.report.is_some() {
+        assert!(run.report()["errors"].as_array().unwrap().is_empty());
+        assert_eq!(
+            summary(run, "definitely_lost"),
+            (0, 0),
+            "{}",
+            run.describe()
+        );
+    }
 }
 
 #[test]
@@ -206,14 +223,7 @@ fn threads_that_use_cs_heap_leave_nothing_lost() {
 /// and, where given, ALLOC and FREE; the program went on.
 fn c_error(program: &str, kind: &str, alloc: bool, free: bool) {
     let run = tracked(program, &[("DEBUG_MEMORY_ON_ERROR", "continue")]);
-    let errors: Vec<&Value> = run.report()["errors"]
-        .as_array()
-        .expect("errors array")
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .collect();
-    assert_eq!(errors.len(), 1, "one {kind}\n{}", run.describe());
-    let e = errors[0];
+    let e = common::one_error(&run, kind);
     assert_eq!(top_line(&e["frames"]), Some(line("BUG", program)));
     if alloc {
         assert_eq!(top_line(&e["alloc_frames"]), Some(line("ALLOC", program)));
@@ -255,20 +265,7 @@ fn a_free_of_a_pointer_into_a_c_block_is_reported() {
 
 #[test]
 fn blocks_may_be_freed_across_the_languages() {
-    let run = tracked("across", &[]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(
-        run.stdout.contains("heap still sound"),
-        "{}",
-        run.describe()
-    );
-    assert!(run.report()["errors"].as_array().unwrap().is_empty());
-    assert_eq!(
-        summary(&run, "definitely_lost"),
-        (0, 0),
-        "{}",
-        run.describe()
-    );
+    clean(&tracked("across", &[]));
 }
 
 #[test]
@@ -277,70 +274,27 @@ fn fork_handlers_that_use_cs_heap_run_while_memwarden_holds_its_locks() {
     // run after its `prepare` handler took every lock: C's allocations go
     // to glibc, and a free of a tracked block waits until the locks are
     // released.
-    let run = run_program("fork", &[]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(
-        run.stdout.contains("heap still sound"),
-        "{}",
-        run.describe()
-    );
-    let run = tracked("fork", &[]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(run.report()["errors"].as_array().unwrap().is_empty());
-    assert_eq!(
-        summary(&run, "definitely_lost"),
-        (0, 0),
-        "{}",
-        run.describe()
-    );
+    clean(&run_program("fork", &[]));
+    clean(&tracked("fork", &[]));
 }
 
 #[test]
 fn a_tracked_dlerror_message_is_freed_as_tracked() {
-    let run = tracked("dlerror", &[]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(
-        run.stdout.contains("heap still sound"),
-        "{}",
-        run.describe()
-    );
-    assert!(run.report()["errors"].as_array().unwrap().is_empty());
+    clean(&tracked("dlerror", &[]));
 }
 
 #[test]
 fn switching_tracking_under_allocating_threads_reports_no_error() {
-    let run = tracked("toggle", &[]);
-    assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(
-        run.stdout.contains("heap still sound"),
-        "{}",
-        run.describe()
-    );
-    assert!(
-        run.report()["errors"].as_array().unwrap().is_empty(),
-        "{}",
-        run.describe()
-    );
+    clean(&tracked("toggle", &[]));
 }
 
 #[test]
 fn each_language_s_blocks_go_back_to_their_own_allocator() {
     // Around mimalloc, Rust's blocks are mimalloc's and C's glibc's: a free
-    // of either that pushes the other's out of the shared quarantine, and
-    // a block freed by the other language, go to the right one.
+    // of either that pushes the other's out of the shared quarantine goes
+    // to the right one.
     let bin = example_bin("c_heap_mimalloc", &[]);
     for env in [&[("DEBUG_MEMORY", "1")][..], &[][..]] {
-        let run = run_bin(&bin, &[], env);
-        assert_eq!(run.code(), 0, "{}", run.describe());
-        assert!(
-            run.stdout.contains("heap still sound"),
-            "{}",
-            run.describe()
-        );
-        assert!(
-            !run.stderr.contains("ERROR"),
-            "no heap error\n{}",
-            run.describe()
-        );
+        clean(&run_bin(&bin, &[], env));
     }
 }

@@ -19,15 +19,7 @@ fn bin() -> PathBuf {
 
 /// The line of the `// <WHAT>: <tag>` marker.
 fn line(what: &str, tag: &str) -> u64 {
-    let marker = format!("// {what}: {tag}");
-    let found: Vec<u64> = SRC
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_end().ends_with(&marker))
-        .map(|(i, _)| i as u64 + 1)
-        .collect();
-    assert_eq!(found.len(), 1, "exactly one line marked {marker}");
-    found[0]
+    common::marked_line(SRC, what, tag)
 }
 
 fn run_program(name: &str, extra: &[(&str, &str)]) -> Run {
@@ -58,14 +50,7 @@ fn top_line(frames: &Value) -> Option<u64> {
 
 /// The one error of `kind` in the report.
 fn error<'a>(run: &'a Run, kind: &str) -> &'a Value {
-    let errors: Vec<&Value> = run.report()["errors"]
-        .as_array()
-        .expect("errors array")
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .collect();
-    assert_eq!(errors.len(), 1, "one {kind} error\n{}", run.describe());
-    errors[0]
+    common::one_error(run, kind)
 }
 
 fn still_sound(run: &Run) {

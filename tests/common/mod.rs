@@ -579,3 +579,29 @@ pub(crate) fn expect_only_memwarden_lines(run: &Run) {
         );
     }
 }
+
+/// The line of `src` marked `// <WHAT>: <tag>` (a child program's source):
+/// exactly one line must end with that marker.
+pub(crate) fn marked_line(src: &str, what: &str, tag: &str) -> u64 {
+    let marker = format!("// {what}: {tag}");
+    let found: Vec<u64> = src
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_end().ends_with(&marker))
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one line marked {marker}");
+    found[0]
+}
+
+/// The one heap error of `kind` in `run`'s JSON report.
+pub(crate) fn one_error<'a>(run: &'a Run, kind: &str) -> &'a Value {
+    let errors: Vec<&Value> = run.report()["errors"]
+        .as_array()
+        .expect("errors array")
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .collect();
+    assert_eq!(errors.len(), 1, "one {kind} error\n{}", run.describe());
+    errors[0]
+}
