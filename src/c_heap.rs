@@ -6,7 +6,7 @@
 //! every library the process loads (glibc supports replacing its
 //! allocator this way). Each calls its namesake here. While tracking is
 //! on, a block of C's is allocated and freed by a second [`Warden`],
-//! [`HEAP`], around glibc's allocator as reached by its own names
+//! `HEAP`, around glibc's allocator as reached by its own names
 //! (`__libc_malloc`, ...), which the program's `malloc` does not replace.
 //! Its records go into the same registry as the Rust allocator's, so a
 //! report shows C's leaks with their stacks, a block of Rust's held only
