@@ -109,6 +109,63 @@ pub(crate) struct TlsBlock {
 pub(crate) struct Images {
     pub(crate) data: Vec<Region>,
     pub(crate) tls: Vec<TlsBlock>,
+    /// The loader's descriptors of the loaded objects (glibc's `link_map`s,
+    /// [`LINK_MAP_BYTES`] from each): the loader allocates those of the
+    /// objects loaded at start-up in memory of its own, outside any
+    /// object's data, and keeps in them pointers to blocks it allocates
+    /// later with `malloc` (each object's list of dependencies, the global
+    /// search list), tracked blocks when C's heap is (`track_c_heap!`).
+    pub(crate) loader: Vec<Region>,
+}
+
+/// Bytes read as roots from each thread's thread pointer: glibc puts the
+/// thread's descriptor (`struct pthread`, 2,304 bytes in glibc 2.36 on
+/// x86_64) there, with the thread's `pthread_setspecific` values and its
+/// `strerror` buffer. A thread's own is at the top of its stack, which its
+/// stack's scan reads; the main thread's is in memory the loader
+/// allocated, which nothing else reads.
+pub(crate) const THREAD_DESCRIPTOR_BYTES: usize = 4096;
+
+/// Bytes read as roots from each `link_map` (about 1,150 in glibc 2.36).
+pub(crate) const LINK_MAP_BYTES: usize = 2048;
+
+/// Adds the loader's `link_map`s, found from `_r_debug` (the debugger
+/// interface every glibc loader exports): called while `dl_iterate_phdr`
+/// holds the loader's lock, so no `dlopen`/`dlclose` changes the list.
+#[cfg(target_env = "gnu")]
+fn loader_maps(out: &mut Vec<Region>) {
+    /// The public head of glibc's `struct link_map` (`<link.h>`).
+    #[repr(C)]
+    struct LinkMap {
+        l_addr: usize,
+        l_name: *const libc::c_char,
+        l_ld: *const c_void,
+        l_next: *const LinkMap,
+        l_prev: *const LinkMap,
+    }
+    /// `struct r_debug` (`<link.h>`), as far as `r_map`.
+    #[repr(C)]
+    struct RDebug {
+        r_version: libc::c_int,
+        r_map: *const LinkMap,
+    }
+    unsafe extern "C" {
+        static _r_debug: RDebug;
+    }
+    // SAFETY: the loader initialised `_r_debug` before any code of ours
+    // ran; the list is stable while the loader's lock is held (the
+    // caller's).
+    let mut map = unsafe { (*std::ptr::addr_of!(_r_debug)).r_map };
+    let mut seen = 0;
+    while !map.is_null() && seen < 1 << 16 {
+        out.push(Region {
+            start: map as usize,
+            end: (map as usize).saturating_add(LINK_MAP_BYTES),
+        });
+        // SAFETY: a live `link_map` of the list (see above).
+        map = unsafe { (*map).l_next };
+        seen += 1;
+    }
 }
 
 /// Walks the loaded objects with `dl_iterate_phdr`.
@@ -116,6 +173,7 @@ pub(crate) fn images() -> Images {
     struct Acc {
         data: Vec<Region>,
         tls: Vec<TlsBlock>,
+        loader: Vec<Region>,
         tp: usize,
     }
     unsafe extern "C" fn each(
@@ -126,6 +184,10 @@ pub(crate) fn images() -> Images {
         // SAFETY: dl_iterate_phdr passes a valid info for this call, and
         // `acc` is the `&mut Acc` passed below.
         let (info, acc) = unsafe { (&*info, &mut *acc.cast::<Acc>()) };
+        #[cfg(target_env = "gnu")]
+        if acc.loader.is_empty() {
+            loader_maps(&mut acc.loader);
+        }
         if info.dlpi_phdr.is_null() {
             return 0;
         }
@@ -158,6 +220,7 @@ pub(crate) fn images() -> Images {
     let mut acc = Acc {
         data: Vec::with_capacity(64),
         tls: Vec::with_capacity(16),
+        loader: Vec::with_capacity(16),
         tp: thread_pointer(),
     };
     // SAFETY: `each` matches the callback type and only touches `acc`.
@@ -165,6 +228,7 @@ pub(crate) fn images() -> Images {
     Images {
         data: acc.data,
         tls: acc.tls,
+        loader: acc.loader,
     }
 }
 

@@ -73,7 +73,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     let images = roots::images();
     let tids = roots::thread_ids();
     let mut fixed: Vec<Region> = Vec::new();
-    for r in &images.data {
+    for r in images.data.iter().chain(&images.loader) {
         maps.readable_parts(r.start, r.end, |r| fixed.push(r));
     }
     if let Some(m) = maps.find(entry_sp) {
@@ -81,6 +81,8 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     }
     let tp = roots::thread_pointer();
     if tp != 0 {
+        let end = tp.saturating_add(roots::THREAD_DESCRIPTOR_BYTES);
+        maps.readable_parts(tp, end, |r| fixed.push(r));
         for b in &images.tls {
             let start = tp.wrapping_add_signed(b.offset);
             maps.readable_parts(start, start + b.len, |r| fixed.push(r));
@@ -110,7 +112,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     let mut snap: MapVec<Record> = MapVec::new();
     let expect = registry::live_blocks() + pools.objects.len();
     if !snap.reserve(expect + expect / 4 + 1024)
-        || !rootv.reserve(fixed.len() + tids.len() * (4 + images.tls.len()))
+        || !rootv.reserve(fixed.len() + tids.len() * (6 + images.tls.len()))
     {
         caveats.out_of_memory = true;
         return Vec::new();
@@ -137,6 +139,10 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             });
         }
         if t.tp != 0 {
+            let end = t.tp.saturating_add(roots::THREAD_DESCRIPTOR_BYTES);
+            maps.readable_parts(t.tp, end, |r| {
+                rootv.push(r);
+            });
             for b in &images.tls {
                 let start = t.tp.wrapping_add_signed(b.offset);
                 maps.readable_parts(start, start + b.len, |r| {

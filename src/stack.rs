@@ -91,6 +91,12 @@ pub(crate) fn here(entry_sp: usize) -> StackId {
     if max == 0 {
         return 0;
     }
+    // Unoptimised, the fast unwinder's frame alone is 7 KiB: a thread with
+    // one of glibc's smallest stacks (16 KiB) records its blocks without
+    // a stack rather than overflow it. (Optimised, it fits.)
+    if cfg!(debug_assertions) && !crate::unwind::room_for(DEBUG_CAPTURE_ROOM) {
+        return 0;
+    }
     // The fast unwinder through its per-thread cache of recent walks: a
     // repeated stack costs a read per frame and no hashing.
     if let Some(id) = crate::unwind::here_fast(max, entry_sp, intern) {
@@ -99,10 +105,16 @@ pub(crate) fn here(entry_sp: usize) -> StackId {
     here_slow(max, entry_sp)
 }
 
+/// Stack a capture needs in a debug build (see [`here`]).
+const DEBUG_CAPTURE_ROOM: usize = 16 << 10;
+
 /// libgcc's unwinder, where the fast one gave up.
 #[cold]
 #[inline(never)]
 fn here_slow(max: usize, entry_sp: usize) -> StackId {
+    if !crate::unwind::room_for_cold_path() {
+        return 0;
+    }
     let mut frames = [0usize; MAX_CAPTURE];
     let n = capture_slow(&mut frames, max, entry_sp);
     intern(&frames[..n])

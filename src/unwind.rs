@@ -404,6 +404,32 @@ pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     None
 }
 
+/// Stack that the cold paths of a capture need below the stack pointer:
+/// the CFI parser (gimli, whose unoptimised code in a debug build took
+/// more than 32 KiB for one lookup) and libgcc's unwinder.
+const COLD_ROOM: usize = if cfg!(debug_assertions) {
+    48 << 10
+} else {
+    16 << 10
+};
+
+/// True unless the calling thread is known to have less than
+/// [`COLD_ROOM`] bytes of stack left: a thread with a small stack (glibc's
+/// `SIGEV_THREAD` timer thread has 16 KiB) overflowed it in the CFI
+/// parser. Such a thread's allocations that need the cold paths are
+/// recorded without a stack.
+pub(crate) fn room_for_cold_path() -> bool {
+    room_for(COLD_ROOM)
+}
+
+/// True unless the calling thread is known to have less than `bytes` of
+/// stack left below the stack pointer.
+#[inline]
+pub(crate) fn room_for(bytes: usize) -> bool {
+    let sp = crate::roots::stack_pointer();
+    stack_floor().is_none_or(|lo| sp.saturating_sub(lo) >= bytes)
+}
+
 /// The lowest address of the calling thread's stack: unknown off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn stack_floor() -> Option<usize> {
@@ -439,6 +465,9 @@ const MAX_WALK: usize = 1024;
 #[cold]
 #[inline(never)]
 fn miss(ra: usize) -> Option<rules::Rule> {
+    if !room_for_cold_path() {
+        return None;
+    }
     let addr = ra.checked_sub(1)?;
     let rule = match modules::find(addr) {
         modules::Found::In(module) => cfi::rule_for(&module, addr),

@@ -298,3 +298,23 @@ fn each_language_s_blocks_go_back_to_their_own_allocator() {
         clean(&run_bin(&bin, &[], env));
     }
 }
+
+#[test]
+fn what_glibc_keeps_in_the_loaders_memory_is_reachable() {
+    // The main thread's descriptor and the loader's `link_map`s are read
+    // as roots: nothing of these is lost.
+    let run = tracked("glibc_keeps", &[]);
+    clean(&run);
+    let (bytes, _) = summary(&run, "still_reachable");
+    assert!(
+        bytes >= (40..80).sum::<u64>(),
+        "the 40 thread-specific values\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn threads_with_the_smallest_stacks_can_allocate() {
+    clean(&tracked("small_stacks", &[]));
+    clean(&run_program("small_stacks", &[]));
+}

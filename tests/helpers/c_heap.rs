@@ -47,6 +47,8 @@ fn main() {
             "fork" => fork(),
             "dlerror" => dlerror(),
             "toggle" => toggle(),
+            "glibc_keeps" => glibc_keeps(),
+            "small_stacks" => small_stacks(),
             other => panic!("unknown program {other:?}"),
         }
     }
@@ -370,6 +372,58 @@ unsafe fn toggle() {
         w.join().unwrap();
     }
     still_sound();
+}
+
+/// What glibc keeps for the program in memory the loader allocated: the
+/// main thread's `strerror` buffer and `pthread_setspecific` values (in
+/// its thread descriptor), and the loader's lists for a library opened
+/// with `RTLD_GLOBAL` (in its `link_map`s). All still reachable.
+unsafe fn glibc_keeps() {
+    // SAFETY: glibc calls with valid arguments; the values stay set.
+    unsafe {
+        black_box(libc::strerror(9999));
+        for i in 0..40 {
+            let mut key = 0;
+            assert_eq!(libc::pthread_key_create(&mut key, None), 0);
+            assert_eq!(libc::pthread_setspecific(key, libc::malloc(40 + i)), 0);
+        }
+        let m = libc::dlopen(c"libm.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        assert!(!m.is_null());
+        still_sound();
+    }
+}
+
+extern "C" fn small_stack_thread(_: *mut c_void) -> *mut c_void {
+    // SAFETY: plain C allocations, each freed once.
+    unsafe {
+        for i in 0..100 {
+            let p = libc::malloc(16 + i);
+            libc::free(p);
+        }
+    }
+    ptr::null_mut()
+}
+
+/// Threads with glibc's smallest stacks (16 KiB, as its `SIGEV_THREAD`
+/// timer thread has) that allocate.
+unsafe fn small_stacks() {
+    // SAFETY: a thread attribute set up, used and destroyed; each thread
+    // joined.
+    unsafe {
+        for size in [16usize << 10, 32 << 10, 48 << 10] {
+            let mut attr = std::mem::zeroed::<libc::pthread_attr_t>();
+            assert_eq!(libc::pthread_attr_init(&mut attr), 0);
+            assert_eq!(libc::pthread_attr_setstacksize(&mut attr, size), 0);
+            let mut t = std::mem::zeroed::<libc::pthread_t>();
+            assert_eq!(
+                libc::pthread_create(&mut t, &attr, small_stack_thread, ptr::null_mut()),
+                0
+            );
+            assert_eq!(libc::pthread_join(t, ptr::null_mut()), 0);
+            libc::pthread_attr_destroy(&mut attr);
+        }
+        still_sound();
+    }
 }
 
 /// After an error under `DEBUG_MEMORY_ON_ERROR=continue`: the heap still
