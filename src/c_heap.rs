@@ -112,6 +112,23 @@ unsafe impl GlobalAlloc for LibcHeap {
 /// frees C's with glibc's, `Record::is_c`).
 static HEAP: Warden<LibcHeap> = Warden::wrap(LibcHeap);
 
+/// True once one of C's functions defined by `track_c_heap!` was called:
+/// memwarden's `malloc` may then be reached from inside glibc, with
+/// glibc's locks held (see `unwind::query_stack_bounds`).
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Whether `track_c_heap!`'s functions are in use in this process.
+pub(crate) fn in_use() -> bool {
+    IN_USE.load(Ordering::Relaxed)
+}
+
+#[inline(always)]
+fn note_in_use() {
+    if !IN_USE.load(Ordering::Relaxed) {
+        IN_USE.store(true, Ordering::Relaxed);
+    }
+}
+
 /// True once a `Warden` tracked a Rust allocation: the global allocator is
 /// a `Warden`, through which C's frees then go.
 static RUST_WARDEN: AtomicBool = AtomicBool::new(false);
@@ -163,6 +180,7 @@ unsafe fn realloc_tracked(p: *mut u8, layout: Layout, size: usize) -> *mut u8 {
 /// memwarden's own work (the Rust allocator's inner calls among it).
 #[inline(always)]
 fn tracking() -> bool {
+    note_in_use();
     if MODE.load(Ordering::Relaxed) == OFF || state::mode() != ON {
         return false;
     }
@@ -188,6 +206,7 @@ fn tracking() -> bool {
 /// program allocated: what C allocates inside it, it frees inside it.)
 #[inline(always)]
 fn may_be_tracked() -> bool {
+    note_in_use();
     let m = MODE.load(Ordering::Relaxed);
     m != OFF && m != UNINIT && !guard::busy()
 }

@@ -49,6 +49,17 @@ impl Maps {
         (addr < m.end).then_some(m)
     }
 
+    /// `[start, start + len)`, cut at the end of the mapping that holds
+    /// `start` (so that a root region never runs on into a neighbouring
+    /// mapping, a block of the heap's own mapping, say), if readable.
+    pub(crate) fn within_mapping(&self, start: usize, len: usize) -> Option<Region> {
+        let m = self.find(start).filter(|m| m.read)?;
+        Some(Region {
+            start,
+            end: start.saturating_add(len).min(m.end),
+        })
+    }
+
     /// Calls `out` with each readable part of `[start, end)`. Allocates
     /// nothing itself, so it may run while the world is stopped.
     pub(crate) fn readable_parts(&self, start: usize, end: usize, mut out: impl FnMut(Region)) {
@@ -115,18 +126,20 @@ pub(crate) struct Images {
     /// object's data, and keeps in them pointers to blocks it allocates
     /// later with `malloc` (each object's list of dependencies, the global
     /// search list), tracked blocks when C's heap is (`track_c_heap!`).
+    /// Roots only then (see `scan::classify_all`).
     pub(crate) loader: Vec<Region>,
 }
 
-/// Bytes read as roots from each thread's thread pointer: glibc puts the
-/// thread's descriptor (`struct pthread`, 2,304 bytes in glibc 2.36 on
-/// x86_64) there, with the thread's `pthread_setspecific` values and its
-/// `strerror` buffer. A thread's own is at the top of its stack, which its
-/// stack's scan reads; the main thread's is in memory the loader
-/// allocated, which nothing else reads.
-pub(crate) const THREAD_DESCRIPTOR_BYTES: usize = 4096;
+/// Bytes read as roots from each thread's thread pointer (cut at the end
+/// of its mapping): glibc puts the thread's descriptor (`struct pthread`,
+/// 2,304 bytes in glibc 2.36 on x86_64) there, with the thread's
+/// `pthread_setspecific` values and its `strerror` buffer. A thread's own
+/// is at the top of its stack, which its stack's scan reads; the main
+/// thread's is in memory the loader allocated, which nothing else reads.
+pub(crate) const THREAD_DESCRIPTOR_BYTES: usize = 2560;
 
-/// Bytes read as roots from each `link_map` (about 1,150 in glibc 2.36).
+/// Bytes read as roots from each `link_map` (about 1,240 in glibc 2.36;
+/// cut at the end of its mapping).
 pub(crate) const LINK_MAP_BYTES: usize = 2048;
 
 /// Adds the loader's `link_map`s, found from `_r_debug` (the debugger
@@ -158,9 +171,10 @@ fn loader_maps(out: &mut Vec<Region>) {
     let mut map = unsafe { (*std::ptr::addr_of!(_r_debug)).r_map };
     let mut seen = 0;
     while !map.is_null() && seen < 1 << 16 {
+        let start = map as usize;
         out.push(Region {
-            start: map as usize,
-            end: (map as usize).saturating_add(LINK_MAP_BYTES),
+            start,
+            end: start.saturating_add(LINK_MAP_BYTES),
         });
         // SAFETY: a live `link_map` of the list (see above).
         map = unsafe { (*map).l_next };

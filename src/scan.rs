@@ -73,16 +73,35 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     let images = roots::images();
     let tids = roots::thread_ids();
     let mut fixed: Vec<Region> = Vec::new();
-    for r in images.data.iter().chain(&images.loader) {
+    for r in &images.data {
         maps.readable_parts(r.start, r.end, |r| fixed.push(r));
+    }
+    // What glibc's loader keeps in memory of its own: roots only when C's
+    // heap is tracked, for only then are the blocks it points to tracked
+    // (glibc's own, not the program's). A `link_map` allocated with
+    // `malloc` (a library opened later) is a tracked block itself, and
+    // reached through the loader's lists like any other: not a root, whose
+    // window would run on into the heap blocks after it.
+    #[cfg(target_env = "gnu")]
+    let loader_roots = crate::c_heap::in_use();
+    #[cfg(not(target_env = "gnu"))]
+    let loader_roots = false;
+    #[cfg(target_env = "gnu")]
+    if loader_roots {
+        for r in &images.loader {
+            if !registry::is_live(r.start) {
+                fixed.extend(maps.within_mapping(r.start, r.end - r.start));
+            }
+        }
     }
     if let Some(m) = maps.find(entry_sp) {
         maps.readable_parts(entry_sp, m.end, |r| fixed.push(r));
     }
     let tp = roots::thread_pointer();
     if tp != 0 {
-        let end = tp.saturating_add(roots::THREAD_DESCRIPTOR_BYTES);
-        maps.readable_parts(tp, end, |r| fixed.push(r));
+        if loader_roots {
+            fixed.extend(maps.within_mapping(tp, roots::THREAD_DESCRIPTOR_BYTES));
+        }
         for b in &images.tls {
             let start = tp.wrapping_add_signed(b.offset);
             maps.readable_parts(start, start + b.len, |r| fixed.push(r));
@@ -139,10 +158,12 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             });
         }
         if t.tp != 0 {
-            let end = t.tp.saturating_add(roots::THREAD_DESCRIPTOR_BYTES);
-            maps.readable_parts(t.tp, end, |r| {
+            if let Some(r) = maps
+                .within_mapping(t.tp, roots::THREAD_DESCRIPTOR_BYTES)
+                .filter(|_| loader_roots)
+            {
                 rootv.push(r);
-            });
+            }
             for b in &images.tls {
                 let start = t.tp.wrapping_add_signed(b.offset);
                 maps.readable_parts(start, start + b.len, |r| {

@@ -335,6 +335,8 @@ pub(crate) struct Mapping {
     /// The mapping right below ends at `lo` and has no access: a guard
     /// page, as glibc puts below a thread's stack.
     pub(crate) guard_below: bool,
+    /// The end of the mapping below this one (0 if none).
+    pub(crate) prev_end: usize,
 }
 
 /// The mapping of `/proc/self/maps` that holds `addr`. Read with
@@ -365,14 +367,18 @@ pub(crate) fn mapping_of(addr: usize) -> Option<Mapping> {
     if fd < 0 {
         return None;
     }
-    let mut buf = [0u8; 4096];
+    // Small: this runs on the first allocation of threads with stacks of
+    // 16 KiB. (A line longer than it is skipped, see below.)
+    let mut buf = [0u8; 1024];
     // Bytes at the start of `buf` that belong to a line not yet ended.
     let mut kept = 0;
     // Inside a line longer than the buffer (a very long path), whose
     // range was looked at in its first bytes: skipped to its end.
     let mut skipping = false;
-    // The end of the last mapping seen, if it had no access.
+    // The end of the last mapping seen, if it had no access, and whatever
+    // it had.
     let mut guard_end = None;
+    let mut prev_end = 0;
     let mut found = None;
     'read: loop {
         // SAFETY: the rest of `buf` is writable for `buf.len() - kept` bytes.
@@ -400,10 +406,12 @@ pub(crate) fn mapping_of(addr: usize) -> Option<Mapping> {
                             hi,
                             main_stack: whole && line.ends_with(b"[stack]"),
                             guard_below: guard_end == Some(lo),
+                            prev_end,
                         });
                         break 'read;
                     }
                     guard_end = perms.starts_with(b"---").then_some(hi);
+                    prev_end = hi;
                 }
             }
             if !whole {

@@ -423,11 +423,15 @@ pub(crate) fn room_for_cold_path() -> bool {
 }
 
 /// True unless the calling thread is known to have less than `bytes` of
-/// stack left below the stack pointer.
+/// stack left below the stack pointer. (A stack pointer outside the
+/// thread's stack, on a coroutine's or a signal's stack, is not known.)
 #[inline]
 pub(crate) fn room_for(bytes: usize) -> bool {
     let sp = crate::roots::stack_pointer();
-    stack_floor().is_none_or(|lo| sp.saturating_sub(lo) >= bytes)
+    match (stack_floor(), stack_bounds()) {
+        (Some(lo), Some((_, hi))) if sp >= lo && sp < hi => sp - lo >= bytes,
+        _ => true,
+    }
 }
 
 /// The lowest address of the calling thread's stack: unknown off x86_64.
@@ -542,29 +546,66 @@ fn known_stack() -> Option<(usize, usize)> {
     (bounds.1 > 1).then_some(bounds)
 }
 
-/// Finds the calling thread's stack: the mapping in `/proc/self/maps`
-/// (read with plain system calls into a buffer on the stack) that holds
-/// the thread's own stack, found from a pointer glibc keeps into it (the
-/// main thread's `__libc_stack_end`, another thread's descriptor, which
-/// glibc puts at the top of its stack), so that a thread running on
-/// another stack at the time (a signal's alternate stack, a coroutine's)
-/// still gets its own; from the stack pointer elsewhere. For the main
-/// thread's stack, which grows down on demand, the low end is where the
-/// stack limit (`RLIMIT_STACK`, 8 MiB if unlimited) lets it reach: the
-/// walk reads only above its frames. `None`: not found.
-///
-/// Not `pthread_getattr_np`: glibc holds the thread's lock while that
-/// function allocates (`fopen` of the same file for the main thread, a
-/// `realloc` for every thread), so with C's heap tracked
-/// (`track_c_heap!`) the allocation's stack capture came back here and
-/// waited on that lock for ever.
+/// Finds the calling thread's stack: from the thread library
+/// (`pthread_getattr_np`), or, once `track_c_heap!`'s functions are in use,
+/// from `/proc/self/maps` (see [`query_from_maps`]).
 #[cfg(target_arch = "x86_64")]
 #[cold]
 #[inline(never)]
 fn query_stack_bounds() -> Option<(usize, usize)> {
+    #[cfg(target_env = "gnu")]
+    if crate::c_heap::in_use() {
+        return query_from_maps();
+    }
+    query_from_thread_library()
+}
+
+/// The calling thread's stack as the thread library knows it.
+#[cfg(target_arch = "x86_64")]
+fn query_from_thread_library() -> Option<(usize, usize)> {
+    let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::zeroed();
+    // SAFETY: `attr` is writable storage for an attribute object, filled
+    // in by the call (zeroed first, as std does on Linux).
+    if unsafe { libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let mut addr = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: `attr` was initialised by pthread_getattr_np and is destroyed
+    // exactly once, after the read.
+    let ok = unsafe {
+        let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        ok
+    };
+    let lo = addr as usize;
+    let hi = lo.checked_add(size)?;
+    // Rounded up to even: the lowest bit is a mark (see `STACK`).
+    (ok && lo != 0 && size != 0).then_some((lo.next_multiple_of(2), hi))
+}
+
+/// The calling thread's stack from `/proc/self/maps`, read with plain
+/// system calls into a buffer on the stack: the mapping that holds a
+/// pointer glibc keeps into the thread's own stack (the main thread's
+/// `__libc_stack_end`; another thread's descriptor, which glibc puts at
+/// the top of its stack), so that a thread running on another stack at
+/// the time (a signal's alternate stack, a coroutine's) still gets its
+/// own. For the main thread's stack, which grows down on demand, the low
+/// end is as far as the stack limit (`RLIMIT_STACK`) and the mapping
+/// below let it grow, as glibc's `pthread_getattr_np` says: the walk
+/// reads only above its frames.
+///
+/// Used instead of `pthread_getattr_np` once `track_c_heap!`'s functions
+/// are in use: glibc holds the thread's lock while that function
+/// allocates (`fopen` of the same file for the main thread, a `realloc`
+/// for every thread), so an allocation's stack capture came back to it
+/// and waited on that lock for ever. (Otherwise the thread library is
+/// asked: one read of the maps costs 25 µs, a third of a short thread's
+/// life.)
+#[cfg(all(target_arch = "x86_64", target_env = "gnu"))]
+fn query_from_maps() -> Option<(usize, usize)> {
     // SAFETY: getpid and gettid have no preconditions.
     let main_thread = unsafe { libc::getpid() == libc::gettid() };
-    #[cfg(target_env = "gnu")]
     let anchor = if main_thread {
         unsafe extern "C" {
             /// Near the top of the main thread's stack (glibc's loader).
@@ -577,8 +618,6 @@ fn query_stack_bounds() -> Option<(usize, usize)> {
         // top of the thread's stack block.
         unsafe { libc::pthread_self() as usize }
     };
-    #[cfg(not(target_env = "gnu"))]
-    let anchor = crate::roots::stack_pointer();
     let m = crate::sys::mapping_of(anchor)?;
     // The main thread's anchor outside `[stack]` (under an emulator, say):
     // the stack pointer's own mapping, taken as it is.
@@ -598,9 +637,10 @@ fn query_stack_bounds() -> Option<(usize, usize)> {
     };
     // SAFETY: `limit` is writable storage for the answer.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
+    let gap = m.hi.saturating_sub(m.prev_end);
     let reach = match limit.rlim_cur {
-        n if ok && n != libc::RLIM_INFINITY => usize::try_from(n).unwrap_or(usize::MAX),
-        _ => 8 << 20,
+        n if ok && n != libc::RLIM_INFINITY => usize::try_from(n).unwrap_or(usize::MAX).min(gap),
+        _ => gap,
     };
     // Rounded up to even: the lowest bit is a mark (see `STACK`).
     let lo = m.lo.min(m.hi.saturating_sub(reach)).next_multiple_of(2);

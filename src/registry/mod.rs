@@ -507,6 +507,12 @@ pub(crate) fn peek(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
     }
 }
 
+/// True if `addr` is a live tracked block's address.
+#[cfg(target_env = "gnu")]
+pub(crate) fn is_live(addr: usize) -> bool {
+    matches!(peek(addr, || false), Lookup::Live(_))
+}
+
 /// What [`free`] did with a block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Freeing {
