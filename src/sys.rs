@@ -17,10 +17,10 @@ use std::alloc::{GlobalAlloc, Layout};
 /// The allocator of [`SysVec`]: glibc's by its own names where
 /// `track_c_heap!` may have replaced `malloc` (so that memwarden's buffers
 /// never go through the program's `malloc`, tracked or not), `System`
-/// elsewhere.
-#[cfg(target_env = "gnu")]
+/// elsewhere (and under Miri, which cannot call glibc's own names).
+#[cfg(all(target_env = "gnu", not(miri)))]
 use crate::c_heap::LibcHeap as Heap;
-#[cfg(not(target_env = "gnu"))]
+#[cfg(any(not(target_env = "gnu"), miri))]
 use std::alloc::System as Heap;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
