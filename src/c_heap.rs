@@ -39,8 +39,7 @@ unsafe extern "C" {
     fn __libc_memalign(align: usize, size: usize) -> *mut c_void;
 }
 
-/// The alignment glibc's `malloc` gives every block.
-const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
+use crate::sys::MALLOC_ALIGN;
 
 /// glibc's allocator by its own names: the inner allocator of C's
 /// tracked blocks. Unlike `GlobalAlloc`'s contract requires, it also
@@ -122,10 +121,12 @@ pub(crate) fn in_use() -> bool {
     IN_USE.load(Ordering::Relaxed)
 }
 
+/// Sets `flag`, which only ever goes from false to true, writing its
+/// cache line once rather than at each call.
 #[inline(always)]
-fn note_in_use() {
-    if !IN_USE.load(Ordering::Relaxed) {
-        IN_USE.store(true, Ordering::Relaxed);
+fn raise(flag: &AtomicBool) {
+    if !flag.load(Ordering::Relaxed) {
+        flag.store(true, Ordering::Relaxed);
     }
 }
 
@@ -137,9 +138,7 @@ static RUST_WARDEN: AtomicBool = AtomicBool::new(false);
 /// is recorded, so before any Rust block can be in the quarantine).
 #[inline(always)]
 pub(crate) fn note_rust_warden() {
-    if !RUST_WARDEN.load(Ordering::Relaxed) {
-        RUST_WARDEN.store(true, Ordering::Relaxed);
-    }
+    raise(&RUST_WARDEN);
 }
 
 /// Frees the tracked block `p` with `layout` (a live record's own, or any
@@ -180,8 +179,8 @@ unsafe fn realloc_tracked(p: *mut u8, layout: Layout, size: usize) -> *mut u8 {
 /// memwarden's own work (the Rust allocator's inner calls among it).
 #[inline(always)]
 fn tracking() -> bool {
-    note_in_use();
-    if MODE.load(Ordering::Relaxed) == OFF || state::mode() != ON {
+    raise(&IN_USE);
+    if state::mode() != ON {
         return false;
     }
     if guard::busy() {
@@ -206,7 +205,7 @@ fn tracking() -> bool {
 /// program allocated: what C allocates inside it, it frees inside it.)
 #[inline(always)]
 fn may_be_tracked() -> bool {
-    note_in_use();
+    raise(&IN_USE);
     let m = MODE.load(Ordering::Relaxed);
     m != OFF && m != UNINIT && !guard::busy()
 }

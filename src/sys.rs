@@ -25,6 +25,9 @@ use std::alloc::System as Heap;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
+/// The alignment glibc's `malloc` gives every block (two words).
+pub(crate) const MALLOC_ALIGN: usize = 2 * std::mem::size_of::<usize>();
+
 /// A growable array of `Copy` values in memory from the C heap ([`Heap`]).
 ///
 /// Growth that fails leaves the vector unchanged and reports `false`: the

@@ -181,10 +181,6 @@ mod tracked {
         #[cfg(target_env = "gnu")]
         #[inline(always)]
         pub(crate) unsafe fn alloc_c(&self, layout: Layout, zeroed: bool) -> *mut u8 {
-            if MODE.load(Ordering::Relaxed) == OFF {
-                // SAFETY: per the contract.
-                return unsafe { self.alloc_inner(layout, zeroed) };
-            }
             // SAFETY: per the contract.
             unsafe { self.alloc_tracked(layout, zeroed, entry_sp!(), true) }
         }
@@ -674,7 +670,7 @@ mod tracked {
             // at the mode and `malloc`'s): its size must match, and its
             // alignment be what it had, at least malloc's 16 bytes.
             rec.size() != layout.size()
-                || layout.align() > rec.align().max(2 * std::mem::size_of::<usize>())
+                || layout.align() > rec.align().max(crate::sys::MALLOC_ALIGN)
         } else {
             (rec.size(), rec.align()) != (layout.size(), layout.align())
         };
