@@ -308,6 +308,22 @@ impl Shard {
         self.fifo.iter().find(|f| f.rec.addr == addr)
     }
 
+    /// Where this shard knows `addr`: `Ok` with the table slot of its live
+    /// record, or what else it is (a quarantined block, found in the table
+    /// or, if `search()` says to look, in the FIFO; or unknown).
+    fn lookup(&self, addr: usize, search: impl FnOnce() -> bool) -> Result<usize, Lookup> {
+        match self.table.find(addr) {
+            Some(i) if self.table.at(i).is_freed() => {
+                Err(Lookup::Freed(self.table.at(i).as_freed()))
+            }
+            Some(i) => Ok(i),
+            None if search() => Err(self
+                .search_fifo(addr)
+                .map_or(Lookup::Unknown, Lookup::Freed)),
+            None => Err(Lookup::Unknown),
+        }
+    }
+
     /// The oldest block of this shard's FIFO, out of the quarantine.
     #[inline]
     fn pop_small(&mut self) -> Option<Freed> {
@@ -475,11 +491,9 @@ pub(crate) enum Lookup {
 #[inline]
 pub(crate) fn remove(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
     let mut s = shard_of(addr).lock();
-    match s.table.find(addr) {
-        Some(i) if s.table.at(i).is_freed() => Lookup::Freed(s.table.at(i).as_freed()),
-        Some(i) => Lookup::Live(s.take_at(i, addr)),
-        None if search() => s.search_fifo(addr).map_or(Lookup::Unknown, Lookup::Freed),
-        None => Lookup::Unknown,
+    match s.lookup(addr, search) {
+        Ok(i) => Lookup::Live(s.take_at(i, addr)),
+        Err(other) => other,
     }
 }
 
@@ -499,12 +513,8 @@ pub(crate) fn peek(addr: usize, search: impl FnOnce() -> bool) -> Lookup {
         guard = shard_of(addr).lock();
         &*guard
     };
-    match s.table.find(addr) {
-        Some(i) if s.table.at(i).is_freed() => Lookup::Freed(s.table.at(i).as_freed()),
-        Some(i) => Lookup::Live(s.table.at(i)),
-        None if search() => s.search_fifo(addr).map_or(Lookup::Unknown, Lookup::Freed),
-        None => Lookup::Unknown,
-    }
+    s.lookup(addr, search)
+        .map_or_else(|other| other, |i| Lookup::Live(s.table.at(i)))
 }
 
 /// True if `addr` is a live tracked block's address.
