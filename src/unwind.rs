@@ -428,15 +428,31 @@ pub(crate) fn room_for_cold_path() -> bool {
 #[inline]
 pub(crate) fn room_for(bytes: usize) -> bool {
     let sp = crate::roots::stack_pointer();
-    match (stack_floor(), stack_bounds()) {
-        (Some(lo), Some((_, hi))) if sp >= lo && sp < hi => sp - lo >= bytes,
+    match exact_stack() {
+        Some((lo, hi)) if sp >= lo && sp < hi => sp - lo >= bytes,
         _ => true,
     }
 }
 
-/// The lowest address of the calling thread's stack: unknown off x86_64.
-#[cfg(not(target_arch = "x86_64"))]
+/// The lowest address of the calling thread's stack, if it is known for
+/// sure: the main thread's stack as far as its limit lets it grow, or a
+/// thread's stack above its guard page. For a stack found in a mapping
+/// that may hold more than the stack (one the program allocated itself),
+/// `None`: nothing below the stack pointer is known to be this stack's.
 pub(crate) fn stack_floor() -> Option<usize> {
+    exact_stack().map(|(lo, _)| lo)
+}
+
+/// The calling thread's stack, `lo..hi`, if `lo` is its true end (see
+/// [`stack_floor`]).
+#[cfg(target_arch = "x86_64")]
+fn exact_stack() -> Option<(usize, usize)> {
+    known_stack().filter(|&(lo, _)| lo & 1 == 0)
+}
+
+/// Unknown off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+fn exact_stack() -> Option<(usize, usize)> {
     None
 }
 
@@ -520,16 +536,6 @@ thread_local! {
 pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
     let (lo, hi) = known_stack()?;
     Some((lo & !1, hi))
-}
-
-/// The lowest address of the calling thread's stack, if it is known for
-/// sure: the main thread's stack as far as its limit lets it grow, or a
-/// thread's stack above its guard page. For a stack found in a mapping
-/// that may hold more than the stack (one the program allocated itself),
-/// `None`: nothing below the stack pointer is known to be this stack's.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn stack_floor() -> Option<usize> {
-    known_stack().and_then(|(lo, _)| (lo & 1 == 0).then_some(lo))
 }
 
 #[cfg(target_arch = "x86_64")]
