@@ -7,18 +7,8 @@
 use std::ffi::c_void;
 
 use crate::reach::{Mappings, Region};
-
-/// One line of `/proc/self/maps`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Mapping {
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    pub(crate) read: bool,
-    pub(crate) write: bool,
-    pub(crate) exec: bool,
-    /// Backed by a file (inode != 0).
-    pub(crate) file: bool,
-}
+pub(crate) use crate::sys::Mapping;
+use crate::sys::parse_maps_line as parse_line;
 
 /// The process's mappings, sorted by address.
 #[derive(Debug, Default)]
@@ -87,24 +77,6 @@ impl Mappings for Maps {
     fn file_exec(&self, addr: usize) -> bool {
         self.find(addr).is_some_and(|m| m.file && m.exec)
     }
-}
-
-fn parse_line(line: &str) -> Option<Mapping> {
-    let mut it = line.split_ascii_whitespace();
-    let range = it.next()?;
-    let perms = it.next()?.as_bytes();
-    let _offset = it.next()?;
-    let _dev = it.next()?;
-    let inode = it.next()?;
-    let (s, e) = range.split_once('-')?;
-    Some(Mapping {
-        start: usize::from_str_radix(s, 16).ok()?,
-        end: usize::from_str_radix(e, 16).ok()?,
-        read: perms.first() == Some(&b'r'),
-        write: perms.get(1) == Some(&b'w'),
-        exec: perms.get(2) == Some(&b'x'),
-        file: inode != "0",
-    })
 }
 
 /// Static thread-local storage of each loaded module, as an offset from the

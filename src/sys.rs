@@ -328,9 +328,41 @@ pub(crate) fn page_size() -> usize {
     p
 }
 
-/// A mapping of `/proc/self/maps` (see [`mapping_of`]).
+/// One line of `/proc/self/maps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Mapping {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) exec: bool,
+    /// Backed by a file (inode != 0).
+    pub(crate) file: bool,
+}
+
+/// One line of `/proc/self/maps`, parsed (`None` for a line that is not
+/// one). Allocates nothing.
+pub(crate) fn parse_maps_line(line: &str) -> Option<Mapping> {
+    let mut it = line.split_ascii_whitespace();
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let _offset = it.next()?;
+    let _dev = it.next()?;
+    let inode = it.next()?;
+    let (s, e) = range.split_once('-')?;
+    Some(Mapping {
+        start: usize::from_str_radix(s, 16).ok()?,
+        end: usize::from_str_radix(e, 16).ok()?,
+        read: perms.first() == Some(&b'r'),
+        write: perms.get(1) == Some(&b'w'),
+        exec: perms.get(2) == Some(&b'x'),
+        file: inode != "0",
+    })
+}
+
+/// The mapping that holds an address (see [`mapping_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Holding {
     pub(crate) lo: usize,
     pub(crate) hi: usize,
     /// The main thread's stack (`[stack]`).
@@ -346,19 +378,14 @@ pub(crate) struct Mapping {
 /// `open`/`read`/`close` into a buffer on the stack: no allocation and no
 /// lock of the C library's, so it may run while the caller's caller (C
 /// code in glibc, say) holds any of them.
-pub(crate) fn mapping_of(addr: usize) -> Option<Mapping> {
-    /// The range and the permissions at the start of a line:
-    /// `lo-hi perms ...`.
-    fn parse(line: &[u8]) -> Option<(usize, usize, &[u8])> {
-        let mut fields = line.split(|&b| b == b' ');
-        let range = std::str::from_utf8(fields.next()?).ok()?;
-        let perms = fields.next().unwrap_or_default();
-        let (lo, hi) = range.split_once('-')?;
-        Some((
-            usize::from_str_radix(lo, 16).ok()?,
-            usize::from_str_radix(hi, 16).ok()?,
-            perms,
-        ))
+pub(crate) fn mapping_of(addr: usize) -> Option<Holding> {
+    /// A line, or the start of one (its path cut anywhere), parsed.
+    fn parse(line: &[u8]) -> Option<Mapping> {
+        let text = std::str::from_utf8(line).unwrap_or_else(|e| {
+            // The path is the last field: what comes before it is ASCII.
+            std::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or_default()
+        });
+        parse_maps_line(text)
     }
     // SAFETY: a NUL-terminated path; the descriptor is closed below.
     let fd = unsafe {
@@ -402,19 +429,19 @@ pub(crate) fn mapping_of(addr: usize) -> Option<Mapping> {
                 None => break,
             };
             if !std::mem::take(&mut skipping) {
-                if let Some((lo, hi, perms)) = parse(line) {
-                    if lo <= addr && addr < hi {
-                        found = Some(Mapping {
-                            lo,
-                            hi,
+                if let Some(m) = parse(line) {
+                    if m.start <= addr && addr < m.end {
+                        found = Some(Holding {
+                            lo: m.start,
+                            hi: m.end,
                             main_stack: whole && line.ends_with(b"[stack]"),
-                            guard_below: guard_end == Some(lo),
+                            guard_below: guard_end == Some(m.start),
                             prev_end,
                         });
                         break 'read;
                     }
-                    guard_end = perms.starts_with(b"---").then_some(hi);
-                    prev_end = hi;
+                    guard_end = (!m.read && !m.write && !m.exec).then_some(m.end);
+                    prev_end = m.end;
                 }
             }
             if !whole {
