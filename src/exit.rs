@@ -24,8 +24,13 @@ static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0
 /// starts with a lock some other (vanished) thread held.
 extern "C" fn before_fork() {
     // The child's one thread is this one, on this thread's stack, but it is
-    // the child's main thread: its stack is found now, while it can be.
-    let _ = crate::unwind::stack_bounds();
+    // the child's main thread, which `/proc/self/maps` would place on the
+    // main stack: its stack is found now, while it can be. (The thread
+    // library, asked otherwise, knows the child's thread as it is.)
+    #[cfg(target_env = "gnu")]
+    if crate::c_heap::in_use() {
+        let _ = crate::unwind::stack_bounds();
+    }
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();
     // The `fork` handlers registered before memwarden's run after this one
