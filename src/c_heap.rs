@@ -444,46 +444,26 @@ pub unsafe fn free(ptr: *mut c_void) {
     }
 }
 
-/// How many of C's frees the fork window keeps for later.
-const DEFERRED_MAX: usize = 64;
-/// C's frees made in the fork window (see `guard::enter_fork`), done when
-/// it closes. Only the forking thread uses them, while it holds every
-/// registry lock, which keeps any other thread out of the window.
-static DEFERRED: [AtomicUsize; DEFERRED_MAX] = [const { AtomicUsize::new(0) }; DEFERRED_MAX];
-static DEFERRED_LEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Keeps a free made in the fork window for [`free_deferred`]. Past
-/// [`DEFERRED_MAX`] the block is never freed: it may be a tracked one,
-/// which glibc cannot take (a leak, reported as such, rather than a
-/// corrupt heap).
+/// Keeps a free made in the fork window (see `guard::enter_fork`), where
+/// the block's record cannot be looked up, for when it closes. Past
+/// `guard::DEFERRED_MAX` frees in one window the block is never freed: it
+/// may be a tracked one, which glibc cannot take (a leak, reported as such,
+/// rather than a corrupt heap).
 fn defer_free(addr: usize) {
-    let n = DEFERRED_LEN.load(Ordering::Relaxed);
-    if n < DEFERRED_MAX {
-        DEFERRED[n].store(addr, Ordering::Relaxed);
-        DEFERRED_LEN.store(n + 1, Ordering::Relaxed);
-    }
+    guard::defer_free(guard::Deferred {
+        free: free_later,
+        ptr: addr,
+        layout: ANY,
+    });
 }
 
-/// The frees [`defer_free`] kept, taken out while the window's locks are
-/// still held (from glibc 2.36, another thread's `fork` may open its
-/// window as soon as they are released), for [`free_deferred`].
-pub(crate) fn take_deferred() -> ([usize; DEFERRED_MAX], usize) {
-    let n = DEFERRED_LEN.swap(0, Ordering::Relaxed);
-    let mut taken = [0; DEFERRED_MAX];
-    for (to, slot) in taken.iter_mut().zip(&DEFERRED[..n]) {
-        *to = slot.swap(0, Ordering::Relaxed);
-    }
-    (taken, n)
-}
-
-/// Does the frees [`take_deferred`] took: called by memwarden's `fork`
-/// handlers, in the parent and in the child, once the locks are released.
-pub(crate) fn free_deferred(blocks: &[usize]) {
-    for &p in blocks {
-        // SAFETY: a block handed to `free` in the fork window, not freed
-        // since.
-        unsafe { free(p as *mut c_void) };
-    }
+/// `free`, as [`guard::Deferred::free`] calls it.
+///
+/// # Safety
+/// As for [`free`].
+unsafe fn free_later(p: *mut u8, _: Layout) {
+    // SAFETY: per the contract.
+    unsafe { free(p.cast()) }
 }
 
 /// C's `realloc`, as glibc has it: `realloc(NULL, n)` is `malloc(n)`,

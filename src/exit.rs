@@ -40,17 +40,16 @@ extern "C" fn before_fork() {
 
 extern "C" fn after_fork() {
     crate::guard::leave_fork();
-    // C's frees made while the locks were held, done once they are not.
-    #[cfg(target_env = "gnu")]
-    let (deferred, n) = crate::c_heap::take_deferred();
+    // The frees made while the locks were held, done once they are not.
+    let deferred = crate::guard::take_deferred();
     // SAFETY: `before_fork` took every lock, in this thread (fork handlers
     // run in the thread that calls fork, and the child's one thread is it).
+    // The deferred frees were taken out once, after the window closed.
     unsafe {
         crate::registry::unlock_all_raw();
         crate::stack::unlock_all_raw();
+        deferred.run();
     }
-    #[cfg(target_env = "gnu")]
-    crate::c_heap::free_deferred(&deferred[..n]);
 }
 
 extern "C" fn after_fork_in_child() {

@@ -3,8 +3,11 @@
 //! Both are `const`-initialised thread-locals of types without `Drop`, so
 //! touching them never allocates, never registers a destructor, and works
 //! during thread teardown too (such thread-locals are never destroyed).
+use std::alloc::Layout;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::sync::SpinLock;
 
 thread_local! {
     /// True while this thread runs memwarden's own code: allocations made
@@ -96,6 +99,85 @@ pub(crate) fn leave_fork() {
 #[inline]
 pub(crate) fn forking() -> bool {
     FORKING.try_with(Cell::get).unwrap_or(false)
+}
+
+/// A free made in the fork window, where the block's record cannot be
+/// looked up (the forking thread holds the registry's locks): done when
+/// the window closes, by [`Deferred::free`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deferred {
+    /// Frees the block as the call made in the window would have (C's
+    /// `free`, or a `Warden`'s `dealloc` with this layout).
+    pub(crate) free: unsafe fn(*mut u8, Layout),
+    /// The block.
+    pub(crate) ptr: usize,
+    /// The layout the window's call passed (C's `free` passes none).
+    pub(crate) layout: Layout,
+}
+
+/// How many frees the fork window keeps for later.
+pub(crate) const DEFERRED_MAX: usize = 64;
+
+/// The frees made in the fork window, in the order made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeferredFrees {
+    len: usize,
+    frees: [Option<Deferred>; DEFERRED_MAX],
+}
+
+/// Only the forking thread uses it, while it holds every registry lock,
+/// which keeps any other thread out of the window: this lock is never
+/// contended. (A lock of its own, not one of the registry's, so that it is
+/// free to take in the window.)
+static DEFERRED: SpinLock<DeferredFrees> = SpinLock::new(DeferredFrees {
+    len: 0,
+    frees: [None; DEFERRED_MAX],
+});
+
+/// Keeps a free made in the fork window, to be done when it closes.
+/// Returns false, keeping nothing, past [`DEFERRED_MAX`] frees in one
+/// window: the block is then never freed (a leak, reported as such, rather
+/// than a block freed while its record cannot be changed).
+pub(crate) fn defer_free(free: Deferred) -> bool {
+    let mut d = DEFERRED.lock();
+    let n = d.len;
+    match d.frees.get_mut(n) {
+        Some(slot) => {
+            *slot = Some(free);
+            d.len = n + 1;
+            true
+        }
+        None => false,
+    }
+}
+
+/// The frees [`defer_free`] kept, taken out while the window's locks are
+/// still held (from glibc 2.36, another thread's `fork` may open its
+/// window as soon as they are released), to be done once they are not
+/// with [`DeferredFrees::run`].
+pub(crate) fn take_deferred() -> DeferredFrees {
+    let mut d = DEFERRED.lock();
+    let taken = *d;
+    d.len = 0;
+    d.frees = [None; DEFERRED_MAX];
+    taken
+}
+
+impl DeferredFrees {
+    /// Does the frees, in the order they were made.
+    ///
+    /// # Safety
+    /// Outside the fork window, once: each block was handed to a free in
+    /// the window and not freed since (which [`take_deferred`] taking them
+    /// out once ensures).
+    pub(crate) unsafe fn run(self) {
+        for d in self.frees.iter().take(self.len).flatten() {
+            // SAFETY: per the contract, a block handed to a free in the
+            // window (with this layout, where one was passed), freed
+            // exactly once, here.
+            unsafe { (d.free)(d.ptr as *mut u8, d.layout) };
+        }
+    }
 }
 
 /// Where this thread entered memwarden code, if it is inside it now.

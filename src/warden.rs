@@ -287,6 +287,10 @@ mod tracked {
             // Reports are made only outside memwarden's own code.
             let busy = Reentry::enter();
             let report = busy.is_some();
+            if !report && guard::forking() {
+                // SAFETY: forwarded contract of `GlobalAlloc::dealloc`.
+                return unsafe { self.dealloc_in_fork_window(ptr, layout) };
+            }
             let budget = registry::Budget::new(state::quarantine());
             // The freeing stack, for the quarantine and for any error
             // found: taken before the registry's lock, not under it.
@@ -375,6 +379,75 @@ mod tracked {
                     }
                 }
             }
+        }
+
+        /// A free in the fork window (see `guard::enter_fork`): this
+        /// thread holds the registry's locks, so the block's record cannot
+        /// be looked up, and the free is done when the window closes. With
+        /// an inner allocator that has state (not zero-sized), the block is
+        /// never freed: the `Warden` whose method was called might be gone
+        /// by then (a leak, reported as such).
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::dealloc`.
+        #[cold]
+        #[inline(never)]
+        unsafe fn dealloc_in_fork_window(&self, ptr: *mut u8, layout: Layout) {
+            if size_of::<A>() == 0 {
+                guard::defer_free(guard::Deferred {
+                    free: Self::dealloc_later,
+                    ptr: ptr as usize,
+                    layout,
+                });
+            }
+        }
+
+        /// `dealloc`, as `guard::Deferred::free` calls it (for a free made
+        /// in the fork window).
+        ///
+        /// # Safety
+        /// `A` must be zero-sized; the contract of `GlobalAlloc::dealloc`.
+        unsafe fn dealloc_later(ptr: *mut u8, layout: Layout) {
+            // SAFETY: `A`, and so `Self`, is zero-sized (the contract): a
+            // reference to one is valid at any aligned non-null address,
+            // and every value of it is the same, the one whose `dealloc`
+            // was called in the window.
+            let this = unsafe { std::ptr::NonNull::<Self>::dangling().as_ref() };
+            // SAFETY: per the contract.
+            unsafe { this.dealloc(ptr, layout) }
+        }
+
+        /// A `realloc` in the fork window (see
+        /// [`Self::dealloc_in_fork_window`]): a new block from the inner
+        /// allocator, untracked (as the window's allocations are), the
+        /// bytes copied, and the old block's free deferred.
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::realloc`.
+        #[cold]
+        #[inline(never)]
+        unsafe fn realloc_in_fork_window(
+            &self,
+            ptr: *mut u8,
+            layout: Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return std::ptr::null_mut();
+            };
+            // SAFETY: `new_size` is non-zero (`realloc`'s contract).
+            let new = unsafe { self.inner.alloc(new_layout) };
+            if !new.is_null() {
+                state::note_untracked();
+                // SAFETY: both blocks are live and distinct, the old one of
+                // `layout.size()` bytes, the new one of `new_size`; the old
+                // one is the caller's to free (`realloc`'s contract).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    self.dealloc_in_fork_window(ptr, layout);
+                }
+            }
+            new
         }
 
         /// Moves the block at `ptr` (allocated from the inner allocator
@@ -513,6 +586,10 @@ mod tracked {
             new_size: usize,
             entry_sp: usize,
         ) -> *mut u8 {
+            if guard::forking() {
+                // SAFETY: forwarded contract of `GlobalAlloc::realloc`.
+                return unsafe { self.realloc_in_fork_window(ptr, layout, new_size) };
+            }
             let addr = ptr as usize;
             // Remove the record before the inner allocator may free the old
             // block: otherwise another thread could be handed the same

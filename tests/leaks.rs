@@ -593,6 +593,43 @@ fn a_forked_child_neither_deadlocks_nor_reports() {
 }
 
 #[test]
+fn fork_handlers_may_allocate_and_free_while_memwarden_holds_its_locks() {
+    // Tracking switched on in `main`: the scenario's handlers are
+    // registered before memwarden's, and run in its window. With
+    // `DEBUG_MEMORY=1` memwarden's are registered first, and they run
+    // outside it.
+    let report = temp_path("fork_handlers", "json");
+    let path = report.path().to_str().unwrap().to_owned();
+    let late = run(&["fork_handlers"], &[("DEBUG_MEMORY_REPORT", &path)]);
+    let early = run_tracked(&["fork_handlers"], &[]);
+    for run in [late, early] {
+        // Every block the handlers freed was freed: the one loss is the
+        // scenario's own.
+        assert_eq!(
+            summary(run.report(), "definitely_lost"),
+            (40, 1),
+            "{}",
+            run.describe()
+        );
+        expect_site(
+            &run,
+            "fork_handlers",
+            "definitely_lost",
+            40,
+            1,
+            "leak_after_fork_handlers",
+        );
+        assert_eq!(
+            run.report()["errors"],
+            serde_json::json!([]),
+            "{}",
+            run.describe()
+        );
+        expect_code(&run, 23);
+    }
+}
+
+#[test]
 fn threads_that_cannot_be_stopped_are_scanned_whole() {
     let run = run_tracked(&["own_sigpwr"], &[]);
     expect_site(

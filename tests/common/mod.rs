@@ -11,11 +11,12 @@
 
 use std::env;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -245,6 +246,69 @@ impl Run {
     }
 }
 
+/// How long a test's child process may run before it is taken for hung
+/// (a deadlock in the allocator, say) and killed: far above what any
+/// child needs (a few seconds in a debug build on a loaded machine), so
+/// that a hang fails its test instead of stalling the whole run.
+pub(crate) const CHILD_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Runs `cmd` to its end, as `Command::output` does, but kills it and
+/// fails the test, with what it printed so far, if it runs longer than
+/// `deadline`.
+pub(crate) fn output_within(cmd: &mut Command, deadline: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    // Read both pipes while waiting, so that a child writing more than a
+    // pipe holds is not blocked on a full one.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
+            panic!(
+                "{cmd:?} still ran after {deadline:?} (hung?): killed\n--- stdout:\n{}\n--- stderr:\n{}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// Runs `scenarios ARGS...` with only the given `DEBUG_MEMORY*` variables
 /// set (every inherited one is removed first). If `env` sets
 /// `DEBUG_MEMORY_REPORT`, the file there is read and parsed (and removed).
@@ -272,7 +336,7 @@ pub(crate) fn run_bin(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
             path.display()
         );
     }
-    let out = cmd.output().expect("run the scenarios binary");
+    let out = output_within(&mut cmd, CHILD_DEADLINE);
     let mut run = Run {
         args: args.iter().map(|s| s.to_string()).collect(),
         env: env

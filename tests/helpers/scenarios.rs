@@ -69,6 +69,7 @@ const SCENARIOS: &[&str] = &[
     "scoped_caught",
     "late_enable",
     "fork_child",
+    "fork_handlers",
     "own_sigpwr",
     "toggle",
     "pool_leak",
@@ -128,6 +129,7 @@ fn parse(args: &[String]) -> Action {
         Some("scoped_caught") => run(scoped_caught),
         Some("late_enable") => run(late_enable),
         Some("fork_child") => run(fork_child),
+        Some("fork_handlers") => run(fork_handlers),
         Some("own_sigpwr") => run(own_sigpwr),
         Some("toggle") => run(toggle),
         Some("pool_leak") => run(pool_leak),
@@ -864,6 +866,87 @@ fn fork_child() {
 #[inline(never)]
 fn leak_after_fork() {
     black_box(Box::leak(Box::new([9u8; 24]))); // SITE: fork_child
+}
+
+// ---------------------------------------------------------------------------
+// fork_handlers: `fork` handlers registered before tracking is switched on
+// (so before memwarden's own, which its `prepare` handler runs ahead of)
+// that allocate, grow and free Rust blocks, some of them tracked blocks
+// made before the `fork`. They run while memwarden holds its locks: they
+// must not deadlock, and every block they free must be freed (in the
+// parent as in the child), so that the report has only this scenario's
+// one leak, made after the forks.
+
+/// Tracked boxes made before each `fork`, dropped by the handlers (boxed:
+/// each is a block of its own, freed in a handler).
+#[allow(clippy::vec_box)]
+static HANDED: Mutex<Vec<Box<[u64; 4]>>> = Mutex::new(Vec::new());
+/// A tracked vector made before each `fork`, grown (reallocated) and
+/// dropped by the first handler to run.
+static GROWN: Mutex<Option<Vec<u64>>> = Mutex::new(None);
+
+extern "C" fn rust_fork_handler() {
+    drop(HANDED.lock().unwrap().pop());
+    if let Some(mut v) = GROWN.lock().unwrap().take() {
+        v.extend(0..1000);
+        assert!(v[..8].iter().all(|&x| x == 7), "kept across the realloc");
+    }
+    let mut made: Vec<String> = Vec::new();
+    for i in 0..50 {
+        made.push(i.to_string());
+    }
+    assert_eq!(made.concat().len(), 90);
+}
+
+fn fork_handlers() {
+    // SAFETY: the handlers never unwind (an assertion failing in them
+    // aborts, which the test sees).
+    unsafe {
+        libc::pthread_atfork(
+            Some(rust_fork_handler),
+            Some(rust_fork_handler),
+            Some(rust_fork_handler),
+        );
+    }
+    memwarden::enable();
+    for _ in 0..3 {
+        HANDED
+            .lock()
+            .unwrap()
+            .extend((0..2).map(|i| Box::new([i; 4])));
+        *GROWN.lock().unwrap() = Some(vec![7; 8]);
+        // SAFETY: the child only allocates and frees, and leaves with
+        // `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // `prepare` dropped one box before the `fork`, the child's
+            // handler the other.
+            let ok = HANDED.lock().unwrap().is_empty();
+            drop(black_box((0..100).collect::<Vec<u64>>()));
+            // SAFETY: `_exit` ends the child at once, as a forked child
+            // of a threaded program should.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status}"
+        );
+        assert!(
+            HANDED.lock().unwrap().is_empty(),
+            "both parent handlers ran"
+        );
+    }
+    leak_after_fork_handlers();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn leak_after_fork_handlers() {
+    black_box(Box::leak(Box::new([5u8; 40]))); // SITE: fork_handlers
 }
 
 // ---------------------------------------------------------------------------
