@@ -107,12 +107,17 @@ extern "C" fn at_exit() {
 
 /// Makes and writes the report; returns the exit status to force, if any.
 fn report_at_exit(entry_sp: usize) -> Option<i32> {
-    // Allocations made by other threads from now on are not leaks of
-    // interest, and the report must not chase a moving target.
-    state::disable();
     let heap_errors = crate::check::check_all(crate::stack::here(entry_sp), false);
     let mut caveats = Caveats::default();
+    // Tracking stays on until the scan has stopped the other threads and
+    // taken its snapshot: a thread still running until then may move the
+    // blocks it holds into a new block, which must be a tracked one for
+    // the scan to see what it points to (switched off first, such moves
+    // made a leak-free program report thousands of blocks lost).
     let mut report = scan::scan(entry_sp, &mut caveats);
+    // Allocations made by other threads from now on are not leaks of
+    // interest.
+    state::disable();
     report.errors = crate::check::errors();
     report.outstanding = crate::pool::outstanding();
     #[cfg(feature = "tracing")]

@@ -291,6 +291,18 @@ fn locals_of_a_running_thread_are_still_reachable() {
 }
 
 #[test]
+fn threads_busy_moving_their_blocks_at_exit_lose_nothing() {
+    // The threads allocate new vectors and move their boxes into them
+    // while the exit report runs, up to the moment the scan stops them.
+    for _ in 0..2 {
+        let run = run_tracked(&["busy_threads"], &[]);
+        check_report_shape(&run);
+        expect_lost(&run, NONE, NONE, NONE);
+        expect_code(&run, 0);
+    }
+}
+
+#[test]
 fn interior_pointer_only_is_possibly_lost() {
     let run = run_tracked(&["interior_pointer"], &[]);
     check_report_shape(&run);
