@@ -129,6 +129,17 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     // One write for the whole text: stderr is unbuffered, and a report of
     // many entries would otherwise cost a system call per fragment.
     let _ = err.write_all(report.to_string().as_bytes());
+    if !report.leaks.is_empty()
+        && !report
+            .leaks
+            .iter()
+            .any(|l| crate::report::symbols::has_line_tables(&l.frames))
+    {
+        let _ = writeln!(
+            err,
+            "memwarden: note: no leak above has a source line: the program has no line tables (a release build's default); `debug = \"line-tables-only\"` under `[profile.release]` in Cargo.toml gives them"
+        );
+    }
     let mut write_failed = false;
     let report_path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
     let mut write =

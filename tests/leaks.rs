@@ -160,6 +160,55 @@ fn box_leak_is_definitely_lost() {
 }
 
 #[test]
+fn a_build_without_line_tables_still_reports_its_leaks() {
+    // A copy of the scenarios binary without its debug information, as a
+    // release build has it by default: the program's frames have names
+    // only. (glibc's start-up frames may still have files, where glibc's
+    // debug information is installed: they must not make the stack look
+    // like the runtime's own, and the leak suppressed.)
+    let stripped = temp_path("scenarios-stripped", "bin");
+    let out = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(scenarios_bin())
+        .arg(stripped.path())
+        .output()
+        .expect("run objcopy (binutils), which this test needs");
+    assert!(
+        out.status.success(),
+        "objcopy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = temp_path("stripped", "json");
+    let path = report.path().to_str().unwrap().to_owned();
+    let run = run_bin(
+        stripped.path(),
+        &["box_leak"],
+        &[("DEBUG_MEMORY", "1"), ("DEBUG_MEMORY_REPORT", &path)],
+    );
+    expect_lost(&run, (64, 1), NONE, NONE);
+    let lost: Vec<_> = leaks(run.report())
+        .iter()
+        .filter(|e| e["kind"] == DEFINITELY)
+        .collect();
+    assert_eq!(lost.len(), 1, "{}", run.describe());
+    let top = top_frame(lost[0]).expect("a frame");
+    assert!(
+        top["function"]
+            .as_str()
+            .is_some_and(|f| f.contains("leak_box")),
+        "frames[0] names the function that leaked\n{}",
+        run.describe()
+    );
+    assert!(top["line"].is_null(), "{}", run.describe());
+    assert!(
+        run.stderr.contains("no line tables"),
+        "a note says why the lines are missing\n{}",
+        run.describe()
+    );
+    expect_code(&run, DEFAULT_LEAK_EXITCODE);
+}
+
+#[test]
 fn forgotten_vec_is_definitely_lost() {
     let run = run_tracked(&["forget_vec"], &[]);
     check_report_shape(&run);

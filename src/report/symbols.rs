@@ -204,19 +204,32 @@ pub(crate) fn is_runtime(frames: &[Frame]) -> bool {
             .as_deref()
             .is_some_and(|n| BOTTOM.iter().any(|b| n.starts_with(b)))
     });
-    let symbolized = frames.iter().any(|f| f.file.is_some());
-    complete && symbolized && !frames.iter().any(|f| f.file.is_some() && !is_internal(f))
+    complete
+        && has_line_tables(frames)
+        && !frames.iter().any(|f| f.file.is_some() && !is_internal(f))
+}
+
+/// True if the Rust code of `frames` has line tables: some frame has a
+/// Rust source file. Not merely "some frame has a file": with glibc's
+/// debug information installed (`libc6-dbg`, which Valgrind's package
+/// pulls in), glibc's start-up frames have files, while a release build
+/// without debug information gives the program's frames names only.
+pub(crate) fn has_line_tables(frames: &[Frame]) -> bool {
+    frames
+        .iter()
+        .any(|f| f.file.as_deref().is_some_and(|p| p.ends_with(".rs")))
 }
 
 /// [`user_frames`], and whether the stack had no frame of the program.
 pub(crate) fn user_frames_and_origin(mut frames: Vec<Frame>, max: usize) -> (Vec<Frame>, bool) {
     let runtime = is_runtime(&frames);
     // The program's first frame: not internal, and with a source file (the
-    // compiler-generated C `main` and stripped libraries have none).
-    let any_file = frames.iter().any(|f| f.file.is_some());
+    // compiler-generated C `main` and stripped libraries have none), or, in
+    // a program without line tables, a name.
+    let lines = has_line_tables(&frames);
     let first_user = frames
         .iter()
-        .position(|f| (f.file.is_some() || !any_file) && !is_internal(f));
+        .position(|f| (f.file.is_some() || !lines) && !is_internal(f));
     match first_user {
         Some(i) => {
             frames.drain(..i);
@@ -440,6 +453,39 @@ mod tests {
             16,
         );
         assert_eq!(out[0].function.as_deref(), Some("app::leak"));
+    }
+
+    #[test]
+    fn glibcs_debug_info_does_not_stand_for_the_programs() {
+        // A release build without debug information, on a machine with
+        // glibc's installed: only the C start-up frames have files.
+        let nf = |n: &str| Frame {
+            function: Some(n.into()),
+            file: None,
+            line: None,
+        };
+        let frames = vec![
+            nf("__rustc::__rust_alloc"),
+            nf("app::make_buffer"),
+            nf("app::main"),
+            nf("std::rt::lang_start_internal"),
+            nf("main"),
+            f(
+                "__libc_start_call_main",
+                "../sysdeps/nptl/libc_start_call_main.h",
+                58,
+            ),
+            f("__libc_start_main_impl", "../csu/libc-start.c", 360),
+            nf("_start"),
+        ];
+        assert!(!has_line_tables(&frames));
+        assert!(
+            !is_runtime(&frames),
+            "the program's leak, not the runtime's"
+        );
+        let (out, runtime) = user_frames_and_origin(frames, 16);
+        assert!(!runtime);
+        assert_eq!(out[0].function.as_deref(), Some("app::make_buffer"));
     }
 
     #[test]
