@@ -287,12 +287,16 @@ pub(crate) fn build(
         g.1 += 1;
         g.2 += b.indirect;
     }
-    // One entry per (kind, raw allocation stack), as Valgrind keeps one
-    // loss record per (state, stack): two call sites on one line stay two
-    // entries, as they do there.
+    // One entry per (kind, allocation stack as reported): stacks that
+    // differ only in what the report leaves out (memwarden's and the
+    // standard library's frames at the top, as for `vec![x; n]`, which
+    // allocates zeroed memory when `x` is 0; or frames past the
+    // `DEBUG_MEMORY_FRAMES` budget), or in return addresses within one
+    // line (two calls on it), are one entry: two entries that read the
+    // same would look like a fault of the report.
     let mut cache = HashMap::new();
     let mut stacks: HashMap<StackId, Origin> = HashMap::new();
-    let mut merged: HashMap<(LeakKind, StackId), (u64, u64, u64)> = HashMap::new();
+    let mut merged: HashMap<(LeakKind, Vec<Frame>), (u64, u64, u64)> = HashMap::new();
     let mut leaks: Vec<Leak> = Vec::with_capacity(groups.len());
     for ((kind, id), (bytes, count, indirect_bytes)) in groups {
         let origin = stacks.entry(id).or_insert_with(|| {
@@ -323,12 +327,12 @@ pub(crate) fn build(
             summary.suppressed.add(bytes, count);
             continue;
         }
-        let m = merged.entry((kind, id)).or_default();
+        let m = merged.entry((kind, origin.frames.clone())).or_default();
         m.0 += bytes;
         m.1 += count;
         m.2 += indirect_bytes;
     }
-    for ((kind, id), (bytes, count, indirect_bytes)) in merged {
+    for ((kind, frames), (bytes, count, indirect_bytes)) in merged {
         match kind {
             LeakKind::DefinitelyLost => summary.definitely_lost.add(bytes, count),
             LeakKind::IndirectlyLost => summary.indirectly_lost.add(bytes, count),
@@ -340,7 +344,7 @@ pub(crate) fn build(
             bytes,
             blocks: count,
             indirect_bytes,
-            frames: stacks[&id].frames.clone(),
+            frames,
         });
     }
     leaks.sort_by(|a, b| {
