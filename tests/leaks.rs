@@ -218,6 +218,28 @@ fn stacks_that_read_the_same_are_one_entry() {
 }
 
 #[test]
+fn a_stack_cut_short_never_starts_in_memwarden() {
+    // With one frame kept, a collection's allocation is cut short inside
+    // the standard library: frames[0] is the first frame past memwarden
+    // and the allocator shims, never memwarden's own.
+    for scenario in ["map_grown", "box_leak", "vec_grow"] {
+        let run = run_tracked(&[scenario], &[("DEBUG_MEMORY_FRAMES", "1")]);
+        for entry in leaks(run.report()) {
+            let top = top_frame(entry).expect("a frame");
+            let function = top["function"].as_str().unwrap_or("");
+            let file = top["file"].as_str().unwrap_or("");
+            assert!(
+                !function.contains("memwarden::")
+                    && !function.contains("__rust_alloc")
+                    && !file.contains(concat!(env!("CARGO_MANIFEST_DIR"), "/src/")),
+                "{scenario}: frames[0] is memwarden's own: {top}\n{}",
+                run.describe()
+            );
+        }
+    }
+}
+
+#[test]
 fn forgotten_vec_is_definitely_lost() {
     let run = run_tracked(&["forget_vec"], &[]);
     check_report_shape(&run);

@@ -105,6 +105,20 @@ pub(crate) fn is_internal(f: &Frame) -> bool {
     PREFIXES.iter().any(|p| bare.starts_with(p))
 }
 
+/// True for memwarden's own frames and the allocator shims.
+fn is_own(f: &Frame) -> bool {
+    let own_file = f
+        .file
+        .as_deref()
+        .is_some_and(|p| p.replace('\\', "/").starts_with(OWN_SRC));
+    own_file
+        || f.function.as_deref().is_some_and(|n| {
+            n.trim_start_matches(['<', '&', '*', ' '])
+                .starts_with("memwarden::")
+                || is_shim(n)
+        })
+}
+
 /// The global-allocator shims the compiler generates.
 fn is_shim(name: &str) -> bool {
     const SHIMS: [&str; 4] = [
@@ -235,16 +249,28 @@ pub(crate) fn user_frames_and_origin(mut frames: Vec<Frame>, max: usize) -> (Vec
             frames.drain(..i);
         }
         None => {
-            // An allocation of the runtime itself: start at the first std
-            // frame (the std function that allocated), past memwarden, the
-            // shims and the alloc/core plumbing.
+            // An allocation of the runtime itself, or a stack cut short
+            // (`DEBUG_MEMORY_FRAMES`) before the program's first frame:
+            // start at the first std frame (the std function that
+            // allocated), past memwarden, the shims and the alloc/core
+            // plumbing; without one, at the first frame that is none of
+            // those (a collection's own, such as hashbrown's), or else the
+            // first that is not memwarden's own or a shim.
+            let named = |f: &Frame, prefixes: &[&str]| {
+                f.function.as_deref().is_some_and(|n| {
+                    let n = n.trim_start_matches('<');
+                    prefixes.iter().any(|p| n.starts_with(p))
+                })
+            };
             let i = frames
                 .iter()
-                .position(|f| {
-                    f.function
-                        .as_deref()
-                        .is_some_and(|n| n.trim_start_matches('<').starts_with("std::"))
+                .position(|f| named(f, &["std::"]))
+                .or_else(|| {
+                    frames
+                        .iter()
+                        .position(|f| !is_own(f) && !named(f, &["alloc::", "core::"]))
                 })
+                .or_else(|| frames.iter().position(|f| !is_own(f)))
                 .unwrap_or(0);
             frames.drain(..i);
         }
@@ -486,6 +512,37 @@ mod tests {
         let (out, runtime) = user_frames_and_origin(frames, 16);
         assert!(!runtime);
         assert_eq!(out[0].function.as_deref(), Some("app::make_buffer"));
+    }
+
+    #[test]
+    fn a_stack_cut_short_inside_the_runtime_starts_past_memwarden() {
+        // `DEBUG_MEMORY_FRAMES=1`: the capture ended in hashbrown's frames,
+        // before any of the program's or std's.
+        let frames = vec![
+            f(
+                "memwarden::warden::tracked::<impl GlobalAlloc for Warden<A>>::alloc",
+                &format!("{OWN_SRC}warden.rs"),
+                137,
+            ),
+            f("__rustc::__rust_alloc", "src/main.rs", 3),
+            f(
+                "alloc::alloc::alloc",
+                "/rustc/abc/library/alloc/src/alloc.rs",
+                94,
+            ),
+            f(
+                "hashbrown::raw::RawTableInner::fallible_with_capacity",
+                "/rust/deps/hashbrown-0.15.0/src/raw/mod.rs",
+                1500,
+            ),
+        ];
+        let (out, runtime) = user_frames_and_origin(frames, 1);
+        assert!(!runtime, "cut short: cannot tell");
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].function.as_deref(),
+            Some("hashbrown::raw::RawTableInner::fallible_with_capacity")
+        );
     }
 
     #[test]

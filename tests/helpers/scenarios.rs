@@ -53,6 +53,7 @@ const SCENARIOS: &[&str] = &[
     "thread_leak",
     "loop_leak",
     "vec_fill",
+    "map_grown",
     "vec_grow",
     "realloc_leak",
     "static_lazy",
@@ -117,6 +118,7 @@ fn parse(args: &[String]) -> Action {
         Some("thread_leak") => run(thread_leak),
         Some("loop_leak") => run(loop_leak),
         Some("vec_fill") => run(vec_fill),
+        Some("map_grown") => run(map_grown),
         Some("vec_grow") => run(vec_grow),
         Some("realloc_leak") => run(realloc_leak),
         Some("static_lazy") => run(static_lazy),
@@ -481,6 +483,25 @@ fn vec_fill() {
 #[inline(never)]
 fn forget_filled(fill: u8) {
     std::mem::forget(black_box(vec![fill; 30])); // SITE: vec_fill
+}
+
+// ---------------------------------------------------------------------------
+// map_grown: a HashMap<u64, u64> grown by its inserts, then forgotten: its
+// table (allocated deep inside the standard library's hash map) is
+// definitely lost.
+
+fn map_grown() {
+    forget_grown_map();
+    scrub_stack();
+}
+
+#[inline(never)]
+fn forget_grown_map() {
+    let mut map = HashMap::new();
+    for i in 0..black_box(20u64) {
+        map.insert(i, i + 1); // SITE: map_grown
+    }
+    std::mem::forget(black_box(map));
 }
 
 // ---------------------------------------------------------------------------

@@ -53,6 +53,7 @@ nested_string|nested_outer|definitely_lost|72|1
 nested_string|nested_inner|indirectly_lost|96|3
 dyn_box|dyn_box|definitely_lost|40|1
 static_hashmap|static_hashmap|possibly_lost|288|1
+map_grown|map_grown|definitely_lost|560|1
 '
 # Scenarios with no SITE record (they must have no lost block at all).
 CLEAN='clean clean_threads churn_threads clean_exit_7'
