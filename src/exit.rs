@@ -142,20 +142,9 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     }
     let mut write_failed = false;
     let report_path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
-    let mut write =
-        |what: &str, path: &std::path::Path, data: &str| match std::fs::write(path, data) {
-            Ok(()) => {
-                let _ = writeln!(err, "memwarden: {what} written to {}", path.display());
-            }
-            Err(e) => {
-                write_failed = true;
-                let _ = writeln!(
-                    err,
-                    "memwarden: error: cannot write the {what} to {}: {e}",
-                    path.display()
-                );
-            }
-        };
+    let mut write = |what: &str, path: &std::path::Path, data: &str| {
+        write_failed |= !write_output(&mut err, what, path, data);
+    };
     if let Some(path) = &report_path {
         write("JSON report", path.as_ref(), &report.to_json());
     }
@@ -171,14 +160,7 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
         write("folded stacks", &path, &formats::folded(&report));
     }
     if formats.github {
-        let root = std::env::var("GITHUB_WORKSPACE").ok().or_else(|| {
-            std::env::current_dir()
-                .ok()
-                .map(|d| d.to_string_lossy().into_owned())
-        });
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(formats::github(&report, root.as_deref()).as_bytes());
-        let _ = out.flush();
+        write_github(&report);
     }
     let _ = err.flush();
     let code = state::exitcode();
@@ -189,27 +171,88 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
             err,
             "memwarden: ERROR SUMMARY: {errors} heap error(s) ({heap_errors} found at exit): exiting with status {failing}"
         );
-        Some(failing)
-    } else if write_failed {
-        Some(failing)
-    } else if report.has_definite_leaks() && code != 0 {
+        return Some(failing);
+    }
+    let leaking = report.has_definite_leaks() && code != 0;
+    if leaking {
         let _ = writeln!(
             err,
             "memwarden: {} bytes definitely lost: exiting with status {code} (DEBUG_MEMORY_EXITCODE)",
             report.summary.definitely_lost.bytes
         );
         Some(code)
+    } else if write_failed {
+        let _ = writeln!(
+            err,
+            "memwarden: exiting with status {failing}: an output asked for could not be written where asked"
+        );
+        Some(failing)
     } else {
         None
     }
 }
 
-/// Called just before a heap error aborts the process: writes the JSON
-/// report (the error, the counters; no leak scan) if one was asked for.
-pub(crate) fn write_json_on_abort() {
-    let Some(path) = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty()) else {
-        return;
+/// Writes `data` (the `what`) to `path`, saying so on `err`. If it cannot
+/// be written there, it is written to a file of its own in the temp
+/// directory instead (or, failing that too, to `err`), so that nothing is
+/// lost, and the answer is false: the run then fails.
+fn write_output(err: &mut impl Write, what: &str, path: &std::path::Path, data: &str) -> bool {
+    let e = match std::fs::write(path, data) {
+        Ok(()) => {
+            let _ = writeln!(err, "memwarden: {what} written to {}", path.display());
+            return true;
+        }
+        Err(e) => e,
     };
+    let name = path
+        .file_name()
+        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
+    let instead = std::env::temp_dir().join(format!("memwarden-{}-{name}", std::process::id()));
+    match std::fs::write(&instead, data) {
+        Ok(()) => {
+            let _ = writeln!(
+                err,
+                "memwarden: error: cannot write the {what} to {}: {e}; written to {} instead",
+                path.display(),
+                instead.display()
+            );
+        }
+        Err(e2) => {
+            let _ = writeln!(
+                err,
+                "memwarden: error: cannot write the {what} to {} ({e}) nor to {} ({e2}); here it is:",
+                path.display(),
+                instead.display()
+            );
+            let _ = err.write_all(data.as_bytes());
+            let _ = writeln!(err);
+        }
+    }
+    false
+}
+
+/// The GitHub Actions annotations of `report`, on stdout (where the runner
+/// reads workflow commands).
+fn write_github(report: &crate::report::Report) {
+    let root = std::env::var("GITHUB_WORKSPACE").ok().or_else(|| {
+        std::env::current_dir()
+            .ok()
+            .map(|d| d.to_string_lossy().into_owned())
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(formats::github(report, root.as_deref()).as_bytes());
+    let _ = out.flush();
+}
+
+/// Called just before a heap error aborts the process: writes the JSON
+/// report (the error, the counters; no leak scan) if one was asked for,
+/// and the GitHub annotations of the error if asked for.
+pub(crate) fn write_json_on_abort() {
+    let path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
+    let github = Formats::from_env().github;
+    if path.is_none() && !github {
+        return;
+    }
     let (total_allocs, total_bytes, _, peak_bytes, _) = crate::registry::counters();
     let mut report = crate::report::build(
         &[],
@@ -222,14 +265,16 @@ pub(crate) fn write_json_on_abort() {
         &crate::suppress::Suppressions::default(),
     );
     report.errors = crate::check::errors();
-    if let Err(e) = std::fs::write(&path, report.to_json()) {
-        crate::sys::write_stderr(
-            format!(
-                "memwarden: error: cannot write the JSON report to {}: {e}\n",
-                path.to_string_lossy()
-            )
-            .as_bytes(),
+    if let Some(path) = path {
+        write_output(
+            &mut std::io::stderr().lock(),
+            "JSON report",
+            path.as_ref(),
+            &report.to_json(),
         );
+    }
+    if github {
+        write_github(&report);
     }
 }
 

@@ -159,3 +159,59 @@ fn an_unknown_format_is_a_warning() {
     );
     expect_code(&run, 0);
 }
+
+#[test]
+fn a_heap_error_that_aborts_still_gets_its_annotation() {
+    // Under the default DEBUG_MEMORY_ON_ERROR=abort the process ends at the
+    // error, before any exit report: the annotation is written then.
+    let bin = common::example_bin("heap_errors", &[]);
+    let run = common::run_bin(
+        &bin,
+        &["double_free"],
+        &[("DEBUG_MEMORY", "1"), ("GITHUB_ACTIONS", "true")],
+    );
+    let line = common::marked_line(include_str!("helpers/heap_errors.rs"), "BUG", "double_free");
+    let want = format!(
+        "::error file=tests/helpers/heap_errors.rs,line={line},title=memwarden: heap error::"
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with(&want)),
+        "annotation {want}\n{}",
+        run.describe()
+    );
+    assert!(run.stderr.contains("aborting"), "{}", run.describe());
+}
+
+#[test]
+fn a_report_that_cannot_be_written_where_asked_goes_to_the_temp_dir() {
+    // A path below a regular file cannot be created, not even by root.
+    let not_a_dir = temp_path("not-a-dir", "file");
+    std::fs::write(not_a_dir.path(), b"a file, not a directory").unwrap();
+    let target = not_a_dir.path().join("report.json");
+    let target = target.to_str().unwrap().to_owned();
+    let run = common::run(
+        &["box_leak"],
+        &[("DEBUG_MEMORY", "1"), ("DEBUG_MEMORY_REPORT", &target)],
+    );
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(&format!("cannot write the JSON report to {target}")))
+        .unwrap_or_else(|| panic!("no line names {target}\n{}", run.describe()));
+    let instead = line
+        .rsplit_once("written to ")
+        .and_then(|(_, rest)| rest.strip_suffix(" instead"))
+        .unwrap_or_else(|| panic!("no place named instead: {line}"));
+    let text = std::fs::read_to_string(instead).expect("the report written instead");
+    let _ = std::fs::remove_file(instead);
+    let report: Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(report["summary"]["definitely_lost"]["bytes"], 64);
+    // The leak still fails the run with its own status, and says so.
+    assert!(
+        run.stderr
+            .contains("64 bytes definitely lost: exiting with status 23"),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 23);
+}
