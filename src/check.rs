@@ -104,6 +104,10 @@ pub(crate) struct Overrun {
     /// How far from the block's edge the farthest written byte is (1 = the
     /// first byte past the edge).
     pub(crate) distance: usize,
+    /// How far from the block's edge the nearest written byte is.
+    pub(crate) nearest: usize,
+    /// How many bytes of that red zone were found changed.
+    pub(crate) changed: usize,
 }
 
 /// False if the 16 bytes right before `user` show that it is no tracked
@@ -164,16 +168,23 @@ unsafe fn find_overrun(user: *const u8, size: usize, f: usize) -> Option<Overrun
     // SAFETY: the back red zone is BACK bytes right after the block.
     let back = unsafe { std::slice::from_raw_parts(user.add(size), BACK) };
     if let Some(i) = back.iter().rposition(|&b| b != REDZONE) {
+        let first = back.iter().position(|&b| b != REDZONE).unwrap_or(i);
         return Some(Overrun {
             after: true,
             distance: i + 1,
+            nearest: first + 1,
+            changed: back.iter().filter(|&&b| b != REDZONE).count(),
         });
     }
     // SAFETY: the front red zone is `f` bytes right before the block.
     let before = unsafe { std::slice::from_raw_parts(user.sub(f), f) };
-    before.iter().position(|&b| b != REDZONE).map(|i| Overrun {
+    let i = before.iter().position(|&b| b != REDZONE)?;
+    let last = before.iter().rposition(|&b| b != REDZONE).unwrap_or(i);
+    Some(Overrun {
         after: false,
         distance: f - i,
+        nearest: f - last,
+        changed: before.iter().filter(|&&b| b != REDZONE).count(),
     })
 }
 
@@ -400,7 +411,12 @@ fn render(found: &Found, err: &HeapErrorReport) -> String {
     };
     let _ = write!(s, "{P}ERROR: {what} at {}", err.address);
     if let Some(b) = found.block {
-        let _ = write!(s, " (block of {} bytes, align {})", b.size(), b.align());
+        let _ = write!(
+            s,
+            " (block of {} bytes, align {})",
+            b.size(),
+            shown_align(&b)
+        );
     }
     s.push('\n');
     match found.kind {
@@ -416,22 +432,14 @@ fn render(found: &Found, err: &HeapErrorReport) -> String {
                     s,
                     "{P}   freed with size {size}, align {align}; allocated with size {}, align {}",
                     b.size(),
-                    b.align()
+                    shown_align(&b)
                 );
             }
         }
         HeapErrorKind::Overrun => {
             if let Some(o) = found.overrun {
-                let _ = writeln!(
-                    s,
-                    "{P}   {} byte(s) {} the block were written",
-                    o.distance,
-                    if o.after {
-                        "past the end of"
-                    } else {
-                        "before the start of"
-                    }
-                );
+                let size = found.block.map_or(0, |b| b.size());
+                let _ = writeln!(s, "{P}   {}", overrun_words(&o, size));
             }
         }
         HeapErrorKind::UseAfterFree => {
@@ -464,6 +472,52 @@ fn render(found: &Found, err: &HeapErrorReport) -> String {
     stack(&mut s, "the block was allocated here:", &err.alloc_frames);
     stack(&mut s, "and freed here:", &err.free_frames);
     s
+}
+
+/// The alignment a block really has: a block of C's `malloc` family is
+/// recorded with the alignment it was asked for (1 for `malloc`), but is
+/// aligned to at least `malloc`'s own.
+fn shown_align(b: &Record) -> usize {
+    if b.is_c() {
+        b.align().max(crate::sys::MALLOC_ALIGN)
+    } else {
+        b.align()
+    }
+}
+
+/// What an overrun changed, as offsets from the start of a block of
+/// `size` bytes: `1 byte past the end of the block was written, at offset
+/// 33`.
+fn overrun_words(o: &Overrun, size: usize) -> String {
+    // Offsets from the block's start of the nearest and farthest changed
+    // bytes, in increasing order.
+    let (low, high) = if o.after {
+        (
+            (size + o.nearest - 1) as isize,
+            (size + o.distance - 1) as isize,
+        )
+    } else {
+        (-(o.distance as isize), -(o.nearest as isize))
+    };
+    let side = if o.after {
+        "past the end"
+    } else {
+        "before the start"
+    };
+    let (count, verb) = match o.changed {
+        1 => ("1 byte".to_owned(), "was"),
+        n => (format!("{n} bytes"), "were"),
+    };
+    let place = if low == high {
+        format!("at offset {low}")
+    } else if o.changed == 2 {
+        format!("at offsets {low} and {high}")
+    } else if (high - low + 1) as usize == o.changed {
+        format!("at offsets {low} to {high}")
+    } else {
+        format!("between offsets {low} and {high}")
+    };
+    format!("{count} {side} of the block {verb} written, {place}")
 }
 
 #[cfg(test)]
@@ -531,21 +585,60 @@ mod tests {
             paint(user, 24, 8);
             assert_eq!(check_redzones(user, 24, 8), None);
             *user.add(24 + 2) = 1;
+            let o = check_redzones(user, 24, 8);
             assert_eq!(
-                check_redzones(user, 24, 8),
+                o,
                 Some(Overrun {
                     after: true,
-                    distance: 3
+                    distance: 3,
+                    nearest: 3,
+                    changed: 1,
                 })
+            );
+            assert_eq!(
+                overrun_words(&o.unwrap(), 24),
+                "1 byte past the end of the block was written, at offset 26"
+            );
+            *user.add(24) = 1;
+            let o = check_redzones(user, 24, 8).unwrap();
+            assert_eq!((o.distance, o.nearest, o.changed), (3, 1, 2));
+            assert_eq!(
+                overrun_words(&o, 24),
+                "2 bytes past the end of the block were written, at offsets 24 and 26"
+            );
+            *user.add(24 + 1) = 1;
+            let o = check_redzones(user, 24, 8).unwrap();
+            assert_eq!(
+                overrun_words(&o, 24),
+                "3 bytes past the end of the block were written, at offsets 24 to 26"
+            );
+            *user.add(24 + 9) = 1;
+            let o = check_redzones(user, 24, 8).unwrap();
+            assert_eq!(
+                overrun_words(&o, 24),
+                "4 bytes past the end of the block were written, between offsets 24 and 33"
             );
             paint(user, 24, 8);
             *user.sub(1) = 0;
+            let o = check_redzones(user, 24, 8);
             assert_eq!(
-                check_redzones(user, 24, 8),
+                o,
                 Some(Overrun {
                     after: false,
-                    distance: 1
+                    distance: 1,
+                    nearest: 1,
+                    changed: 1,
                 })
+            );
+            assert_eq!(
+                overrun_words(&o.unwrap(), 24),
+                "1 byte before the start of the block was written, at offset -1"
+            );
+            *user.sub(16) = 0;
+            let o = check_redzones(user, 24, 8).unwrap();
+            assert_eq!(
+                overrun_words(&o, 24),
+                "2 bytes before the start of the block were written, at offsets -16 and -1"
             );
         }
     }

@@ -122,6 +122,16 @@ pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
 
 /// An on/off switch for a feature that is on by default (empty: on).
 pub(crate) fn parse_flag(var: &str, v: &[u8]) -> Option<bool> {
+    let flag = flag_value(v);
+    if flag.is_none() {
+        warn(var, v, "is not 1 or 0; keeping it on");
+    }
+    flag
+}
+
+/// [`parse_flag`] without the warning: `1/true/yes/on` or empty → on,
+/// `0/false/no/off` → off, anything else `None`.
+pub(crate) fn flag_value(v: &[u8]) -> Option<bool> {
     let t = trim(v);
     let is = |w: &str| t.eq_ignore_ascii_case(w.as_bytes());
     if t.is_empty() || is("1") || is("true") || is("yes") || is("on") {
@@ -129,7 +139,6 @@ pub(crate) fn parse_flag(var: &str, v: &[u8]) -> Option<bool> {
     } else if is("0") || is("false") || is("no") || is("off") {
         Some(false)
     } else {
-        warn(var, v, "is not 1 or 0; keeping it on");
         None
     }
 }
@@ -267,6 +276,11 @@ mod tests {
         assert_eq!(parse_flag("X", b"on"), Some(true));
         assert_eq!(parse_flag("X", b"maybe"), None);
         assert_eq!(parse_flag("X", b""), Some(true));
+        assert_eq!(flag_value(b" Off "), Some(false));
+        assert_eq!(flag_value(b"FALSE"), Some(false));
+        assert_eq!(flag_value(b"no"), Some(false));
+        assert_eq!(flag_value(b"yes"), Some(true));
+        assert_eq!(flag_value(b"maybe"), None);
     }
 
     #[test]

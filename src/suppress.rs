@@ -6,7 +6,7 @@
 //! # comments and blank lines are ignored
 //! leak:my_crate::cache::*        # any frame's function matches
 //! leak:*/vendor/legacy/*.rs      # any frame's file matches
-//! leak:src/ffi.rs:42             # any frame's file:line matches
+//! leak:src/ffi.rs:42$            # any frame's file:line matches
 //! some::function                 # `leak:` may be left out
 //! ```
 //!
@@ -21,8 +21,10 @@
 //! by the Rust runtime itself, e.g. before `main`) is suppressed too, and
 //! so is one that glibc allocated while setting up a thread (its
 //! thread-local storage vector, seen when C's heap is tracked); set
-//! `DEBUG_MEMORY_SUPPRESS_BUILTIN=0` to see those.
+//! `DEBUG_MEMORY_SUPPRESS_BUILTIN=0` (or `off`, `false`, `no`, as for the
+//! other switches) to see those.
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::report::Frame;
 
@@ -120,7 +122,7 @@ impl Suppressions {
     /// The suppressions named by the environment, with a `memwarden:`
     /// error line on stderr for each malformed line or an unreadable file.
     pub(crate) fn from_env() -> Suppressions {
-        let builtin = std::env::var_os("DEBUG_MEMORY_SUPPRESS_BUILTIN").is_none_or(|v| v != "0");
+        let builtin = builtin_from_env();
         let mut s = match std::env::var_os("DEBUG_MEMORY_SUPPRESS").filter(|p| !p.is_empty()) {
             None => Suppressions::default(),
             Some(path) => match std::fs::read_to_string(&path) {
@@ -163,6 +165,29 @@ impl Suppressions {
                     })
             })
         })
+    }
+}
+
+/// `DEBUG_MEMORY_SUPPRESS_BUILTIN`, read each time a report is made: the
+/// built-in suppressions stay on unless it is one of the words that switch
+/// a feature off (`0`, `off`, `false`, `no`; case and blanks ignored, as
+/// for every switch). A malformed value keeps them on, with one warning
+/// for the whole process (scoped checks make reports too).
+fn builtin_from_env() -> bool {
+    const VAR: &str = "DEBUG_MEMORY_SUPPRESS_BUILTIN";
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let Some(v) = std::env::var_os(VAR) else {
+        return true;
+    };
+    let v = v.as_encoded_bytes();
+    match crate::env::flag_value(v) {
+        Some(on) => on,
+        None => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                crate::env::parse_flag(VAR, v);
+            }
+            true
+        }
     }
 }
 
@@ -264,6 +289,12 @@ mod tests {
         assert!(!m("leak:src/ffi.rs:43"));
         assert!(!m("leak:other::thing"));
         assert!(m("leak:app::m?ke"));
+        // Unanchored, `file:line` also matches longer line numbers.
+        let at_420 = [frame("app::ffi::wrap", "/home/u/app/src/ffi.rs", 420)];
+        let m420 = |text: &str| Suppressions::parse(text).0.matches(&at_420, false);
+        assert!(m420("leak:src/ffi.rs:42"));
+        assert!(!m420("leak:src/ffi.rs:42$"));
+        assert!(m("leak:src/ffi.rs:42$"));
     }
 
     #[test]

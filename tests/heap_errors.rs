@@ -223,7 +223,7 @@ fn writing_past_the_end_is_an_overrun_found_at_free() {
     assert_eq!(top_line(&e["alloc_frames"]), Some(line("ALLOC", "overrun")));
     assert!(
         run.stderr
-            .contains("3 byte(s) past the end of the block were written"),
+            .contains("1 byte past the end of the block was written, at offset 34"),
         "{}",
         run.describe()
     );
@@ -240,7 +240,7 @@ fn writing_before_the_start_is_an_overrun_too() {
     );
     assert!(
         run.stderr
-            .contains("1 byte(s) before the start of the block were written"),
+            .contains("1 byte before the start of the block was written, at offset -1"),
         "{}",
         run.describe()
     );
