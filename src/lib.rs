@@ -44,7 +44,6 @@ pub mod rc;
 mod reach;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod registry;
-#[cfg(all(feature = "tracking", target_os = "linux"))]
 mod report;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod roots;
@@ -71,7 +70,6 @@ pub mod trace;
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod unwind;
 
-#[cfg(all(feature = "tracking", target_os = "linux"))]
 pub use report::{Amount, Frame, HeapErrorKind, HeapErrorReport, Leak, LeakKind, Report, Summary};
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 #[doc(hidden)]
@@ -142,7 +140,6 @@ pub struct Stats {
 }
 
 /// An allocation site holding live memory: see [`top_sites`].
-#[cfg(all(feature = "tracking", target_os = "linux"))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Site {
@@ -156,8 +153,19 @@ pub struct Site {
 
 /// The `n` allocation sites holding the most live bytes now, largest first
 /// (the same stacks and sizes as the exit report; no reachability scan).
-#[cfg(all(feature = "tracking", target_os = "linux"))]
+/// Empty with tracking off, and with the `tracking` feature off.
 pub fn top_sites(n: usize) -> Vec<Site> {
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+    {
+        let _ = n;
+        Vec::new()
+    }
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    top_sites_tracked(n)
+}
+
+#[cfg(all(feature = "tracking", target_os = "linux"))]
+fn top_sites_tracked(n: usize) -> Vec<Site> {
     let top = scope::top_stacks(n);
     let _busy = guard::Reentry::enter();
     let mut cache = std::collections::HashMap::new();
@@ -270,10 +278,17 @@ pub fn assert_no_leaks<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` and returns its value with the report of what it allocated
 /// that is still alive (every kind, still reachable included): the
-/// non-panicking form of [`assert_no_leaks`], with the same rules.
-#[cfg(all(feature = "tracking", target_os = "linux"))]
+/// non-panicking form of [`assert_no_leaks`], with the same rules. With
+/// the `tracking` feature off, the report is empty.
 pub fn check_leaks<R>(f: impl FnOnce() -> R) -> (R, Report) {
-    scope::check_leaks(f)
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    {
+        scope::check_leaks(f)
+    }
+    #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+    {
+        (f(), Report::empty())
+    }
 }
 
 /// A mark in the allocation history: what was allocated after it and is
@@ -286,16 +301,19 @@ pub fn check_leaks<R>(f: impl FnOnce() -> R) -> (R, Report) {
 /// let mark = memwarden::checkpoint();
 /// let kept = Box::new([0u8; 32]);
 /// let report = mark.report();
+/// # // Without the `tracking` feature the report is empty.
+/// # if memwarden::is_enabled() {
 /// assert_eq!(report.summary.still_reachable.blocks, 1);
+/// # }
 /// drop(kept);
 /// ```
-#[cfg(all(feature = "tracking", target_os = "linux"))]
+///
+/// With the `tracking` feature off, its reports are empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
     seq: u64,
 }
 
-#[cfg(all(feature = "tracking", target_os = "linux"))]
 impl Checkpoint {
     /// Everything allocated after this mark (on any thread) and still
     /// alive, classified by reachability. Scanning stops the other threads
@@ -304,23 +322,40 @@ impl Checkpoint {
     // stack pointer, so that no dead frame below it counts as a root.
     #[inline(always)]
     pub fn report(&self) -> Report {
-        scope::report_since(roots::stack_pointer(), self.seq)
+        #[cfg(all(feature = "tracking", target_os = "linux"))]
+        {
+            scope::report_since(roots::stack_pointer(), self.seq)
+        }
+        #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+        {
+            let _ = self.seq;
+            Report::empty()
+        }
     }
 
     /// Like [`Checkpoint::report`], keeping only the lost blocks
     /// (definitely, indirectly and possibly lost).
     #[inline(always)]
     pub fn leaks(&self) -> Report {
-        scope::lost_only(scope::report_since(roots::stack_pointer(), self.seq))
+        #[cfg(all(feature = "tracking", target_os = "linux"))]
+        {
+            scope::lost_only(scope::report_since(roots::stack_pointer(), self.seq))
+        }
+        #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+        {
+            self.report()
+        }
     }
 }
 
 /// Takes a [`Checkpoint`] (switching tracking on if it is off, without
 /// arming the exit report).
-#[cfg(all(feature = "tracking", target_os = "linux"))]
 pub fn checkpoint() -> Checkpoint {
     Checkpoint {
+        #[cfg(all(feature = "tracking", target_os = "linux"))]
         seq: scope::checkpoint_seq(),
+        #[cfg(not(all(feature = "tracking", target_os = "linux")))]
+        seq: 0,
     }
 }
 

@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::guard::{self, Reentry};
 use crate::registry;
-use crate::report::{self, Classified, Counters, LeakKind, Report};
+use crate::report::{Classified, LeakKind, Report};
 use crate::scan::{self, Caveats};
 use crate::state;
-use crate::suppress::Suppressions;
 use crate::sync::SpinLock;
 use crate::sys::SysVec;
 
@@ -154,7 +153,7 @@ fn scan_report(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
 fn scan_report_inner(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Report {
     let entry_sp = caller_sp;
     let Some(_busy) = Reentry::enter() else {
-        return report::build(&[], 0, Counters::default(), &Suppressions::default());
+        return Report::empty();
     };
     let mut caveats = Caveats::default();
     let blocks: Vec<Classified> = scan::classify_all(entry_sp, &mut caveats)

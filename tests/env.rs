@@ -141,6 +141,122 @@ mod tracking {
         );
     }
 
+    /// Runs the `threads` program of the `c_heap` example (C's heap
+    /// tracked, threads that start and end) with a JSON report. glibc
+    /// keeps each ended thread's TLS vector where no root reaches it, and
+    /// the built-in suppressions hide those blocks: the one program whose
+    /// report they change (no scenario leaves a block of the runtime's
+    /// own lost).
+    #[cfg(target_env = "gnu")]
+    fn c_threads(builtin: Option<&str>) -> Run {
+        let report = temp_path("builtin", "json");
+        let path = report.path().to_str().unwrap().to_owned();
+        let mut env = vec![
+            ("DEBUG_MEMORY", "1"),
+            ("DEBUG_MEMORY_REPORT", path.as_str()),
+        ];
+        if let Some(v) = builtin {
+            env.push(("DEBUG_MEMORY_SUPPRESS_BUILTIN", v));
+        }
+        run_bin(&example_bin("c_heap", &[]), &["threads"], &env)
+    }
+
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn suppress_builtin_takes_the_words_of_every_switch() {
+        let default = c_threads(None);
+        let hidden = summary(default.report(), "suppressed");
+        assert!(
+            hidden.1 > 0 && summary(default.report(), "definitely_lost") == (0, 0),
+            "by default the built-in rules suppress glibc's blocks\n{}",
+            default.describe()
+        );
+        expect_code(&default, 0);
+        for off in ["0", "off", "false", " No ", "OFF"] {
+            let run = c_threads(Some(off));
+            assert!(
+                !run.stderr.contains("warning"),
+                "DEBUG_MEMORY_SUPPRESS_BUILTIN={off:?} is well formed\n{}",
+                run.describe()
+            );
+            assert_eq!(
+                summary(run.report(), "suppressed"),
+                (0, 0),
+                "DEBUG_MEMORY_SUPPRESS_BUILTIN={off:?} turns the built-in rules off\n{}",
+                run.describe()
+            );
+            assert_eq!(
+                summary(run.report(), "definitely_lost"),
+                hidden,
+                "what they suppressed is now definitely lost\n{}",
+                run.describe()
+            );
+            expect_code(&run, DEFAULT_LEAK_EXITCODE);
+        }
+        for on in ["1", "on", "true", ""] {
+            let run = c_threads(Some(on));
+            assert!(!run.stderr.contains("warning"), "{}", run.describe());
+            assert_eq!(
+                summary(run.report(), "suppressed"),
+                hidden,
+                "DEBUG_MEMORY_SUPPRESS_BUILTIN={on:?} keeps the built-in rules\n{}",
+                run.describe()
+            );
+            expect_code(&run, 0);
+        }
+    }
+
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn malformed_suppress_builtin_warns_and_keeps_the_builtin_rules() {
+        let default = c_threads(None);
+        let run = c_threads(Some("maybe"));
+        let warnings: Vec<_> = run
+            .memwarden_lines()
+            .into_iter()
+            .filter(|l| l.contains("warning"))
+            .collect();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("DEBUG_MEMORY_SUPPRESS_BUILTIN=\"maybe\""),
+            "one warning naming the variable and its value\n{}",
+            run.describe()
+        );
+        assert_eq!(
+            summary(run.report(), "suppressed"),
+            summary(default.report(), "suppressed"),
+            "a malformed value keeps the built-in rules on\n{}",
+            run.describe()
+        );
+        expect_code(&run, 0);
+    }
+
+    #[test]
+    fn malformed_suppress_builtin_warns_once_per_process() {
+        // `scoped_caught` makes two reports (its `assert_no_leaks` and the
+        // exit report), each reading the variable: one warning in all.
+        let run = run_tracked_text(
+            &["scoped_caught"],
+            &[("DEBUG_MEMORY_SUPPRESS_BUILTIN", "banana")],
+        );
+        let warnings: Vec<_> = run
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.contains("DEBUG_MEMORY_SUPPRESS_BUILTIN"))
+            .collect();
+        assert_eq!(
+            warnings.len(),
+            1,
+            "exactly one line names the variable\n{}",
+            run.describe()
+        );
+        assert!(
+            warnings[0].starts_with(PREFIX) && warnings[0].contains("warning"),
+            "a `memwarden: warning:` line\n{}",
+            run.describe()
+        );
+        expect_code(&run, 0);
+    }
+
     #[test]
     fn debug_memory_flag_switches_tracking_on() {
         let report = temp_path("flag", "json");
@@ -203,6 +319,34 @@ mod feature_off {
             run.describe()
         );
         assert!(!report.path().exists());
+    }
+
+    #[test]
+    fn the_whole_api_builds_and_reports_nothing_without_the_feature() {
+        // Code written against memwarden builds with the feature off: the
+        // scoped checks run their closures and report nothing.
+        let mark = memwarden::checkpoint();
+        let leaked = Box::leak(Box::new([1u8; 64]));
+        let (sum, report) = memwarden::check_leaks(|| {
+            let v: Vec<u64> = (1..=10).collect();
+            std::mem::forget(v.clone());
+            v.iter().sum::<u64>()
+        });
+        assert_eq!(sum, 55);
+        for r in [report, mark.report(), mark.leaks()] {
+            assert!(r.leaks.is_empty() && r.errors.is_empty());
+            assert!(!r.has_definite_leaks());
+            assert_eq!(r.summary.definitely_lost.blocks, 0);
+            let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+            assert_eq!(json["version"], 1);
+            assert_eq!(json["summary"]["definitely_lost"]["bytes"], 0);
+            assert!(r.to_string().contains("LEAK SUMMARY"), "{r}");
+        }
+        assert!(memwarden::top_sites(5).is_empty());
+        assert_eq!(memwarden::check_heap(), 0);
+        assert_eq!(memwarden::assert_no_leaks(|| leaked.len()), 64);
+        memwarden::enable();
+        assert!(!memwarden::is_enabled());
     }
 
     #[test]

@@ -178,7 +178,6 @@ impl fmt::Display for Outstanding {
 /// `holders`, `cycle` and `unreachable` are for tracked pointers (`[]`,
 /// `null` and `false` for pool objects); `pool_alive` for pool objects
 /// (`null` for tracked pointers).
-#[cfg(feature = "tracking")]
 impl serde::Serialize for Outstanding {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
