@@ -455,9 +455,15 @@ fn thread_leak_body() {
 // loop_leak: 10 blocks of 32 bytes leaked from one line, one stack.
 
 fn loop_leak() {
-    // black_box: an unrolled loop would make 10 call sites, i.e. 10 stacks.
-    for i in 0..black_box(10u8) {
-        leak_32(i);
+    times(10, leak_32);
+}
+
+/// Calls `f(0)`, `f(1)`, ... `f(n - 1)` from one call site, then scrubs
+/// the stack. (`black_box`: an unrolled loop would make `n` call sites,
+/// that is `n` stacks.)
+fn times(n: u8, f: fn(u8)) {
+    for i in 0..black_box(n) {
+        f(i);
     }
     scrub_stack();
 }
@@ -474,10 +480,7 @@ fn leak_32(fill: u8) {
 // bytes in 5 blocks, definitely lost.
 
 fn vec_fill() {
-    for i in 0..black_box(5u8) {
-        forget_filled(i);
-    }
-    scrub_stack();
+    times(5, forget_filled);
 }
 
 #[inline(never)]
