@@ -27,15 +27,58 @@ thread_local! {
     /// BUSY as it was when the fork window opened.
     static BUSY_BEFORE_FORK: Cell<bool> = const { Cell::new(false) };
     /// The block this thread is allocating, between its record's insertion
-    /// and the end of `alloc` (0 otherwise): see [`in_flight`].
+    /// and the end of `alloc`, or freeing, until its record has left the
+    /// table (0 otherwise): see [`in_flight`].
     static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+    /// The bytes of the block this thread is reallocating, while the block
+    /// has no record (start, length): see [`InFlightBytes`].
+    static IN_FLIGHT_BYTES: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Marks the bytes of a block being reallocated as a root of any leak
+/// scan until dropped: `realloc` takes the block's record out of the
+/// registry before the inner allocator moves it, and puts the new one in
+/// after, so for a moment the block is in no snapshot, and what it points
+/// to would look lost. A scan reads these bytes (through the stop handler,
+/// which reports them with the thread's stack pointer) as it reads stacks.
+pub(crate) struct InFlightBytes(());
+
+impl InFlightBytes {
+    /// From now on, `len` bytes at `start`.
+    #[inline(always)]
+    pub(crate) fn new(start: usize, len: usize) -> InFlightBytes {
+        let _ = IN_FLIGHT_BYTES.try_with(|f| f.set((start, len)));
+        InFlightBytes(())
+    }
+
+    /// The block moved: `len` bytes at `start` now.
+    #[inline(always)]
+    pub(crate) fn moved(&self, start: usize, len: usize) {
+        let _ = IN_FLIGHT_BYTES.try_with(|f| f.set((start, len)));
+    }
+}
+
+impl Drop for InFlightBytes {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let _ = IN_FLIGHT_BYTES.try_with(|f| f.set((0, 0)));
+    }
+}
+
+/// What [`InFlightBytes`] holds on this thread now, (0, 0) if nothing.
+/// Async-signal-safe (a thread-local read).
+#[inline]
+pub(crate) fn in_flight_bytes() -> (usize, usize) {
+    IN_FLIGHT_BYTES.try_with(Cell::get).unwrap_or((0, 0))
 }
 
 /// Holds `addr` (or, with 0, nothing) where a leak scan sees it: the scan
 /// reads every thread's static thread-locals as roots, but not the frames
 /// of a thread stopped inside memwarden, and a block recorded before its
-/// junk fill is referenced only from those frames until `alloc` returns.
-/// Cleared at once after, so that no stale address stays here.
+/// junk fill is referenced only from those frames until `alloc` returns
+/// (and a block being freed, only from them while its free waits for the
+/// registry's lock, which a scan holds). Cleared at once after, so that
+/// no stale address stays here.
 #[inline(always)]
 pub(crate) fn in_flight(addr: usize) {
     let _ = IN_FLIGHT.try_with(|f| f.set(addr));

@@ -219,10 +219,20 @@ pub(crate) fn classify<M: Mappings>(
     {
         return None;
     }
-    // 1. Mark from the roots.
+    // 1. Mark from the roots, read in the way that cannot fault: they were
+    //    found in `/proc/self/maps` before the other threads stopped, and a
+    //    thread starting meanwhile (not stopped: it was not there to be
+    //    listed) may change the mappings next to them. A new thread's
+    //    signal stack mapped right above another thread's stack merges
+    //    with it until its guard page is made, so that stack's mapping
+    //    read before the stop can end past its guard page now. (Blocks
+    //    stay readable while their owners are stopped.)
+    let blocks_safe = s.safe;
+    s.safe = true;
     for r in roots {
         s.scan(r.start, r.end, true, None, false);
     }
+    s.safe = blocks_safe;
     s.drain(None);
     // 2. Cliques of unreached blocks, oldest allocation first. memcheck
     //    goes by address, and its allocator hands out rising addresses, so

@@ -131,7 +131,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     let mut snap: MapVec<Record> = MapVec::new();
     let expect = registry::live_blocks() + pools.objects.len();
     if !snap.reserve(expect + expect / 4 + 1024)
-        || !rootv.reserve(fixed.len() + tids.len() * (6 + images.tls.len()))
+        || !rootv.reserve(fixed.len() + tids.len() * (7 + images.tls.len()))
     {
         caveats.out_of_memory = true;
         return Vec::new();
@@ -155,6 +155,14 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         if let Some(m) = maps.find(t.sp) {
             maps.readable_parts(t.sp, m.end, |r| {
                 rootv.push(r);
+            });
+        }
+        // A block the thread is reallocating, which has no record now.
+        let (start, len) = t.in_flight;
+        if len > 0 {
+            rootv.push(Region {
+                start,
+                end: start.saturating_add(len),
             });
         }
         if t.tp != 0 {

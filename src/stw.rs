@@ -29,6 +29,9 @@ struct Slot {
     tid: AtomicI32,
     sp: AtomicUsize,
     tp: AtomicUsize,
+    /// `guard::in_flight_bytes`, start and length.
+    flight_start: AtomicUsize,
+    flight_len: AtomicUsize,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -36,6 +39,8 @@ const SLOT_INIT: Slot = Slot {
     tid: AtomicI32::new(0),
     sp: AtomicUsize::new(0),
     tp: AtomicUsize::new(0),
+    flight_start: AtomicUsize::new(0),
+    flight_len: AtomicUsize::new(0),
 };
 static SLOTS: [Slot; MAX_THREADS] = [SLOT_INIT; MAX_THREADS];
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -50,6 +55,9 @@ pub(crate) struct Stopped {
     pub(crate) tid: i32,
     pub(crate) sp: usize,
     pub(crate) tp: usize,
+    /// The bytes of a block the thread was reallocating (start, length;
+    /// 0 length if none), to be read as a root: see `guard::InFlightBytes`.
+    pub(crate) in_flight: (usize, usize),
 }
 
 /// The world, stopped. Dropping it lets the threads go.
@@ -72,6 +80,10 @@ impl World {
                 tid: s.tid.load(Ordering::Acquire),
                 sp: s.sp.load(Ordering::Acquire),
                 tp: s.tp.load(Ordering::Acquire),
+                in_flight: (
+                    s.flight_start.load(Ordering::Acquire),
+                    s.flight_len.load(Ordering::Acquire),
+                ),
             })
     }
 }
@@ -90,6 +102,9 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
         if i < MAX_THREADS {
             SLOTS[i].tid.store(gettid(), Ordering::Relaxed);
             SLOTS[i].sp.store(sp, Ordering::Relaxed);
+            let (start, len) = crate::guard::in_flight_bytes();
+            SLOTS[i].flight_start.store(start, Ordering::Relaxed);
+            SLOTS[i].flight_len.store(len, Ordering::Relaxed);
             SLOTS[i].tp.store(thread_pointer(), Ordering::Release);
         }
         let mut waited_ms = 0;

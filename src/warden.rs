@@ -277,6 +277,10 @@ mod tracked {
         #[inline(never)]
         unsafe fn dealloc_tracked(&self, ptr: *mut u8, layout: Layout, entry_sp: usize) {
             let addr = ptr as usize;
+            // Until its record has left the table, the block is referenced
+            // only from this call's frames and registers, which a scan
+            // stopping this thread inside memwarden would not read.
+            guard::in_flight(addr);
             // The checks below read the block's red zones, often out of
             // cache (freed long after it was written, or on another core):
             // start fetching them now, while the stack is captured.
@@ -288,6 +292,7 @@ mod tracked {
             let busy = Reentry::enter();
             let report = busy.is_some();
             if !report && guard::forking() {
+                guard::in_flight(0);
                 // SAFETY: forwarded contract of `GlobalAlloc::dealloc`.
                 return unsafe { self.dealloc_in_fork_window(ptr, layout) };
             }
@@ -322,6 +327,7 @@ mod tracked {
                 },
                 &mut evicted,
             );
+            guard::in_flight(0);
             match freeing {
                 Freeing::Internal(_) => {
                     // memwarden's own buffers hold the addresses of the
@@ -591,6 +597,10 @@ mod tracked {
                 return unsafe { self.realloc_in_fork_window(ptr, layout, new_size) };
             }
             let addr = ptr as usize;
+            // Between the removal of its record and the insertion of the
+            // new one, the block is in no snapshot: its bytes are a root.
+            // (Not memwarden's own blocks, which hold block addresses.)
+            let flight = (!guard::busy()).then(|| guard::InFlightBytes::new(addr, layout.size()));
             // Remove the record before the inner allocator may free the old
             // block: otherwise another thread could be handed the same
             // address and record it before we drop the old record.
@@ -664,6 +674,9 @@ mod tracked {
                 // SAFETY: the new inner block has room for the front red
                 // zone, `new_size` bytes and the back red zone.
                 let user = unsafe { new.add(front) };
+                if let Some(f) = &flight {
+                    f.moved(user as usize, old.size().min(new_size));
+                }
                 if new_size > old.size() {
                     let grown = (new_size - old.size()).min(GROW_FILL_LIMIT);
                     // SAFETY: bytes old.size()..new_size are the block's.

@@ -60,6 +60,7 @@ const SCENARIOS: &[&str] = &[
     "exit_with_locals",
     "running_thread",
     "busy_threads",
+    "scans_under_churn",
     "interior_pointer",
     "tls_held",
     "flag",
@@ -125,6 +126,7 @@ fn parse(args: &[String]) -> Action {
         Some("exit_with_locals") => run(exit_with_locals),
         Some("running_thread") => run(running_thread),
         Some("busy_threads") => run(busy_threads),
+        Some("scans_under_churn") => run(scans_under_churn),
         Some("interior_pointer") => run(interior_pointer),
         Some("tls_held") => run(tls_held),
         Some("flag") => run(flag),
@@ -637,6 +639,95 @@ fn busy_threads() {
         }));
     }
     thread::sleep(std::time::Duration::from_millis(100));
+}
+
+// ---------------------------------------------------------------------------
+// scans_under_churn: checkpoints taken while other threads replace map
+// values (frees), grow vectors of boxes (reallocs) and start short-lived
+// threads with small stacks (`CHURN` names which of `map`, `vectors`,
+// `spawns`; all by default). Nothing leaks: prints how many of the
+// checkpoints' reports had a definitely lost block anyway. (A thread that
+// starts while a scan lists the threads is neither stopped nor scanned,
+// so with `spawns` a few of its boxes can be reported lost: see the
+// guide's limitations.)
+
+static CHURN_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn churn_map() {
+    let mut map = HashMap::with_capacity(2048);
+    let mut i = 0u64;
+    while !CHURN_STOP.load(Ordering::Relaxed) {
+        i += 1;
+        map.insert(i % 1000, Box::new([i; 4]));
+    }
+}
+
+fn churn_vectors() {
+    let mut kept: Vec<Vec<Box<u64>>> = Vec::new();
+    while !CHURN_STOP.load(Ordering::Relaxed) {
+        let mut v = Vec::new();
+        for i in 0..2000u64 {
+            v.push(Box::new(i));
+        }
+        kept.push(v);
+        if kept.len() > 4 {
+            kept.remove(0);
+        }
+    }
+}
+
+fn churn_spawns() {
+    let mut running = std::collections::VecDeque::new();
+    let mut i = 0u64;
+    while !CHURN_STOP.load(Ordering::Relaxed) {
+        i += 1;
+        let spawned = thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let v: Vec<Box<u64>> = (0..64).map(|k| Box::new(k + i)).collect();
+                thread::sleep(std::time::Duration::from_micros(200 + (i % 7) * 300));
+                black_box(&v);
+            })
+            .unwrap();
+        running.push_back(spawned);
+        if running.len() > 60 {
+            running.pop_front().unwrap().join().unwrap();
+        }
+    }
+    for t in running {
+        t.join().unwrap();
+    }
+}
+
+fn scans_under_churn() {
+    let only = std::env::var("CHURN").unwrap_or_default();
+    let workers: Vec<_> = [
+        ("map", churn_map as fn()),
+        ("vectors", churn_vectors),
+        ("spawns", churn_spawns),
+    ]
+    .into_iter()
+    .filter(|(name, _)| only.is_empty() || only.contains(name))
+    .map(|(_, f)| thread::spawn(f))
+    .collect();
+    thread::sleep(std::time::Duration::from_millis(20));
+    let mut lost = 0;
+    for _ in 0..40 {
+        let mark = memwarden::checkpoint();
+        thread::sleep(std::time::Duration::from_millis(5));
+        let report = mark.leaks();
+        if report.has_definite_leaks() {
+            if lost == 0 {
+                eprintln!("{report}");
+            }
+            lost += 1;
+        }
+    }
+    CHURN_STOP.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    println!("reports with a definite leak: {lost}");
 }
 
 // ---------------------------------------------------------------------------
