@@ -269,6 +269,13 @@ pub(crate) unsafe fn check_poison(user: *const u8, size: usize) -> Option<usize>
 // === error reports ===
 
 static ERRORS: Mutex<Vec<HeapErrorReport>> = Mutex::new(Vec::new());
+/// How many heap errors are kept for the reports (each is printed when
+/// found, and counted, all the same): a program that goes on past a bug
+/// in a loop (`DEBUG_MEMORY_ON_ERROR=continue`) would otherwise keep
+/// every one, without bound.
+/// (Ten in unit tests, which reach the limit without printing a thousand
+/// reports.)
+const MAX_KEPT_ERRORS: usize = if cfg!(test) { 10 } else { 1000 };
 static ERROR_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// A heap error found on the allocation path, before it is reported.
@@ -389,7 +396,11 @@ pub(crate) fn report_with(found: Found, may_abort: bool) {
     let text = render(&found, &err);
     crate::sys::write_stderr(text.as_bytes());
     ERROR_COUNT.fetch_add(1, Ordering::Relaxed);
-    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).push(err);
+    let mut kept = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    if kept.len() < MAX_KEPT_ERRORS {
+        kept.push(err);
+    }
+    drop(kept);
     if may_abort && state::abort_on_error() {
         crate::sys::write_stderr(
             b"memwarden: aborting (DEBUG_MEMORY_ON_ERROR=abort; set it to continue to go on)\n",
@@ -523,6 +534,19 @@ fn overrun_words(o: &Overrun, size: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heap_errors_past_the_kept_ones_are_counted_not_kept() {
+        let before = error_count();
+        for i in 0..MAX_KEPT_ERRORS + 5 {
+            report_with(
+                Found::new(HeapErrorKind::InvalidFree, 0x1000 + i * 16, 0),
+                false,
+            );
+        }
+        assert_eq!(error_count() - before, MAX_KEPT_ERRORS + 5);
+        assert_eq!(errors().len(), MAX_KEPT_ERRORS);
+    }
 
     /// What decides whether a pointer with no record is searched for in the
     /// quarantine: the red-zone pattern before it, read only on its page.

@@ -107,7 +107,10 @@ pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
         Some(b'G') => (&t[..t.len() - 1], 30),
         _ => (t, 0),
     };
-    match parse_u32(digits).and_then(|n| (n as usize).checked_mul(1 << shift)) {
+    match parse_u64(digits)
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
         Some(n) => Some(n),
         None => {
             warn(
@@ -207,10 +210,18 @@ pub(crate) fn parse_exitcode(v: &[u8]) -> Option<i32> {
 }
 
 fn parse_u32(t: &[u8]) -> Option<u32> {
-    if t.is_empty() || t.len() > 9 || !t.iter().all(u8::is_ascii_digit) {
+    if t.len() > 9 {
         return None;
     }
-    Some(t.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+    parse_u64(t).map(|n| n as u32)
+}
+
+/// Decimal digits only, at most 18 of them (so no overflow).
+fn parse_u64(t: &[u8]) -> Option<u64> {
+    if t.is_empty() || t.len() > 18 || !t.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -272,6 +283,12 @@ mod tests {
         assert_eq!(parse_bytes("X", b"2k"), Some(2048));
         assert_eq!(parse_bytes("X", b"0"), Some(0));
         assert_eq!(parse_bytes("X", b"lots"), None);
+        // Plain byte counts of ten digits and more (1 GiB and up).
+        assert_eq!(parse_bytes("X", b"1073741824"), Some(1 << 30));
+        assert_eq!(parse_bytes("X", b"17179869184"), Some(16 << 30));
+        assert_eq!(parse_bytes("X", b"16G"), Some(16 << 30));
+        assert_eq!(parse_bytes("X", b"99999999999999999999"), None);
+        assert_eq!(parse_bytes("X", b"999999999999999999G"), None);
         assert_eq!(parse_flag("X", b"0"), Some(false));
         assert_eq!(parse_flag("X", b"on"), Some(true));
         assert_eq!(parse_flag("X", b"maybe"), None);

@@ -49,7 +49,10 @@ pub(super) fn render(r: &Report, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             shown.len()
         )?;
         if l.frames.is_empty() {
-            writeln!(f, "{P}   (no stack: DEBUG_MEMORY_FRAMES=0)")?;
+            writeln!(
+                f,
+                "{P}   (no stack recorded: DEBUG_MEMORY_FRAMES=0, or allocated where none could be taken)"
+            )?;
         }
         for (j, fr) in l.frames.iter().enumerate() {
             // Like Rust's short backtraces: stop where the runtime calls main.
