@@ -156,6 +156,29 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             maps.readable_parts(t.sp, m.end, |r| {
                 rootv.push(r);
             });
+        } else if let Some(now) = crate::sys::mapping_of(t.sp) {
+            // A thread started after the maps were read (`stw::stop`
+            // stops those too): its stack as the kernel has it now, read
+            // without allocating. (Roots are read so that they cannot
+            // fault, so a page of it that is not readable does no harm.)
+            rootv.push(Region {
+                start: t.sp,
+                end: now.hi,
+            });
+            if t.tp != 0 && now.hi > t.tp {
+                // Its static thread-local storage lies below its descriptor,
+                // at the top of that mapping, which the maps read before
+                // did not have either.
+                for b in &images.tls {
+                    let start = t.tp.wrapping_add_signed(b.offset);
+                    if start >= now.lo & !1 && start + b.len <= now.hi {
+                        rootv.push(Region {
+                            start,
+                            end: start + b.len,
+                        });
+                    }
+                }
+            }
         }
         // A block the thread is reallocating, which has no record now.
         let (start, len) = t.in_flight;

@@ -646,9 +646,9 @@ fn busy_threads() {
 // values (frees), grow vectors of boxes (reallocs) and start short-lived
 // threads with small stacks (`CHURN` names which of `map`, `vectors`,
 // `spawns`; all by default). Nothing leaks: prints how many of the
-// checkpoints' reports had a definitely lost block anyway. (A thread that
-// starts while a scan lists the threads is neither stopped nor scanned,
-// so with `spawns` a few of its boxes can be reported lost: see the
+// checkpoints' reports had a definitely lost block anyway. (With
+// `spawns`, what the thread library holds for a thread that is just
+// starting is not read, and can be reported lost now and then: see the
 // guide's limitations.)
 
 static CHURN_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
