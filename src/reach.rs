@@ -169,7 +169,7 @@ fn read_words_safely(addr: usize, buf: &mut [usize]) -> usize {
 
 /// One word at `addr` (aligned): read directly, or with
 /// [`read_words_safely`] when memory may be going away under the scan.
-fn read_word(addr: usize, safe: bool) -> Option<usize> {
+pub(crate) fn read_word(addr: usize, safe: bool) -> Option<usize> {
     if safe {
         let mut w = [0usize; 1];
         return (read_words_safely(addr, &mut w) == 1).then_some(w[0]);

@@ -123,7 +123,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     // Memory pools, as Valgrind treats them: a pool's chunks are not
     // blocks of their own; each object still taken from a pool is a block
     // (its value), with the stack of its `alloc`. See `PoolScan`.
-    let pools = PoolScan::gather();
+    let mut pools = PoolScan::gather();
     if std::env::var_os("MEMWARDEN_DEBUG_POOLS").is_some() {
         eprintln!("memwarden: debug: pools {:x?}", pools.views);
     }
@@ -216,6 +216,14 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             });
         }
     }
+    // Objects given back between the gathering and the stop: their slot's
+    // header reads free (null) now (read so that it cannot fault: the
+    // pool may even be gone). Otherwise each would be a block nothing
+    // points to, reported lost, with the free list's links read as its
+    // pointers. (Objects taken in between are missed by this scan.)
+    pools
+        .objects
+        .retain(|(o, _)| reach::read_word(o.slot, true).is_some_and(|site| site != 0));
     if !pools.chunks.is_empty() {
         swap_chunks_for_objects(&mut snap, &pools.chunks, &pools.objects);
     }
