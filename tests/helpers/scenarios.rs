@@ -1015,19 +1015,24 @@ fn fork_child() {
             std::mem::forget(v);
             std::process::exit(0);
         }
-        assert!(pid > 0, "fork failed");
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child status {status}"
-        );
+        wait_for_clean_exit(pid);
     }
     stop.store(true, Ordering::Relaxed);
     busy.join().unwrap();
     leak_after_fork();
     scrub_stack();
+}
+
+/// Waits for the forked child `pid` and checks that it exited with 0.
+fn wait_for_clean_exit(pid: libc::pid_t) {
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status}"
+    );
 }
 
 #[inline(never)]
@@ -1094,14 +1099,7 @@ fn fork_handlers() {
             // of a threaded program should.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
-        assert!(pid > 0, "fork failed");
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child status {status}"
-        );
+        wait_for_clean_exit(pid);
         assert!(
             HANDED.lock().unwrap().is_empty(),
             "both parent handlers ran"
