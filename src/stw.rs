@@ -20,7 +20,13 @@ use crate::roots::{gettid, thread_pointer};
 use crate::sys::MapVec;
 
 const SIGNAL: libc::c_int = libc::SIGPWR;
-const MAX_THREADS: usize = 4096;
+/// Threads a stop records (its stack pointer, thread pointer and block in
+/// flight): a static table, since the signal handler cannot allocate.
+/// 40 bytes a slot, in zeroed memory that takes no room until a stop
+/// writes it. Threads past it are stopped but not scanned, and counted in
+/// [`World::unscanned`]. (Smaller in unit tests, so that the limit can be
+/// reached.)
+const MAX_THREADS: usize = if cfg!(test) { 64 } else { 32768 };
 const STOP_TIMEOUT_MS: u64 = 2000;
 /// Longest a stopped thread waits before it resumes on its own.
 const MAX_STOP_MS: u64 = 120_000;
@@ -66,6 +72,9 @@ pub(crate) struct World {
     stopped: usize,
     /// Threads that were signalled but did not stop in time.
     pub(crate) missed: usize,
+    /// Threads that stopped past the [`MAX_THREADS`] recorded ones: they
+    /// hold still, but [`World::threads`] does not list them.
+    pub(crate) unscanned: usize,
     /// True when no thread could be stopped at all (the program handles
     /// `SIGPWR` itself).
     pub(crate) unsupported: bool,
@@ -233,6 +242,7 @@ pub(crate) fn stop(tids: &[i32]) -> World {
         return World {
             stopped: 0,
             missed: 0,
+            unscanned: 0,
             unsupported: true,
         };
     }
@@ -293,6 +303,7 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     World {
         stopped,
         missed: alive(&signalled).saturating_sub(stopped),
+        unscanned: stopped.saturating_sub(MAX_THREADS),
         unsupported: false,
     }
 }
@@ -339,7 +350,45 @@ mod tests {
         t.join().unwrap();
     }
 
+    // Stops must not be nested (they share the slots): the tests that stop
+    // take turns.
     #[test]
+    #[serial_test::serial(stw)]
+    fn threads_past_the_table_stop_and_are_counted_unscanned() {
+        let extra = 16;
+        let n = MAX_THREADS + extra;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release = Arc::new(std::sync::Barrier::new(n + 1));
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (tx, release) = (tx.clone(), Arc::clone(&release));
+                std::thread::Builder::new()
+                    .stack_size(64 << 10)
+                    .spawn(move || {
+                        tx.send(gettid()).unwrap();
+                        release.wait();
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let tids: Vec<i32> = (0..n).map(|_| rx.recv().unwrap()).collect();
+        let world = stop(&tids);
+        let (missed, unscanned, listed) = (world.missed, world.unscanned, world.threads().count());
+        let mine_listed = world.threads().filter(|t| tids.contains(&t.tid)).count();
+        drop(world);
+        release.wait();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(missed, 0);
+        assert_eq!(listed, MAX_THREADS);
+        // Other tests' threads may have stopped too, and taken slots.
+        assert!(unscanned >= extra, "{unscanned} unscanned");
+        assert!(mine_listed + unscanned >= n, "{mine_listed} + {unscanned}");
+    }
+
+    #[test]
+    #[serial_test::serial(stw)]
     fn stops_and_resumes_a_busy_thread() {
         let go = Arc::new(AtomicBool::new(true));
         let counter = Arc::new(AtomicUsize::new(0));
