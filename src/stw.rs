@@ -74,6 +74,8 @@ pub(crate) struct World {
     pub(crate) missed: usize,
     /// Threads that stopped past the [`MAX_THREADS`] recorded ones: they
     /// hold still, but [`World::threads`] does not list them.
+    // (Read by the scan's warnings next.)
+    #[allow(dead_code)]
     pub(crate) unscanned: usize,
     /// True when no thread could be stopped at all (the program handles
     /// `SIGPWR` itself).
