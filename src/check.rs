@@ -268,14 +268,44 @@ pub(crate) unsafe fn check_poison(user: *const u8, size: usize) -> Option<usize>
 
 // === error reports ===
 
-static ERRORS: Mutex<Vec<HeapErrorReport>> = Mutex::new(Vec::new());
-/// How many heap errors are kept for the reports (each is printed when
-/// found, and counted, all the same): a program that goes on past a bug
-/// in a loop (`DEBUG_MEMORY_ON_ERROR=continue`) would otherwise keep
-/// every one, without bound.
+/// The heap errors found so far: those kept for the reports, and the
+/// contexts printed.
+struct ErrorLog {
+    kept: Vec<HeapErrorReport>,
+    /// Each context printed in full, and how often it was found.
+    contexts: Vec<(Context, u64)>,
+    /// True once an error went unprinted for [`MAX_PRINTED_CONTEXTS`].
+    capped: bool,
+}
+
+/// Where an error was found and what it concerns, as Valgrind tells one
+/// error from another: its kind and its stacks (where found, where the
+/// block was allocated, where it was freed), not its address.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Context {
+    kind: HeapErrorKind,
+    here: StackId,
+    alloc: StackId,
+    free: StackId,
+}
+
+static ERRORS: Mutex<ErrorLog> = Mutex::new(ErrorLog {
+    kept: Vec::new(),
+    contexts: Vec::new(),
+    capped: false,
+});
+/// How many heap errors are kept for the reports (each is counted all the
+/// same): a program that goes on past a bug in a loop
+/// (`DEBUG_MEMORY_ON_ERROR=continue`) would otherwise keep every one,
+/// without bound.
 /// (Ten in unit tests, which reach the limit without printing a thousand
 /// reports.)
 const MAX_KEPT_ERRORS: usize = if cfg!(test) { 10 } else { 1000 };
+/// How many different errors (contexts) are printed in full. An error
+/// found again in a context already printed is counted, not printed (one
+/// line says so, the first time): a loop that frees twice 20,000 times
+/// prints one report, not 20,000. Valgrind's limit is the same.
+const MAX_PRINTED_CONTEXTS: usize = if cfg!(test) { 10 } else { 1000 };
 static ERROR_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// A heap error found on the allocation path, before it is reported.
@@ -323,7 +353,54 @@ pub(crate) fn error_count() -> usize {
 
 /// The heap errors kept so far (under `continue`).
 pub(crate) fn errors() -> Vec<HeapErrorReport> {
-    ERRORS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    ERRORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .kept
+        .clone()
+}
+
+/// How many different heap errors (contexts, as Valgrind counts them)
+/// were found so far, and whether there were more than that (past the
+/// number printed in full).
+pub(crate) fn error_contexts() -> (usize, bool) {
+    let log = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+    (log.contexts.len(), log.capped)
+}
+
+/// What to do with one error found, by what was found before it.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// A context not seen before: print it in full.
+    New,
+    /// Found before, once: say so in a line.
+    Again,
+    /// Found before more often, or a new one past the printed contexts'
+    /// limit that is not the first: count it only.
+    Counted,
+    /// The first new one past the limit: say that no more are printed.
+    OverLimit,
+}
+
+impl ErrorLog {
+    /// Notes an error of `ctx`; returns how to show it and whether to
+    /// keep it.
+    fn note(&mut self, ctx: Context) -> (Seen, bool) {
+        let keep = self.kept.len() < MAX_KEPT_ERRORS;
+        if let Some((_, n)) = self.contexts.iter_mut().find(|(c, _)| *c == ctx) {
+            *n += 1;
+            return (if *n == 2 { Seen::Again } else { Seen::Counted }, keep);
+        }
+        if self.contexts.len() < MAX_PRINTED_CONTEXTS {
+            self.contexts.push((ctx, 1));
+            (Seen::New, keep)
+        } else if !self.capped {
+            self.capped = true;
+            (Seen::OverLimit, keep)
+        } else {
+            (Seen::Counted, keep)
+        }
+    }
 }
 
 /// Checks the red zones of every live block and the poison of every
@@ -386,21 +463,51 @@ pub(crate) fn report(found: Found) {
 /// As [`report`]; `may_abort` false keeps going whatever the policy (the
 /// exit-time check, which still has a report to write).
 pub(crate) fn report_with(found: Found, may_abort: bool) {
-    let err = HeapErrorReport {
+    let ctx = Context {
         kind: found.kind,
-        address: format!("{:#x}", found.addr),
-        frames: frames_of(found.here),
-        alloc_frames: found.block.map(|b| frames_of(b.stack)).unwrap_or_default(),
-        free_frames: frames_of(found.free_stack),
+        here: found.here,
+        alloc: found.block.map_or(0, |b| b.stack),
+        free: found.free_stack,
     };
-    let text = render(&found, &err);
-    crate::sys::write_stderr(text.as_bytes());
     ERROR_COUNT.fetch_add(1, Ordering::Relaxed);
-    let mut kept = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    if kept.len() < MAX_KEPT_ERRORS {
-        kept.push(err);
+    let (seen, keep) = ERRORS.lock().unwrap_or_else(|e| e.into_inner()).note(ctx);
+    const P: &str = "memwarden: ";
+    match seen {
+        Seen::Again => crate::sys::write_stderr(
+            format!(
+                "{P}ERROR: {} at {:#x}, from the same stacks as one printed above: counted, and so are later ones from there, not printed\n",
+                kind_name(found.kind),
+                found.addr
+            )
+            .as_bytes(),
+        ),
+        Seen::OverLimit => crate::sys::write_stderr(
+            format!(
+                "{P}ERROR: more than {MAX_PRINTED_CONTEXTS} different heap errors: no more are printed (all are counted)\n"
+            )
+            .as_bytes(),
+        ),
+        Seen::New | Seen::Counted => {}
     }
-    drop(kept);
+    if seen == Seen::New || keep {
+        // Symbolized only to be printed or kept.
+        let err = HeapErrorReport {
+            kind: found.kind,
+            address: format!("{:#x}", found.addr),
+            frames: frames_of(found.here),
+            alloc_frames: found.block.map(|b| frames_of(b.stack)).unwrap_or_default(),
+            free_frames: frames_of(found.free_stack),
+        };
+        if seen == Seen::New {
+            crate::sys::write_stderr(render(&found, &err).as_bytes());
+        }
+        if keep {
+            let mut log = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+            if log.kept.len() < MAX_KEPT_ERRORS {
+                log.kept.push(err);
+            }
+        }
+    }
     if may_abort && state::abort_on_error() {
         crate::sys::write_stderr(
             b"memwarden: aborting (DEBUG_MEMORY_ON_ERROR=abort; set it to continue to go on)\n",
@@ -410,16 +517,21 @@ pub(crate) fn report_with(found: Found, may_abort: bool) {
     }
 }
 
-fn render(found: &Found, err: &HeapErrorReport) -> String {
-    const P: &str = "memwarden: ";
-    let mut s = String::new();
-    let what = match found.kind {
+/// The words for a kind of heap error, as its report's first line has them.
+fn kind_name(kind: HeapErrorKind) -> &'static str {
+    match kind {
         HeapErrorKind::DoubleFree => "double free",
         HeapErrorKind::InvalidFree => "invalid free",
         HeapErrorKind::LayoutMismatch => "layout mismatch",
         HeapErrorKind::Overrun => "heap block overrun",
         HeapErrorKind::UseAfterFree => "use after free",
-    };
+    }
+}
+
+fn render(found: &Found, err: &HeapErrorReport) -> String {
+    const P: &str = "memwarden: ";
+    let mut s = String::new();
+    let what = kind_name(found.kind);
     let _ = write!(s, "{P}ERROR: {what} at {}", err.address);
     if let Some(b) = found.block {
         let _ = write!(
@@ -546,6 +658,39 @@ mod tests {
         }
         assert_eq!(error_count() - before, MAX_KEPT_ERRORS + 5);
         assert_eq!(errors().len(), MAX_KEPT_ERRORS);
+    }
+
+    #[test]
+    fn an_error_context_is_printed_once_and_new_ones_up_to_the_limit() {
+        let mut log = ErrorLog {
+            kept: Vec::new(),
+            contexts: Vec::new(),
+            capped: false,
+        };
+        let ctx = |here| Context {
+            kind: HeapErrorKind::DoubleFree,
+            here,
+            alloc: 7,
+            free: 9,
+        };
+        assert_eq!(log.note(ctx(1)), (Seen::New, true));
+        assert_eq!(log.note(ctx(1)), (Seen::Again, true));
+        assert_eq!(log.note(ctx(1)), (Seen::Counted, true));
+        // Another kind from the same stacks is another error.
+        let other = Context {
+            kind: HeapErrorKind::InvalidFree,
+            ..ctx(1)
+        };
+        assert_eq!(log.note(other).0, Seen::New);
+        for here in 2..MAX_PRINTED_CONTEXTS as StackId {
+            assert_eq!(log.note(ctx(here)).0, Seen::New);
+        }
+        assert_eq!(log.note(ctx(1000)).0, Seen::OverLimit);
+        assert_eq!(log.note(ctx(1001)).0, Seen::Counted);
+        // A context printed before is still told apart.
+        assert_eq!(log.note(ctx(2)).0, Seen::Again);
+        assert_eq!(log.contexts.len(), MAX_PRINTED_CONTEXTS);
+        assert_eq!(log.contexts[0].1, 3);
     }
 
     /// What decides whether a pointer with no record is searched for in the

@@ -167,9 +167,11 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     let failing = if code != 0 { code } else { 1 };
     let errors = crate::check::error_count();
     if errors > 0 {
+        let (contexts, more) = crate::check::error_contexts();
+        let more = if more { "more than " } else { "" };
         let _ = writeln!(
             err,
-            "memwarden: ERROR SUMMARY: {errors} heap error(s) ({heap_errors} found at exit): exiting with status {failing}"
+            "memwarden: ERROR SUMMARY: {errors} heap error(s) from {more}{contexts} context(s) ({heap_errors} found at exit): exiting with status {failing}"
         );
         return Some(failing);
     }

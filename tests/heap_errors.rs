@@ -366,6 +366,53 @@ fn without_quarantine_a_double_free_of_a_reused_block_is_not_claimed() {
 }
 
 #[test]
+fn an_error_found_again_from_the_same_stacks_is_counted_not_printed_again() {
+    let run = run_continue("repeated_double_frees");
+    // The first line of each error printed in full.
+    let full = |kind: &str| {
+        let start = format!("memwarden: ERROR: {kind} at 0x");
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with(&start) && !l.contains("from the same stacks"))
+            .count()
+    };
+    assert_eq!(full("double free"), 1, "{}", run.describe());
+    assert_eq!(full("invalid free"), 1, "{}", run.describe());
+    let again: Vec<_> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("from the same stacks as one printed above"))
+        .collect();
+    assert_eq!(again.len(), 1, "{}", run.describe());
+    assert!(again[0].starts_with("memwarden: ERROR: double free at 0x"));
+    // Every one is counted, and kept for the JSON report.
+    assert!(
+        run.stderr.contains(
+            "memwarden: ERROR SUMMARY: 51 heap error(s) from 2 context(s) (0 found at exit)"
+        ),
+        "{}",
+        run.describe()
+    );
+    let errors = run.report()["errors"].as_array().unwrap().clone();
+    let doubles: Vec<_> = errors
+        .iter()
+        .filter(|e| e["kind"] == "double_free")
+        .collect();
+    assert_eq!(doubles.len(), 50, "{}", run.describe());
+    assert!(
+        doubles
+            .iter()
+            .all(|e| top_line(&e["frames"]) == Some(line("BUG", "repeated")))
+    );
+    let other = error(&run, "invalid_free");
+    assert_eq!(
+        top_line(&other["frames"]),
+        Some(line("BUG", "repeated_other"))
+    );
+    still_sound(&run);
+}
+
+#[test]
 fn red_zones_can_be_turned_off() {
     let run = run_program(
         "overrun",

@@ -209,6 +209,23 @@ fn use_after_free_big() {
     }
 }
 
+/// The same double free 50 times over (one line, 50 blocks), then one
+/// other: reported in full once each, all counted.
+#[inline(never)]
+fn repeated_double_frees() {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    for _ in 0..50 {
+        // SAFETY: a valid non-zero layout.
+        let p = unsafe { alloc(layout) }; // ALLOC: repeated
+        // SAFETY: `p` was allocated with `layout`.
+        unsafe { dealloc(p, layout) };
+        // SAFETY: none: this is the bug under test.
+        unsafe { dealloc(black_box(p), layout) }; // BUG: repeated
+    }
+    // SAFETY: none: this is the bug under test.
+    unsafe { dealloc(black_box(0x1000 as *mut u8), layout) }; // BUG: repeated_other
+}
+
 #[inline(never)]
 fn large_align() {
     for align in [4096usize, 1 << 16] {
@@ -263,6 +280,7 @@ fn main() {
         "use_after_free_big" => use_after_free_big(),
         "use_after_free_loop" => use_after_free_loop(),
         "large_align" => large_align(),
+        "repeated_double_frees" => repeated_double_frees(),
         "clean" => {}
         other => {
             eprintln!("heap_errors: unknown program `{other}`");
