@@ -146,6 +146,9 @@ pub(crate) fn flag_value(v: &[u8]) -> Option<bool> {
     }
 }
 
+/// The variable's value; `None` when it is unset, empty or blank: every
+/// variable takes an empty value as unset, silently (as a shell's
+/// `VAR= cmd` is meant to reset it).
 fn getenv(name: &CStr) -> Option<&'static [u8]> {
     // SAFETY: `name` is NUL-terminated. The result, when not null, points
     // into the environment block, which lives for the whole process unless
@@ -156,7 +159,7 @@ fn getenv(name: &CStr) -> Option<&'static [u8]> {
         return None;
     }
     // SAFETY: getenv returns a NUL-terminated string.
-    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes()).filter(|v| !trim(v).is_empty())
 }
 
 /// `1/true/yes/on` → on, `0/false/no/off` or empty → off; else a warning.

@@ -277,6 +277,32 @@ mod tracking {
     }
 
     #[test]
+    fn empty_values_count_as_unset_silently() {
+        let run = run_tracked(
+            &["box_leak"],
+            &[
+                ("DEBUG_MEMORY_FRAMES", ""),
+                ("DEBUG_MEMORY_EXITCODE", " "),
+                ("DEBUG_MEMORY_QUARANTINE", ""),
+                ("DEBUG_MEMORY_ON_ERROR", ""),
+                ("DEBUG_MEMORY_REDZONES", ""),
+                ("DEBUG_MEMORY_POISON", ""),
+                ("DEBUG_MEMORY_SUPPRESS_BUILTIN", ""),
+                ("DEBUG_MEMORY_FORMAT", ""),
+                ("DEBUG_MEMORY_SUPPRESS", ""),
+            ],
+        );
+        assert!(
+            !run.stderr.contains("warning"),
+            "no warning for an empty value\n{}",
+            run.describe()
+        );
+        check_report_shape(&run);
+        expect_site(&run, "box_leak", DEFINITELY, 64, 1, "leak_box");
+        expect_code(&run, DEFAULT_LEAK_EXITCODE);
+    }
+
+    #[test]
     fn no_flag_no_tracking() {
         let report = temp_path("noflag", "json");
         let path = report.path().to_str().unwrap().to_owned();
