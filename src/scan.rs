@@ -120,16 +120,9 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             Some((t, m.start, m.end))
         })
         .collect();
-    // Memory pools, as Valgrind treats them: a pool's chunks are not
-    // blocks of their own; each object still taken from a pool is a block
-    // (its value), with the stack of its `alloc`. See `PoolScan`.
-    let mut pools = PoolScan::gather();
-    if std::env::var_os("MEMWARDEN_DEBUG_POOLS").is_some() {
-        eprintln!("memwarden: debug: pools {:x?}", pools.views);
-    }
     let mut rootv: MapVec<Region> = MapVec::new();
     let mut snap: MapVec<Record> = MapVec::new();
-    let expect = registry::live_blocks() + pools.objects.len();
+    let expect = registry::live_blocks();
     if !snap.reserve(expect + expect / 4 + 1024)
         || !rootv.reserve(fixed.len() + tids.len() * (7 + images.tls.len()))
     {
@@ -145,6 +138,17 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     // stop handler would find them deaf to its own signal.
     static SCANS: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_scan = SCANS.lock().unwrap_or_else(|e| e.into_inner());
+
+    // Memory pools, as Valgrind treats them: a pool's chunks are not
+    // blocks of their own; each object still taken from a pool is a block
+    // (its value), with the stack of its `alloc`. See `PoolScan`. The
+    // registry of pools stays locked from here to the end of the
+    // classification, so that the chunks gathered stay allocated. (Taken
+    // after `SCANS`: a scan waiting for another does not hold it.)
+    let mut pools = PoolScan::gather();
+    if std::env::var_os("MEMWARDEN_DEBUG_POOLS").is_some() {
+        eprintln!("memwarden: debug: pools {:x?}", pools.views);
+    }
 
     // --- the world stops: no allocation, no foreign locks ---
     let shards = registry::lock_all();
@@ -216,24 +220,19 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
             });
         }
     }
-    // Objects given back between the gathering and the stop: their slot's
-    // header reads free (null) now (read so that it cannot fault: the
-    // pool may even be gone). Otherwise each would be a block nothing
-    // points to, reported lost, with the free list's links read as its
-    // pointers. (Objects taken in between are missed by this scan.)
-    pools
-        .objects
-        .retain(|(o, _)| reach::read_word(o.slot, true).is_some_and(|site| site != 0));
-    if !pools.chunks.is_empty() {
-        swap_chunks_for_objects(&mut snap, &pools.chunks, &pools.objects);
-    }
+    // Each object taken from a pool now is a block: the chunks' slots are
+    // read here, with the threads that take and give back objects stopped
+    // (an object given back or taken since the gathering is seen as it is
+    // now, and one being taken has its value read as a root).
+    let pooled = pools.chunks.is_empty()
+        || swap_chunks_for_objects(&mut snap, &pools.chunks, &mut pools.objects, &mut rootv);
     snap.as_mut_slice().sort_unstable_by_key(|r| r.addr);
     // Memory may be freed under the scan only by a thread that did not
     // stop: then read it in the way that cannot fault.
     let safe = world.missed > 0 || (world.unsupported && tids.len() > 1);
-    let classified = if !ok {
+    let classified = if !ok || !pooled {
         None
-    } else if pools.views.is_empty() {
+    } else if pools.views.views.is_empty() {
         reach::classify(snap.as_slice(), rootv.as_slice(), &maps, safe, None)
     } else {
         pools.links(snap.as_slice()).and_then(|links| {
@@ -245,6 +244,8 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     caveats.no_stop = world.unsupported && tids.len() > 1;
     drop(world);
     // --- the world runs again ---
+    // (And pools may free chunks again.)
+    drop(pools);
 
     let Some(c) = classified else {
         caveats.out_of_memory = true;
@@ -264,7 +265,9 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
 }
 
 /// The registered pools, gathered before the world stops (this allocates),
-/// in the forms the scan needs while it is stopped.
+/// in the forms the scan needs while it is stopped; the registry of pools
+/// stays locked while this lives, so that no registered pool frees a chunk
+/// (see [`crate::pool::pool_views`]).
 ///
 /// The rules (Valgrind's for memory pools, plus what makes a forgotten
 /// pool object lost at the line that took it):
@@ -280,13 +283,19 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
 /// * a taken object keeps its pool's core alive (its box points there), so
 ///   the core of a dropped pool whose object was forgotten is lost with
 ///   the object, indirectly, not on its own.
-#[derive(Default)]
+///
+/// Which objects are taken is read from the chunks' slots with the world
+/// stopped ([`swap_chunks_for_objects`]), not when the views are gathered:
+/// by the stop, any object may have been given back, or given back and
+/// taken again, and objects taken meanwhile from slots free before are as
+/// much the program's as the others.
 struct PoolScan {
-    views: Vec<crate::pool::PoolView>,
-    /// Chunk start addresses, sorted.
-    chunks: Vec<usize>,
-    /// Every taken object, with its pool's core address, by value address.
-    objects: Vec<(crate::pool::PoolObject, usize)>,
+    views: crate::pool::PoolViews,
+    /// Every chunk, with its pool's core address, by address.
+    chunks: Vec<(crate::pool::ChunkView, usize)>,
+    /// Every object taken (filled in with the world stopped), with its
+    /// pool's core address, by address.
+    objects: MapVec<(crate::pool::PoolObject, usize)>,
     /// Start addresses of the pools' bookkeeping blocks, sorted.
     internal: Vec<usize>,
 }
@@ -311,19 +320,18 @@ impl PoolLinks {
 impl PoolScan {
     fn gather() -> PoolScan {
         let views = crate::pool::pool_views();
-        if views.is_empty() {
-            return PoolScan::default();
-        }
-        let mut p = PoolScan::default();
-        for v in &views {
-            p.chunks.extend(v.chunks.iter().map(|&(a, _)| a));
+        let mut p = PoolScan {
+            chunks: Vec::new(),
+            objects: MapVec::new(),
+            internal: Vec::new(),
+            views,
+        };
+        for v in &p.views.views {
+            p.chunks.extend(v.chunks.iter().map(|&c| (c, v.core)));
             p.internal.extend_from_slice(&v.internal);
-            p.objects.extend(v.objects.iter().map(|&o| (o, v.core)));
         }
-        p.chunks.sort_unstable();
+        p.chunks.sort_unstable_by_key(|(c, _)| c.start);
         p.internal.sort_unstable();
-        p.objects.sort_unstable_by_key(|(o, _)| o.value);
-        p.views = views;
         p
     }
 
@@ -337,9 +345,10 @@ impl PoolScan {
             internal: MapVec::new(),
             headers: MapVec::new(),
         };
+        let objects = self.objects.as_slice();
         if !l.owner.fill(reach::NOT_POOLED, n)
             || !l.internal.fill(false, n)
-            || !l.headers.reserve(self.objects.len())
+            || !l.headers.reserve(objects.len())
         {
             return None;
         }
@@ -352,7 +361,7 @@ impl PoolScan {
                 l.internal.as_mut_slice()[i] = true;
             }
         }
-        for &(o, core) in &self.objects {
+        for &(o, core) in objects {
             let Some(i) = index(o.value) else { continue };
             // Only the object's own record (a swapped-in one), not another
             // block that happens to start there.
@@ -368,16 +377,37 @@ impl PoolScan {
     }
 }
 
-/// Replaces the records of pool chunks (`chunks`: their start addresses,
-/// sorted) by one record per object taken from them (`objects`, by
-/// address): its value, with the sequence number and thread its slot
-/// recorded when it was taken (its chunk's if none was recorded: a take
-/// caught half-way). Allocation-free: runs while the world is stopped.
+/// Replaces the records of pool chunks (`chunks`: by address) by one
+/// record per object taken from them now, read from their slots
+/// ([`ChunkView::walk`](crate::pool::ChunkView::walk)): its value, with
+/// the stack, sequence number and thread its slot recorded when it was
+/// taken (its chunk's if none was recorded). Each object also goes into
+/// `objects` (by address), and the value of an object being taken (by a
+/// thread stopped half-way through `alloc`) into `roots`. False if memory
+/// ran out.
+///
+/// Runs while the world is stopped, allocation-free, with the registry of
+/// pools locked since the chunks were gathered: every chunk gathered is
+/// still allocated (no registered pool frees one meanwhile), so its slots
+/// are read directly. (A chunk allocated while tracking was paused has no
+/// record, and its objects are not blocks.)
+///
+/// An object being taken is no block: the thread taking it has stored the
+/// value but not finished recording the take, and may hold the slot's
+/// address only in a register that memwarden's frames saved below the
+/// point its stack is read from (it was stopped in the stack capture).
+/// Such an object, which its slot's record (an earlier take's) dated, was
+/// reported lost at its line now and then beside threads taking and
+/// giving back objects. Its value is read as a root instead: what the
+/// object was given stays reachable.
 fn swap_chunks_for_objects(
     snap: &mut MapVec<Record>,
-    chunks: &[usize],
-    objects: &[(crate::pool::PoolObject, usize)],
-) {
+    chunks: &[(crate::pool::ChunkView, usize)],
+    objects: &mut MapVec<(crate::pool::PoolObject, usize)>,
+    roots: &mut MapVec<Region>,
+) -> bool {
+    use crate::pool::{ObjectNow, PoolObject};
+    let mut ok = true;
     let mut chunk_recs: MapVec<Record> = MapVec::new();
     let records = snap.as_mut_slice();
     let mut kept = 0;
@@ -385,12 +415,12 @@ fn swap_chunks_for_objects(
         let r = records[i];
         // A record holding a chunk's start is that chunk's allocation (the
         // chunk may start a little past the block, after a header).
-        let next = chunks.partition_point(|&c| c < r.addr);
+        let next = chunks.partition_point(|(c, _)| c.start < r.addr);
         if chunks
             .get(next)
-            .is_some_and(|&c| c < r.addr + r.size().max(1))
+            .is_some_and(|(c, _)| c.start < r.addr + r.size().max(1))
         {
-            let _ = chunk_recs.push(r);
+            ok &= chunk_recs.push(r);
         } else {
             records[kept] = r;
             kept += 1;
@@ -399,19 +429,41 @@ fn swap_chunks_for_objects(
     snap.truncate(kept);
     chunk_recs.as_mut_slice().sort_unstable_by_key(|r| r.addr);
     let chunk_recs = chunk_recs.as_slice();
-    for &(o, _) in objects {
-        // The chunk holding the object: the last one starting at or before it.
-        let Some(c) = chunk_recs
-            .partition_point(|c| c.addr <= o.slot)
+    for &(c, core) in chunks {
+        // The chunk's allocation: the last record starting at or before it.
+        let Some(rec) = chunk_recs
+            .partition_point(|r| r.addr <= c.start)
             .checked_sub(1)
             .map(|i| chunk_recs[i])
-            .filter(|c| o.value + o.bytes <= c.addr + c.size())
+            .filter(|r| c.start + c.bytes() <= r.addr + r.size())
         else {
             continue;
         };
-        let (seq, thread) = o.taken.unwrap_or((c.seq, c.thread));
-        let _ = snap.push(Record::new(o.value, o.bytes, 8, seq, o.stack, thread));
+        let bytes = c.value_bytes;
+        // The chunk stays allocated (see above): read it directly.
+        let read = |a: usize| reach::read_word(a, false).unwrap_or(0);
+        c.walk(read, |slot, value, now| match now {
+            ObjectNow::BeingTaken => {
+                ok &= roots.push(Region {
+                    start: value,
+                    end: value + bytes,
+                });
+            }
+            ObjectNow::Taken { taken, stack } => {
+                let (seq, thread) = taken.unwrap_or((rec.seq, rec.thread));
+                ok &= snap.push(Record::new(value, bytes, 8, seq, stack, thread));
+                let o = PoolObject {
+                    slot,
+                    value,
+                    bytes,
+                    stack,
+                    taken,
+                };
+                ok &= objects.push((o, core));
+            }
+        });
     }
+    ok
 }
 
 /// Warnings about an incomplete scan, as report lines.

@@ -83,8 +83,12 @@ pub use outstanding::{Holder, Outstanding, OutstandingKind, outstanding};
 pub use sync::{SyncPool, SyncPoolBox};
 
 #[allow(unused_imports)] // used by the exit report when tracking is built in
-pub(crate) use outstanding::{PoolObject, PoolView, pool_outstanding, pool_views};
+pub(crate) use outstanding::{
+    ObjectNow, PoolObject, PoolView, PoolViews, pool_outstanding, pool_views,
+};
 pub(crate) use outstanding::{hide, next_id, quiet, read_word, reveal};
+#[allow(unused_imports)] // used by the leak scan when tracking is built in
+pub(crate) use slot::ChunkView;
 
 use outstanding::capture_stack;
 use slot::{Chunk, Slot, chunk_of, empty_chunks, sort_by_site};
@@ -709,12 +713,7 @@ impl<T> Core<T> {
         if c.cap.get() > 0 {
             out.internal.push(c.stack.get() as usize);
         }
-        for chunk in chunks {
-            out.chunks
-                .push((chunk.start.as_ptr() as usize, chunk.bytes()));
-            // SAFETY: the chunk is alive while it is in the list.
-            unsafe { chunk.objects(&mut out.objects) };
-        }
+        out.chunks.extend(chunks.iter().map(Chunk::view));
     }
 
     fn shrink(&self) -> usize {
@@ -1067,12 +1066,21 @@ mod tests {
         assert_ne!(there, thread_id());
         let taken = |value: usize| {
             let views = super::pool_views();
-            let o = views
-                .iter()
-                .flat_map(|v| &v.objects)
-                .find(|o| o.value == value)
-                .copied();
-            o.and_then(|o| o.taken)
+            let mut found = None;
+            for c in views.views.iter().flat_map(|v| &v.chunks) {
+                // SAFETY: the chunks of the views stay allocated while
+                // `views` lives, and were zeroed when made.
+                let read = |a: usize| unsafe { super::read_word(a as *const usize) };
+                c.walk(read, |_, v, now| {
+                    if v == value {
+                        found = Some(now);
+                    }
+                });
+            }
+            match found {
+                Some(super::ObjectNow::Taken { taken, .. }) => taken,
+                _ => None,
+            }
         };
         let addr = |p: *const u8| p as usize;
         let (s_old, t_old) = taken(addr(old.as_ptr())).expect("recorded");
@@ -1088,6 +1096,46 @@ mod tests {
         assert_eq!(pool.stats().chunks, 1);
         drop((old, new, old_sync, far));
         assert!(taken(addr(pool.alloc([3; 3]).unwrap().as_ptr())).is_some());
+    }
+
+    /// The leak scan's walk of a chunk tells a free slot (skipped), a slot
+    /// being taken (its value stored, the take not recorded yet) and a
+    /// taken one (with the record of that take) apart.
+    #[cfg(all(feature = "tracking", target_os = "linux", not(miri)))]
+    #[test]
+    fn the_scan_tells_free_being_taken_and_taken_slots_apart() {
+        let chunk = Chunk::<u64>::new(3, true).unwrap();
+        let slot = |i| NonNull::new(chunk.slot(i)).unwrap();
+        let site = Location::caller();
+        let (before, thread) = super::outstanding::taken_now();
+        // SAFETY: slots 1 and 2 are free slots of this live chunk, ours.
+        unsafe {
+            Slot::fill(slot(1), site, 1);
+            Slot::fill(slot(2), site, 2);
+            Slot::track(slot(2), site, 7);
+        }
+        let mut seen = Vec::new();
+        // SAFETY: the chunk is alive, and was zeroed when made.
+        let read = |a: usize| unsafe { super::read_word(a as *const usize) };
+        chunk.view().walk(read, |s, v, now| seen.push((s, v, now)));
+        let after = super::outstanding::taken_now().0;
+        let at = |i| (slot(i).as_ptr() as usize, Slot::value(slot(i)) as usize);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], (at(1).0, at(1).1, super::ObjectNow::BeingTaken));
+        assert_eq!((seen[1].0, seen[1].1), at(2));
+        let super::ObjectNow::Taken {
+            taken: Some((seq, by)),
+            stack: 7,
+        } = seen[1].2
+        else {
+            panic!("{seen:?}");
+        };
+        assert!(before <= seq && seq <= after && by == thread, "{seen:?}");
+        // The header names the site, as before.
+        // SAFETY: a slot of the live chunk.
+        assert_eq!(unsafe { Slot::site(slot(2).as_ptr()) }, Some(site));
+        // SAFETY: nothing uses the chunk any more; its values need no drop.
+        unsafe { chunk.free() };
     }
 
     #[test]

@@ -17,10 +17,15 @@
 //!
 //! The lock is a `std::sync::Mutex` around memwarden-owned data only. It is
 //! never taken inside `GlobalAlloc`; allocating while holding it is fine,
-//! because the allocator never takes it.
+//! because the allocator never takes it. A leak scan holds it from the
+//! gathering of the pools' views to the end of its classification (see
+//! [`pool_views`]): registered pools free chunks only with it held, or
+//! once unregistered.
 use std::fmt;
 use std::panic::Location;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::slot::ChunkView;
 
 /// What kind of thing is outstanding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -281,13 +286,29 @@ pub(crate) struct PoolView {
     /// alive (the chunk list points at the first slot of each chunk, a
     /// stale free-list entry at a slot taken since).
     pub(crate) internal: Vec<usize>,
-    /// Start and length of each chunk: not blocks of their own.
-    pub(crate) chunks: Vec<(usize, usize)>,
-    /// The objects taken and not returned.
-    pub(crate) objects: Vec<PoolObject>,
+    /// The pool's chunks: not blocks of their own. The leak scan reads
+    /// their slots once the world is stopped (see [`ChunkView::walk`]):
+    /// each object taken then is a block.
+    pub(crate) chunks: Vec<ChunkView>,
 }
 
-/// One object taken from a pool, for the leak scan.
+/// The registered pools' views, with the registry of pools locked: while
+/// this lives, no registered pool frees a chunk, nor is one freed (see
+/// [`pool_views`]).
+#[allow(dead_code)] // used by the leak scan when tracking is built in
+pub(crate) struct PoolViews {
+    pub(crate) views: Vec<PoolView>,
+    _registry: MutexGuard<'static, Vec<PoolEntry>>,
+}
+
+impl fmt::Debug for PoolViews {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.views.fmt(f)
+    }
+}
+
+/// One object taken from a pool, as the leak scan found it with the world
+/// stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(dead_code)] // read by the leak scan when tracking is built in
 pub(crate) struct PoolObject {
@@ -299,19 +320,40 @@ pub(crate) struct PoolObject {
     /// Stack captured when it was taken (0: none).
     pub(crate) stack: u32,
     /// Sequence number and thread of the `alloc` that took it (see
-    /// [`taken_now`]); `None` if not recorded (yet: a report that reads the
-    /// slot between the two stores of a take).
+    /// [`taken_now`]); `None` if not recorded.
     pub(crate) taken: Option<(u64, u32)>,
 }
 
-/// Every registered pool, read under one lock (for the exit report and
-/// scoped checks: chunks are not blocks of their own, each taken object
-/// is one).
+/// What the leak scan finds in a slot that is not free, once the world is
+/// stopped (see [`ChunkView::walk`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // read by the leak scan when tracking is built in
+pub(crate) enum ObjectNow {
+    /// Being taken by a stopped thread, which has stored the value and not
+    /// finished recording the take: not an object yet.
+    BeingTaken,
+    /// Taken: the sequence number and thread of that `alloc` (`None` if not
+    /// recorded), and its stack (0: none).
+    Taken {
+        taken: Option<(u64, u32)>,
+        stack: u32,
+    },
+}
+
+/// The views of every registered pool, read under the registry's lock,
+/// which the result keeps: for the leak scan (chunks are not blocks of
+/// their own, each taken object is one), which holds it from before it
+/// stops the world to the end of the classification, and reads the
+/// chunks' slots in between. A pool unregisters before it frees its
+/// chunks, and frees chunks while registered (`shrink`) only with the
+/// registry locked, so every chunk of the views stays allocated, and
+/// readable, while the result lives. (Chunks carved meanwhile are not in
+/// the views: the scan takes them for ordinary blocks.)
 #[allow(dead_code)] // used by the leak scan when tracking is built in
-pub(crate) fn pool_views() -> Vec<PoolView> {
+pub(crate) fn pool_views() -> PoolViews {
     quiet(|| {
         let pools = lock_pools();
-        let mut out = Vec::with_capacity(pools.len());
+        let mut views = Vec::with_capacity(pools.len());
         for p in pools.iter() {
             let core = reveal::<()>(p.hidden);
             let mut v = PoolView {
@@ -320,9 +362,12 @@ pub(crate) fn pool_views() -> Vec<PoolView> {
             };
             // SAFETY: as in `pool_outstanding`.
             unsafe { (p.view)(core, &mut v) };
-            out.push(v);
+            views.push(v);
         }
-        out
+        PoolViews {
+            views,
+            _registry: pools,
+        }
     })
 }
 
@@ -349,9 +394,10 @@ pub(crate) struct PoolEntry {
 
 static POOLS: Mutex<Vec<PoolEntry>> = Mutex::new(Vec::new());
 
-/// The registry of pools, locked. Single-thread pools also take it while
-/// they change their chunk list, so that a report made on another thread
-/// sees a consistent list.
+/// The registry of pools, locked. Registered pools also take it to free
+/// chunks (`shrink`), so that a leak scan reads no chunk freed under it,
+/// and single-thread pools whenever they change their chunk list, so that
+/// a report made on another thread sees a consistent list.
 pub(crate) fn lock_pools() -> MutexGuard<'static, Vec<PoolEntry>> {
     POOLS.lock().unwrap_or_else(PoisonError::into_inner)
 }

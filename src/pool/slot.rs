@@ -17,12 +17,19 @@
 //! * Pools created while tracking is on also keep the call stack of that
 //!   `alloc`: `site` then points, tagged by its low bit, to an interned
 //!   [`SiteStack`] record instead. The header stays one word either way
-//!   (small slots keep more objects per cache line).
+//!   (small slots keep more objects per cache line). In such a pool a
+//!   header that holds a bare `Location` marks a take half-way: `alloc`
+//!   stores it with the value, then captures the stack and writes the
+//!   record (below) and the tagged header, last. The leak scan, which may
+//!   stop a thread in between, tells the three states apart (free, being
+//!   taken, taken) from the header alone; see [`ChunkView::walk`].
 //! * Pools created while tracking is on also keep, after each slot, a
 //!   [`Taken`] record: the sequence number and thread of the `alloc` that
-//!   took the slot, which the slot's header has no room for. A scoped leak
-//!   check (`check_leaks`, a checkpoint) keeps the objects taken after it
-//!   started (on its threads) by these, as it keeps heap blocks by theirs.
+//!   took the slot, which the slot's header has no room for (and its
+//!   stack again, so that the leak scan reads the record alone). A scoped
+//!   leak check (`check_leaks`, a checkpoint) keeps the objects taken after
+//!   it started (on its threads) by these, as it keeps heap blocks by
+//!   theirs.
 //!   Other pools have no such room: their slots are exactly `Slot<T>`, and
 //!   `alloc` and drop work the same in both (only carving and walking a
 //!   chunk go by its [stride](Slot::stride)).
@@ -43,9 +50,9 @@ use std::cell::{Cell as StdCell, UnsafeCell};
 use std::mem::ManuallyDrop;
 use std::panic::Location;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use super::outstanding::{Outstanding, OutstandingKind, PoolObject, taken_now};
+use super::outstanding::{ObjectNow, Outstanding, OutstandingKind, taken_now};
 use crate::checked;
 
 /// Default chunk size in bytes, when the builder is not told a length.
@@ -66,17 +73,21 @@ struct SiteStack {
     stack: u32,
 }
 
-/// When and on which thread a slot of a tracked pool was taken; kept right
-/// after the slot (see the module docs). Atomic so that a report may read
-/// it from another thread; written with relaxed stores (plain stores) and
-/// published by the release store of the slot's header.
+/// When, on which thread and with which stack a slot of a tracked pool was
+/// taken; kept right after the slot (see the module docs). Atomic so that
+/// a report may read it from another thread; written with relaxed stores
+/// (plain stores) and published by the release store of the slot's header.
+/// The leak scan reads it as two raw words (see [`ChunkView::walk`]), so
+/// that it needs nothing else of the slot: not the interned record the
+/// header points to.
 #[repr(C)]
 struct Taken {
     /// Sequence number, comparable with the heap blocks' and with marks
     /// (`registry::seq_now`); 0 if never written.
     seq: AtomicU64,
-    /// memwarden's number of the thread that took the slot.
-    thread: AtomicU32,
+    /// memwarden's number of the thread that took the slot (low 32 bits)
+    /// and the stack captured then (high 32 bits, 0: none), one store.
+    who: AtomicU64,
 }
 
 /// Entries of each thread's cache of interned `(site, stack)` records.
@@ -232,7 +243,10 @@ impl<T> Slot<T> {
 
     /// Records, for a slot of a tracked pool just filled at `site`, the
     /// stack of that `alloc`, and when and on which thread it ran (its
-    /// [`Taken`] record). In the usual case it allocates nothing and writes
+    /// [`Taken`] record), then marks the take complete: the header becomes
+    /// the tagged `(site, stack)` record, even with no stack (`stack` 0),
+    /// so that a bare `Location` in the header always means a take
+    /// half-way. In the usual case it allocates nothing and writes
     /// nothing shared: it reads the epoch and this thread's number and
     /// counters, and finds the `(site, stack)` record in this thread's
     /// cache. (A thread's first number, and a pair not in the thread's
@@ -252,30 +266,17 @@ impl<T> Slot<T> {
         // SAFETY: per the contract the slot has a record after it.
         let taken = unsafe { &*Slot::taken(slot.as_ptr()) };
         taken.seq.store(seq, Ordering::Relaxed);
-        taken.thread.store(thread, Ordering::Relaxed);
-        let header = if stack == 0 {
-            ptr::from_ref(site).cast_mut().cast()
-        } else {
-            let rec = ptr::from_ref(site_stack(site, stack));
-            rec.cast_mut().map_addr(|a| a | 1).cast()
-        };
+        taken.who.store(
+            u64::from(thread) | u64::from(stack) << 32,
+            Ordering::Relaxed,
+        );
+        let rec = ptr::from_ref(site_stack(site, stack));
+        let header = rec.cast_mut().map_addr(|a| a | 1).cast();
         // Release: a report that reads this header (with acquire) reads
         // the record just written, not one of an earlier take of the slot.
+        // (The leak scan reads both with the taking thread stopped.)
         // SAFETY: per the contract the slot is in a live chunk.
         unsafe { (*slot.as_ptr()).site.store(header, Ordering::Release) };
-    }
-
-    /// The sequence number and thread of the `alloc` that took a slot of a
-    /// tracked pool, if it was recorded.
-    ///
-    /// # Safety
-    /// As [`Slot::taken`]; read after an acquire load of the header that
-    /// found the slot taken.
-    unsafe fn taken_when(slot: *const Slot<T>) -> Option<(u64, u32)> {
-        // SAFETY: per the contract.
-        let taken = unsafe { &*Slot::taken(slot) };
-        let seq = taken.seq.load(Ordering::Relaxed);
-        (seq != 0).then(|| (seq, taken.thread.load(Ordering::Relaxed)))
     }
 
     /// Marks a slot free (its value already dropped or moved out).
@@ -423,28 +424,16 @@ impl<T> Chunk<T> {
         }
     }
 
-    /// Lists the taken slots of this chunk for the leak scan.
-    ///
-    /// # Safety
-    /// The chunk must be alive for the whole call.
-    pub(crate) unsafe fn objects(&self, out: &mut Vec<PoolObject>) {
-        for i in 0..self.len {
-            let s = self.slot(i);
-            // SAFETY: `s` lies in this live, zero-initialised chunk.
-            // Acquire: pairs with the release store of `Slot::track`.
-            if let Some((_, stack)) = unsafe { Slot::site_stack_with(s, Ordering::Acquire) } {
-                // SAFETY: a tracked chunk has a record after each slot, and
-                // the header was loaded with acquire just above.
-                let taken = self.tracked.then(|| unsafe { Slot::taken_when(s) });
-                out.push(PoolObject {
-                    slot: s as usize,
-                    // SAFETY: `s` is a slot of a live chunk, non-null.
-                    value: Slot::value(unsafe { NonNull::new_unchecked(s) }) as usize,
-                    bytes: size_of::<T>(),
-                    stack,
-                    taken: taken.flatten(),
-                });
-            }
+    /// Where this chunk's slots are and how they are laid out, for the
+    /// leak scan.
+    pub(crate) fn view(&self) -> ChunkView {
+        ChunkView {
+            start: self.start.as_ptr() as usize,
+            len: self.len,
+            stride: self.stride(),
+            value_at: std::mem::offset_of!(Slot<T>, cell),
+            value_bytes: size_of::<T>(),
+            record_at: self.tracked.then_some(Slot::<T>::TAKEN_AT),
         }
     }
 
@@ -457,6 +446,99 @@ impl<T> Chunk<T> {
         let layout = Chunk::<T>::layout(self.len, self.tracked).expect("checked at allocation");
         // SAFETY: allocated in `new` with this very layout.
         unsafe { std::alloc::dealloc(self.start.as_ptr().cast(), layout) };
+    }
+}
+
+/// A chunk as the leak scan sees it: where its slots are and how they are
+/// laid out, without their type. Gathered before the scan stops the
+/// world; its slots are read once the world is stopped ([`walk`]).
+///
+/// [`walk`]: ChunkView::walk
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // read by the leak scan when tracking is built in
+pub(crate) struct ChunkView {
+    /// Address of the first slot: the chunk's allocation.
+    pub(crate) start: usize,
+    /// Slots in the chunk.
+    pub(crate) len: usize,
+    /// Bytes from one slot to the next.
+    pub(crate) stride: usize,
+    /// Offset of a slot's value from the slot (its header comes first).
+    value_at: usize,
+    /// Size of a value.
+    pub(crate) value_bytes: usize,
+    /// Offset of a slot's [`Taken`] record from the slot: a tracked chunk.
+    record_at: Option<usize>,
+}
+
+#[allow(dead_code)] // used by the leak scan when tracking is built in
+impl ChunkView {
+    /// Bytes of the chunk.
+    pub(crate) fn bytes(&self) -> usize {
+        self.len * self.stride
+    }
+
+    /// Calls `f(slot, value, what)` for each slot of the chunk that is not
+    /// free, in address order, reading the chunk's words with `read` (an
+    /// aligned address in, the word there out). Allocation-free: the leak
+    /// scan runs it while the world is stopped, long enough after the view
+    /// was gathered that any slot may have been taken, given back, or
+    /// given back and taken again since. The header tells which state a
+    /// slot is in now, and the [`Taken`] record which take it is:
+    ///
+    /// * A null header: free. Skipped.
+    /// * A bare `Location` (low bit clear), in a tracked chunk: being taken
+    ///   ([`ObjectNow::BeingTaken`]). `alloc` stored it with the value, and
+    ///   a stopped thread has not finished recording the take: the record
+    ///   may still be an earlier take's, and that thread may hold the
+    ///   slot's address only where the scan does not look (in a register
+    ///   that memwarden's own frames, in which the stack capture stopped
+    ///   it, saved below the point the scan reads its stack from).
+    /// * A tagged `(site, stack)` record: taken ([`ObjectNow::Taken`]), and
+    ///   the record is this take's: [`Slot::track`] writes it before the
+    ///   header. (In a chunk with no records, any header but null.)
+    pub(crate) fn walk(
+        &self,
+        mut read: impl FnMut(usize) -> usize,
+        mut f: impl FnMut(usize, usize, ObjectNow),
+    ) {
+        for i in 0..self.len {
+            let slot = self.start + i * self.stride;
+            let header = read(slot);
+            if header == 0 {
+                continue;
+            }
+            let now = match self.record_at {
+                Some(_) if header & 1 == 0 => ObjectNow::BeingTaken,
+                Some(at) => {
+                    let seq = read_u64(&mut read, slot + at + std::mem::offset_of!(Taken, seq));
+                    let who = read_u64(&mut read, slot + at + std::mem::offset_of!(Taken, who));
+                    ObjectNow::Taken {
+                        taken: (seq != 0).then_some((seq, who as u32)),
+                        stack: (who >> 32) as u32,
+                    }
+                }
+                None => ObjectNow::Taken {
+                    taken: None,
+                    stack: 0,
+                },
+            };
+            f(slot, slot + self.value_at, now);
+        }
+    }
+}
+
+/// The 8 bytes at `a` (8-aligned), read a word at a time with `read`.
+fn read_u64(read: &mut impl FnMut(usize) -> usize, a: usize) -> u64 {
+    if size_of::<usize>() == 8 {
+        read(a) as u64
+    } else {
+        let (first, second) = (read(a) as u64, read(a + size_of::<usize>()) as u64);
+        if cfg!(target_endian = "little") {
+            first | second << 32
+        } else {
+            first << 32 | second
+        }
     }
 }
 

@@ -437,6 +437,9 @@ impl<T> SyncPool<T> {
     pub fn shrink(&self) -> usize {
         let sh = self.shared();
         sh.flush_own_cache();
+        // A registered pool frees chunks with the registry of pools locked:
+        // a leak scan holds it while it reads the chunks it gathered.
+        let _registry = sh.registered.then(outstanding::lock_pools);
         sh.depot().shrink()
     }
 
@@ -838,11 +841,7 @@ impl<T> Shared<T> {
                 out.internal.push(ptr);
             }
         }
-        for c in &d.chunks {
-            out.chunks.push((c.start.as_ptr() as usize, c.bytes()));
-            // SAFETY: the chunk is alive while we hold the lock.
-            unsafe { c.objects(&mut out.objects) };
-        }
+        out.chunks.extend(d.chunks.iter().map(Chunk::view));
     }
 }
 
