@@ -19,6 +19,8 @@ use crate::sys::MapVec;
 #[derive(Debug, Default)]
 pub(crate) struct Caveats {
     pub(crate) missed_threads: usize,
+    /// Threads stopped past the ones a stop records (`stw::MAX_THREADS`).
+    pub(crate) unscanned_threads: usize,
     pub(crate) no_stop: bool,
     pub(crate) out_of_memory: bool,
     /// Lost blocks left out because a scoped check reported them already.
@@ -241,6 +243,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         })
     };
     caveats.missed_threads = world.missed;
+    caveats.unscanned_threads = world.unscanned;
     caveats.no_stop = world.unsupported && tids.len() > 1;
     drop(world);
     // --- the world runs again ---
@@ -475,6 +478,13 @@ pub(crate) fn caveat_lines(c: &Caveats) -> Vec<String> {
             c.missed_threads
         ));
     }
+    if c.unscanned_threads > 0 {
+        out.push(format!(
+            "memwarden: warning: {} thread(s) past the first {} were stopped for the leak scan but not scanned; the stacks of those known before the scan were scanned whole, and memory held only by the others may be reported as lost",
+            c.unscanned_threads,
+            crate::stw::MAX_THREADS
+        ));
+    }
     if c.no_stop {
         out.push("memwarden: warning: the program handles SIGPWR itself, so other threads were not stopped for the leak scan; the stacks of those blocked in a system call were scanned whole, and memory held only by the others may be reported as lost".to_owned());
     }
@@ -497,4 +507,26 @@ pub(crate) fn caveat_lines(c: &Caveats) -> Vec<String> {
 pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
     let _g = Reentry::enter()?;
     Some(f())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_incomplete_scan_has_its_warning() {
+        assert!(caveat_lines(&Caveats::default()).is_empty());
+        let lines = caveat_lines(&Caveats {
+            missed_threads: 2,
+            unscanned_threads: 3,
+            ..Caveats::default()
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("2 thread(s) did not stop"));
+        assert!(lines[1].contains(&format!(
+            "3 thread(s) past the first {} were stopped for the leak scan but not scanned",
+            crate::stw::MAX_THREADS
+        )));
+        assert!(lines.iter().all(|l| l.starts_with("memwarden: warning: ")));
+    }
 }

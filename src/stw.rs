@@ -26,7 +26,7 @@ const SIGNAL: libc::c_int = libc::SIGPWR;
 /// writes it. Threads past it are stopped but not scanned, and counted in
 /// [`World::unscanned`]. (Smaller in unit tests, so that the limit can be
 /// reached.)
-const MAX_THREADS: usize = if cfg!(test) { 64 } else { 32768 };
+pub(crate) const MAX_THREADS: usize = if cfg!(test) { 64 } else { 32768 };
 const STOP_TIMEOUT_MS: u64 = 2000;
 /// Longest a stopped thread waits before it resumes on its own.
 const MAX_STOP_MS: u64 = 120_000;
@@ -74,8 +74,6 @@ pub(crate) struct World {
     pub(crate) missed: usize,
     /// Threads that stopped past the [`MAX_THREADS`] recorded ones: they
     /// hold still, but [`World::threads`] does not list them.
-    // (Read by the scan's warnings next.)
-    #[allow(dead_code)]
     pub(crate) unscanned: usize,
     /// True when no thread could be stopped at all (the program handles
     /// `SIGPWR` itself).
