@@ -7,7 +7,14 @@ use std::alloc::Layout;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::roots::CALLEE_SAVED;
 use crate::sync::SpinLock;
+
+/// XOR-ed into the registers kept in [`ENTRY_REGS`]: every scan reads this
+/// thread-local as a root, and a stale register value there would keep
+/// the block it points to reachable. With these high bits set, no kept
+/// value is an address.
+const HIDE: usize = 0x9e37_0000_0000_0000;
 
 thread_local! {
     /// True while this thread runs memwarden's own code: allocations made
@@ -18,6 +25,9 @@ thread_local! {
     /// memwarden's own frames (which hold addresses of blocks it is working
     /// on, or of every block while it scans) are never taken for roots.
     static ENTRY_SP: Cell<usize> = const { Cell::new(0) };
+    /// The callee-saved registers where this thread entered memwarden code
+    /// (valid while BUSY), each XOR-ed with [`HIDE`]: see [`entry_regs`].
+    static ENTRY_REGS: Cell<[usize; CALLEE_SAVED]> = const { Cell::new([0; CALLEE_SAVED]) };
     /// This thread's number, 0 until first needed.
     static THREAD: Cell<u32> = const { Cell::new(0) };
     /// True between memwarden's `fork` handlers, in the forking thread,
@@ -105,6 +115,10 @@ impl Reentry {
             None
         } else {
             let _ = ENTRY_SP.try_with(|e| e.set(crate::roots::stack_pointer()));
+            if let Ok(regs) = ENTRY_REGS.try_with(Cell::as_ptr) {
+                // SAFETY: this thread's own slot, `CALLEE_SAVED` words.
+                unsafe { crate::roots::save_callee_saved(regs, HIDE) };
+            }
             Some(Reentry {
                 _not_send: std::marker::PhantomData,
             })
@@ -232,6 +246,28 @@ pub(crate) fn busy_entry_sp() -> Option<usize> {
     } else {
         None
     }
+}
+
+/// The registers where this thread entered memwarden code, if it is
+/// inside it now (else zeros), XOR-ed with [`HIDE`] (undo it with
+/// [`unhide_regs`]). A leak scan of a thread stopped inside memwarden
+/// starts at [`busy_entry_sp`], above memwarden's frames; but a value the
+/// program keeps in a callee-saved register may be saved by one of those
+/// frames, below that point, or still be in the register: these are it.
+/// Async-signal-safe (two thread-local reads).
+#[inline]
+pub(crate) fn entry_regs_hidden() -> [usize; CALLEE_SAVED] {
+    if busy() {
+        ENTRY_REGS.try_with(Cell::get).unwrap_or([0; CALLEE_SAVED])
+    } else {
+        [0; CALLEE_SAVED]
+    }
+}
+
+/// [`entry_regs_hidden`]'s values as they were in the registers (zeros
+/// stay zeros).
+pub(crate) fn unhide_regs(regs: [usize; CALLEE_SAVED]) -> [usize; CALLEE_SAVED] {
+    regs.map(|r| if r == 0 { 0 } else { r ^ HIDE })
 }
 
 /// True while this thread is inside memwarden code.

@@ -275,6 +275,97 @@ pub(crate) fn stack_pointer() -> usize {
     }
 }
 
+/// How many registers [`save_callee_saved`] writes: the callee-saved
+/// general-purpose registers of the platform's C ABI (x86_64: rbx, rbp,
+/// r12-r15; aarch64: x19-x29).
+pub(crate) const CALLEE_SAVED: usize = if cfg!(target_arch = "x86_64") {
+    6
+} else if cfg!(target_arch = "aarch64") {
+    11
+} else {
+    0
+};
+
+/// Writes the callee-saved registers, as they are where this is inlined,
+/// each XOR-ed with `hide`, to `out`. Inlined into a function, it records
+/// what that function's callers keep in those registers, except those the
+/// function itself has saved in its frame (and then uses for its own
+/// values): a value a caller keeps in one is saved on the stack only by
+/// the first callee that needs the register, perhaps far deeper.
+///
+/// # Safety
+/// `out` must be valid for writing `CALLEE_SAVED` words.
+#[inline(always)]
+pub(crate) unsafe fn save_callee_saved(out: *mut [usize; CALLEE_SAVED], hide: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: writes 6 words at `out` (the contract); only rax and the
+    // flags are changed, and the registers read are only read. The scratch
+    // and operand registers are fixed caller-saved ones, so none of them
+    // is a register being read.
+    unsafe {
+        std::arch::asm!(
+            "mov rax, rbx",
+            "xor rax, rcx",
+            "mov [rdi], rax",
+            "mov rax, rbp",
+            "xor rax, rcx",
+            "mov [rdi + 8], rax",
+            "mov rax, r12",
+            "xor rax, rcx",
+            "mov [rdi + 16], rax",
+            "mov rax, r13",
+            "xor rax, rcx",
+            "mov [rdi + 24], rax",
+            "mov rax, r14",
+            "xor rax, rcx",
+            "mov [rdi + 32], rax",
+            "mov rax, r15",
+            "xor rax, rcx",
+            "mov [rdi + 40], rax",
+            in("rdi") out,
+            in("rcx") hide,
+            out("rax") _,
+            options(nostack),
+        )
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above, 11 words, with x0-x2 as the operands and scratch.
+    unsafe {
+        std::arch::asm!(
+            "eor x2, x19, x1",
+            "str x2, [x0]",
+            "eor x2, x20, x1",
+            "str x2, [x0, #8]",
+            "eor x2, x21, x1",
+            "str x2, [x0, #16]",
+            "eor x2, x22, x1",
+            "str x2, [x0, #24]",
+            "eor x2, x23, x1",
+            "str x2, [x0, #32]",
+            "eor x2, x24, x1",
+            "str x2, [x0, #40]",
+            "eor x2, x25, x1",
+            "str x2, [x0, #48]",
+            "eor x2, x26, x1",
+            "str x2, [x0, #56]",
+            "eor x2, x27, x1",
+            "str x2, [x0, #64]",
+            "eor x2, x28, x1",
+            "str x2, [x0, #72]",
+            "eor x2, x29, x1",
+            "str x2, [x0, #80]",
+            in("x0") out,
+            in("x1") hide,
+            out("x2") _,
+            options(nostack, preserves_flags),
+        )
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (out, hide);
+    }
+}
+
 /// The thread ids of this process, from `/proc/self/task`.
 pub(crate) fn thread_ids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {

@@ -5,7 +5,7 @@
 //! must not allocate or take a lock another thread could hold: everything
 //! it needs is gathered before (heap `Vec`s are fine then) and everything it
 //! produces while the world is stopped goes to `mmap` memory.
-use crate::guard::Reentry;
+use crate::guard::{self, Reentry};
 use crate::reach::{self, Region};
 use crate::registry::{self, Record};
 use crate::report::{self, Classified, Counters, LeakKind, Report};
@@ -124,15 +124,24 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
         .collect();
     let mut rootv: MapVec<Region> = MapVec::new();
     let mut snap: MapVec<Record> = MapVec::new();
+    // The callee-saved registers of the threads stopped inside memwarden
+    // code (and this one's), where they entered it: values their callers
+    // keep there, which memwarden's frames below the entry may have saved
+    // (see `guard::entry_regs_hidden`). Read as a root region of their own.
+    let mut regv: MapVec<usize> = MapVec::new();
     let expect = registry::live_blocks();
     if !snap.reserve(expect + expect / 4 + 1024)
-        || !rootv.reserve(fixed.len() + tids.len() * (7 + images.tls.len()))
+        || !rootv.reserve(fixed.len() + 1 + tids.len() * (7 + images.tls.len()))
+        || !regv.reserve((tids.len() + 1) * roots::CALLEE_SAVED)
     {
         caveats.out_of_memory = true;
         return Vec::new();
     }
     for r in &fixed {
         rootv.push(*r);
+    }
+    for r in guard::unhide_regs(guard::entry_regs_hidden()) {
+        regv.push(r);
     }
 
     // One scan at a time, from its stop to the end of its resume: a second
@@ -186,6 +195,9 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
                 }
             }
         }
+        for r in t.regs.into_iter().filter(|&r| r != 0) {
+            regv.push(r);
+        }
         // A block the thread is reallocating, which has no record now.
         let (start, len) = t.in_flight;
         if len > 0 {
@@ -208,6 +220,14 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
                 });
             }
         }
+    }
+    let regs = regv.as_slice();
+    if !regs.is_empty() {
+        let start = regs.as_ptr() as usize;
+        rootv.push(Region {
+            start,
+            end: start + std::mem::size_of_val(regs),
+        });
     }
     // Threads that did not stop: their whole stack mapping, as it is. Erring
     // towards "reachable" is better than blaming memory they hold.

@@ -16,13 +16,13 @@
 //! stopping anyone.
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
-use crate::roots::{gettid, thread_pointer};
+use crate::roots::{CALLEE_SAVED, gettid, thread_pointer};
 use crate::sys::MapVec;
 
 const SIGNAL: libc::c_int = libc::SIGPWR;
 /// Threads a stop records (its stack pointer, thread pointer and block in
 /// flight): a static table, since the signal handler cannot allocate.
-/// 40 bytes a slot, in zeroed memory that takes no room until a stop
+/// 88 bytes a slot, in zeroed memory that takes no room until a stop
 /// writes it. Threads past it are stopped but not scanned, and counted in
 /// [`World::unscanned`]. (Smaller in unit tests, so that the limit can be
 /// reached.)
@@ -38,6 +38,9 @@ struct Slot {
     /// `guard::in_flight_bytes`, start and length.
     flight_start: AtomicUsize,
     flight_len: AtomicUsize,
+    /// `guard::entry_regs_hidden` (still hidden: this table is a static,
+    /// which every scan reads as a root).
+    regs: [AtomicUsize; CALLEE_SAVED],
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -47,6 +50,7 @@ const SLOT_INIT: Slot = Slot {
     tp: AtomicUsize::new(0),
     flight_start: AtomicUsize::new(0),
     flight_len: AtomicUsize::new(0),
+    regs: [const { AtomicUsize::new(0) }; CALLEE_SAVED],
 };
 static SLOTS: [Slot; MAX_THREADS] = [SLOT_INIT; MAX_THREADS];
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -64,6 +68,10 @@ pub(crate) struct Stopped {
     /// The bytes of a block the thread was reallocating (start, length;
     /// 0 length if none), to be read as a root: see `guard::InFlightBytes`.
     pub(crate) in_flight: (usize, usize),
+    /// Stopped inside memwarden code: the callee-saved registers where it
+    /// entered it (zeros otherwise), to be read as roots: see
+    /// `guard::entry_regs_hidden`.
+    pub(crate) regs: [usize; CALLEE_SAVED],
 }
 
 /// The world, stopped. Dropping it lets the threads go.
@@ -93,6 +101,9 @@ impl World {
                     s.flight_start.load(Ordering::Acquire),
                     s.flight_len.load(Ordering::Acquire),
                 ),
+                regs: crate::guard::unhide_regs(std::array::from_fn(|i| {
+                    s.regs[i].load(Ordering::Acquire)
+                })),
             })
     }
 }
@@ -114,6 +125,9 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
             let (start, len) = crate::guard::in_flight_bytes();
             SLOTS[i].flight_start.store(start, Ordering::Relaxed);
             SLOTS[i].flight_len.store(len, Ordering::Relaxed);
+            for (slot, r) in SLOTS[i].regs.iter().zip(crate::guard::entry_regs_hidden()) {
+                slot.store(r, Ordering::Relaxed);
+            }
             SLOTS[i].tp.store(thread_pointer(), Ordering::Release);
         }
         let mut waited_ms = 0;

@@ -61,6 +61,7 @@ const SCENARIOS: &[&str] = &[
     "running_thread",
     "busy_threads",
     "scans_under_churn",
+    "regs_held",
     "interior_pointer",
     "tls_held",
     "flag",
@@ -128,6 +129,7 @@ fn parse(args: &[String]) -> Action {
         Some("running_thread") => run(running_thread),
         Some("busy_threads") => run(busy_threads),
         Some("scans_under_churn") => run(scans_under_churn),
+        Some("regs_held") => run(regs_held),
         Some("interior_pointer") => run(interior_pointer),
         Some("tls_held") => run(tls_held),
         Some("flag") => run(flag),
@@ -729,6 +731,112 @@ fn scans_under_churn() {
     for w in workers {
         w.join().unwrap();
     }
+    println!("reports with a definite leak: {lost}");
+}
+
+// ---------------------------------------------------------------------------
+// regs_held: a thread keeps the only pointer to a block in its callee-saved
+// registers (r12-r15) while it calls into memwarden (`check_heap`, or
+// allocates and frees with `REGS_CALL=alloc`) again and again; checkpoints taken beside it must never find the block lost,
+// whether they stop the thread in its own code or inside memwarden's (where
+// memwarden's frames may save those registers below the point a scan of
+// that thread starts from). x86_64 only: elsewhere it prints the same line
+// without running.
+
+static REGS_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// With `REGS_CALL=alloc`, the loop allocates and frees instead.
+static REGS_ALLOC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+const REGS_MASK: usize = 0x5a5a_5a5a_5a5a_5a5a;
+
+/// Called from the loop in assembly: enters memwarden; 1 when it is time
+/// to stop.
+extern "C" fn regs_call() -> usize {
+    if REGS_ALLOC.load(Ordering::Relaxed) {
+        for i in 0..64u64 {
+            drop(black_box(Box::new([i; 6])));
+        }
+    } else {
+        black_box(memwarden::check_heap());
+    }
+    REGS_STOP.load(Ordering::Relaxed) as usize
+}
+
+/// Allocates the block; returns its address hidden (XOR-ed).
+#[inline(never)]
+fn regs_block() -> usize {
+    let b = black_box(Box::new([3u64; 8])); // SITE: regs_held
+    Box::into_raw(b) as usize ^ REGS_MASK
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn regs_hold(hidden: usize) {
+    // SAFETY: the loop keeps `hidden ^ REGS_MASK` in r12-r15 (declared
+    // clobbered) and calls an `extern "C"` function, which preserves them,
+    // until it returns non-zero; the stack is aligned for the call at the
+    // start of an asm block without `nostack`.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, {h}",
+            "xor r12, {m}",
+            "mov r13, r12",
+            "mov r14, r12",
+            "mov r15, r12",
+            "2:",
+            "call {f}",
+            "test rax, rax",
+            "jz 2b",
+            "xor r12, r12",
+            "xor r13, r13",
+            "xor r14, r14",
+            "xor r15, r15",
+            h = in(reg) hidden,
+            m = in(reg) REGS_MASK,
+            f = sym regs_call,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        )
+    };
+}
+
+fn regs_held() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("reports with a definite leak: 0");
+        return;
+    }
+    REGS_ALLOC.store(
+        std::env::var("REGS_CALL").is_ok_and(|v| v == "alloc"),
+        Ordering::Relaxed,
+    );
+    let mark = memwarden::checkpoint();
+    let (tx, rx) = mpsc::channel();
+    let holder = thread::spawn(move || {
+        let hidden = regs_block();
+        scrub_stack();
+        tx.send(hidden).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        regs_hold(hidden);
+    });
+    let hidden = rx.recv().unwrap();
+    thread::sleep(std::time::Duration::from_millis(5));
+    let mut lost = 0;
+    for _ in 0..60 {
+        let report = mark.leaks();
+        if report.has_definite_leaks() {
+            if lost == 0 {
+                eprintln!("{report}");
+            }
+            lost += 1;
+        }
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    REGS_STOP.store(true, Ordering::Relaxed);
+    holder.join().unwrap();
+    // SAFETY: the block `regs_block` allocated and nothing freed.
+    drop(unsafe { Box::from_raw((hidden ^ REGS_MASK) as *mut [u64; 8]) });
     println!("reports with a definite leak: {lost}");
 }
 
