@@ -703,6 +703,25 @@ fn churn_spawns() {
     }
 }
 
+/// Takes `rounds` checkpoints, each reported 5 ms after it was taken, and
+/// returns how many reports had a definite leak (the first one is printed
+/// on stderr).
+fn checkpoints_losing(rounds: usize) -> usize {
+    let mut lost = 0;
+    for _ in 0..rounds {
+        let mark = memwarden::checkpoint();
+        thread::sleep(std::time::Duration::from_millis(5));
+        let report = mark.leaks();
+        if report.has_definite_leaks() {
+            if lost == 0 {
+                eprintln!("{report}");
+            }
+            lost += 1;
+        }
+    }
+    lost
+}
+
 fn scans_under_churn() {
     let only = std::env::var("CHURN").unwrap_or_default();
     let workers: Vec<_> = [
@@ -715,18 +734,7 @@ fn scans_under_churn() {
     .map(|(_, f)| thread::spawn(f))
     .collect();
     thread::sleep(std::time::Duration::from_millis(20));
-    let mut lost = 0;
-    for _ in 0..40 {
-        let mark = memwarden::checkpoint();
-        thread::sleep(std::time::Duration::from_millis(5));
-        let report = mark.leaks();
-        if report.has_definite_leaks() {
-            if lost == 0 {
-                eprintln!("{report}");
-            }
-            lost += 1;
-        }
-    }
+    let lost = checkpoints_losing(40);
     CHURN_STOP.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
@@ -1481,18 +1489,7 @@ fn pool_scans_under_churn() {
         .collect();
     drop(pool);
     thread::sleep(std::time::Duration::from_millis(20));
-    let mut lost = 0;
-    for _ in 0..rounds {
-        let mark = memwarden::checkpoint();
-        thread::sleep(std::time::Duration::from_millis(5));
-        let report = mark.leaks();
-        if report.has_definite_leaks() {
-            if lost == 0 {
-                eprintln!("{report}");
-            }
-            lost += 1;
-        }
-    }
+    let lost = checkpoints_losing(rounds);
     POOL_CHURN_STOP.store(true, Ordering::Relaxed);
     for w in workers {
         w.join().unwrap();
