@@ -463,6 +463,12 @@ pub(crate) fn report(found: Found) {
 /// As [`report`]; `may_abort` false keeps going whatever the policy (the
 /// exit-time check, which still has a report to write).
 pub(crate) fn report_with(found: Found, may_abort: bool) {
+    // One report at a time, from the first look at the error log to the
+    // abort: otherwise a second thread finding the same error could print
+    // "the same as one printed above" (or abort) before the first one's
+    // report was written.
+    static REPORTING: Mutex<()> = Mutex::new(());
+    let _one = REPORTING.lock().unwrap_or_else(|e| e.into_inner());
     let ctx = Context {
         kind: found.kind,
         here: found.here,

@@ -146,6 +146,13 @@ pub(crate) fn flag_value(v: &[u8]) -> Option<bool> {
     }
 }
 
+/// A path variable read at exit (`DEBUG_MEMORY_REPORT`,
+/// `DEBUG_MEMORY_SUPPRESS`), `None` when it is unset, empty or blank, as
+/// [`getenv`] takes every variable.
+pub(crate) fn path_var(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|p| !trim(p.as_encoded_bytes()).is_empty())
+}
+
 /// The variable's value; `None` when it is unset, empty or blank: every
 /// variable takes an empty value as unset, silently (as a shell's
 /// `VAR= cmd` is meant to reset it).

@@ -141,7 +141,7 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
         );
     }
     let mut write_failed = false;
-    let report_path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
+    let report_path = crate::env::path_var("DEBUG_MEMORY_REPORT");
     let mut write = |what: &str, path: &std::path::Path, data: &str| {
         write_failed |= !write_output(&mut err, what, path, data);
     };
@@ -250,7 +250,7 @@ fn write_github(report: &crate::report::Report) {
 /// report (the error, the counters; no leak scan) if one was asked for,
 /// and the GitHub annotations of the error if asked for.
 pub(crate) fn write_json_on_abort() {
-    let path = std::env::var_os("DEBUG_MEMORY_REPORT").filter(|p| !p.is_empty());
+    let path = crate::env::path_var("DEBUG_MEMORY_REPORT");
     let github = Formats::from_env().github;
     if path.is_none() && !github {
         return;

@@ -26,7 +26,8 @@ thread_local! {
     /// on, or of every block while it scans) are never taken for roots.
     static ENTRY_SP: Cell<usize> = const { Cell::new(0) };
     /// The callee-saved registers where this thread entered memwarden code
-    /// (valid while BUSY), each XOR-ed with [`HIDE`]: see [`entry_regs`].
+    /// (valid while BUSY), each XOR-ed with [`HIDE`]: see
+    /// [`entry_regs_hidden`].
     static ENTRY_REGS: Cell<[usize; CALLEE_SAVED]> = const { Cell::new([0; CALLEE_SAVED]) };
     /// This thread's number, 0 until first needed.
     static THREAD: Cell<u32> = const { Cell::new(0) };
@@ -110,15 +111,21 @@ impl Reentry {
     /// Enters memwarden code; `None` if this thread already is inside it.
     #[inline(always)]
     pub(crate) fn enter() -> Option<Reentry> {
-        let was = BUSY.try_with(|b| b.replace(true)).unwrap_or(true);
+        let was = BUSY.try_with(Cell::get).unwrap_or(true);
         if was {
             None
         } else {
+            // Where it entered first, then BUSY: the stop handler, which
+            // may run between any two instructions of this thread, reads
+            // them when BUSY is set (with BUSY still clear it scans this
+            // thread from where it stopped, which covers everything).
             let _ = ENTRY_SP.try_with(|e| e.set(crate::roots::stack_pointer()));
             if let Ok(regs) = ENTRY_REGS.try_with(Cell::as_ptr) {
                 // SAFETY: this thread's own slot, `CALLEE_SAVED` words.
                 unsafe { crate::roots::save_callee_saved(regs, HIDE) };
             }
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            let _ = BUSY.try_with(|b| b.set(true));
             Some(Reentry {
                 _not_send: std::marker::PhantomData,
             })
@@ -267,7 +274,14 @@ pub(crate) fn entry_regs_hidden() -> [usize; CALLEE_SAVED] {
 /// [`entry_regs_hidden`]'s values as they were in the registers (zeros
 /// stay zeros).
 pub(crate) fn unhide_regs(regs: [usize; CALLEE_SAVED]) -> [usize; CALLEE_SAVED] {
-    regs.map(|r| if r == 0 { 0 } else { r ^ HIDE })
+    regs.map(mask)
+}
+
+/// A word XOR-ed with [`HIDE`] (and back), 0 staying 0: how memwarden
+/// keeps an address in memory that every scan reads (a static, a
+/// thread-local) without making it a root once it is stale.
+pub(crate) fn mask(word: usize) -> usize {
+    if word == 0 { 0 } else { word ^ HIDE }
 }
 
 /// True while this thread is inside memwarden code.

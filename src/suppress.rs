@@ -123,7 +123,7 @@ impl Suppressions {
     /// error line on stderr for each malformed line or an unreadable file.
     pub(crate) fn from_env() -> Suppressions {
         let builtin = builtin_from_env();
-        let mut s = match std::env::var_os("DEBUG_MEMORY_SUPPRESS").filter(|p| !p.is_empty()) {
+        let mut s = match crate::env::path_var("DEBUG_MEMORY_SUPPRESS") {
             None => Suppressions::default(),
             Some(path) => match std::fs::read_to_string(&path) {
                 Ok(text) => {

@@ -289,7 +289,7 @@ mod tracking {
                 ("DEBUG_MEMORY_POISON", ""),
                 ("DEBUG_MEMORY_SUPPRESS_BUILTIN", ""),
                 ("DEBUG_MEMORY_FORMAT", ""),
-                ("DEBUG_MEMORY_SUPPRESS", ""),
+                ("DEBUG_MEMORY_SUPPRESS", " "),
             ],
         );
         assert!(
@@ -299,6 +299,14 @@ mod tracking {
         );
         check_report_shape(&run);
         expect_site(&run, "box_leak", DEFINITELY, 64, 1, "leak_box");
+        expect_code(&run, DEFAULT_LEAK_EXITCODE);
+        // A blank report path is no report path either.
+        let run = run_tracked_text(&["box_leak"], &[("DEBUG_MEMORY_REPORT", "  ")]);
+        assert!(
+            !run.stderr.contains("JSON report written") && !run.stderr.contains("error"),
+            "{}",
+            run.describe()
+        );
         expect_code(&run, DEFAULT_LEAK_EXITCODE);
     }
 

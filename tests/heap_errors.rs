@@ -413,6 +413,32 @@ fn an_error_found_again_from_the_same_stacks_is_counted_not_printed_again() {
 }
 
 #[test]
+fn the_same_error_on_threads_at_once_is_printed_in_full_first() {
+    // The first report of a context is written before another thread can
+    // say "the same as one printed above", or abort: one report at a time.
+    for extra in [&[][..], &[("DEBUG_MEMORY_ON_ERROR", "continue")][..]] {
+        let run = run_program("racing_double_frees", extra);
+        let first = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("memwarden: ERROR: "))
+            .unwrap_or_default();
+        assert!(
+            first.starts_with("memwarden: ERROR: double free at 0x")
+                && !first.contains("from the same stacks"),
+            "{}",
+            run.describe()
+        );
+        assert!(
+            run.stderr
+                .contains(&format!("heap_errors.rs:{}", line("BUG", "racing"))),
+            "{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
 fn red_zones_can_be_turned_off() {
     let run = run_program(
         "overrun",

@@ -226,6 +226,27 @@ fn repeated_double_frees() {
     unsafe { dealloc(black_box(0x1000 as *mut u8), layout) }; // BUG: repeated_other
 }
 
+/// Four threads free their own block twice, from the same lines, all at
+/// once: one context, found on four threads at the same moment.
+#[inline(never)]
+fn racing_double_frees() {
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    let go = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                // SAFETY: a valid non-zero layout.
+                let p = unsafe { alloc(layout) } as usize; // ALLOC: racing
+                // SAFETY: `p` was allocated with `layout`.
+                unsafe { dealloc(p as *mut u8, layout) };
+                go.wait();
+                // SAFETY: none: this is the bug under test.
+                unsafe { dealloc(black_box(p as *mut u8), layout) }; // BUG: racing
+            });
+        }
+    });
+}
+
 #[inline(never)]
 fn large_align() {
     for align in [4096usize, 1 << 16] {
@@ -281,6 +302,7 @@ fn main() {
         "use_after_free_loop" => use_after_free_loop(),
         "large_align" => large_align(),
         "repeated_double_frees" => repeated_double_frees(),
+        "racing_double_frees" => racing_double_frees(),
         "clean" => {}
         other => {
             eprintln!("heap_errors: unknown program `{other}`");
