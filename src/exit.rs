@@ -31,6 +31,8 @@ extern "C" fn before_fork() {
     if crate::c_heap::in_use() {
         let _ = crate::unwind::stack_bounds();
     }
+    // The registry of pools first: a leak scan takes it before the others.
+    crate::pool::hold_for_fork();
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();
     // The `fork` handlers registered before memwarden's run after this one
@@ -50,6 +52,7 @@ extern "C" fn after_fork() {
         crate::stack::unlock_all_raw();
         deferred.run();
     }
+    crate::pool::release_after_fork();
 }
 
 extern "C" fn after_fork_in_child() {

@@ -84,7 +84,8 @@ pub use sync::{SyncPool, SyncPoolBox};
 
 #[allow(unused_imports)] // used by the exit report when tracking is built in
 pub(crate) use outstanding::{
-    ObjectNow, PoolObject, PoolView, PoolViews, pool_outstanding, pool_views,
+    ObjectNow, PoolObject, PoolView, PoolViews, hold_for_fork, pool_outstanding, pool_views,
+    release_after_fork,
 };
 pub(crate) use outstanding::{hide, next_id, quiet, read_word, reveal};
 #[allow(unused_imports)] // used by the leak scan when tracking is built in

@@ -21,6 +21,7 @@
 //! gathering of the pools' views to the end of its classification (see
 //! [`pool_views`]): registered pools free chunks only with it held, or
 //! once unregistered.
+use std::cell::Cell;
 use std::fmt;
 use std::panic::Location;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -298,7 +299,7 @@ pub(crate) struct PoolView {
 #[allow(dead_code)] // used by the leak scan when tracking is built in
 pub(crate) struct PoolViews {
     pub(crate) views: Vec<PoolView>,
-    _registry: MutexGuard<'static, Vec<PoolEntry>>,
+    _registry: PoolsGuard,
 }
 
 impl fmt::Debug for PoolViews {
@@ -398,8 +399,88 @@ static POOLS: Mutex<Vec<PoolEntry>> = Mutex::new(Vec::new());
 /// chunks (`shrink`), so that a leak scan reads no chunk freed under it,
 /// and single-thread pools whenever they change their chunk list, so that
 /// a report made on another thread sees a consistent list.
-pub(crate) fn lock_pools() -> MutexGuard<'static, Vec<PoolEntry>> {
-    POOLS.lock().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn lock_pools() -> PoolsGuard {
+    if FORK_HELD.try_with(Cell::get).unwrap_or(false) {
+        // This thread holds the registry for the `fork` window: a `fork`
+        // handler registered before memwarden's is making or dropping a
+        // pool. It uses the registry through the guard taken for the
+        // window.
+        let mut held = FORK_GUARD.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(ForkGuard(g)) = held.as_mut() {
+            return PoolsGuard::Fork(&mut **g);
+        }
+    }
+    PoolsGuard::Own(POOLS.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The registry of pools, locked by [`lock_pools`].
+pub(crate) enum PoolsGuard {
+    Own(MutexGuard<'static, Vec<PoolEntry>>),
+    /// In the `fork` window, on the thread that holds the registry for it
+    /// (see [`hold_for_fork`]).
+    Fork(*mut Vec<PoolEntry>),
+}
+
+impl std::ops::Deref for PoolsGuard {
+    type Target = Vec<PoolEntry>;
+    fn deref(&self) -> &Vec<PoolEntry> {
+        match self {
+            PoolsGuard::Own(g) => g,
+            // SAFETY: the registry stays locked by this thread until the
+            // `fork` handlers after `fork` release it, and only this thread
+            // runs meanwhile (the others are held off by the lock).
+            PoolsGuard::Fork(p) => unsafe { &**p },
+        }
+    }
+}
+
+impl std::ops::DerefMut for PoolsGuard {
+    fn deref_mut(&mut self) -> &mut Vec<PoolEntry> {
+        match self {
+            PoolsGuard::Own(g) => g,
+            // SAFETY: as in `deref`; a `PoolsGuard` is used by one function
+            // at a time on this thread (none of them nests).
+            PoolsGuard::Fork(p) => unsafe { &mut **p },
+        }
+    }
+}
+
+/// The guard of the registry of pools, held across `fork`.
+struct ForkGuard(MutexGuard<'static, Vec<PoolEntry>>);
+
+// SAFETY: taken in memwarden's `fork` prepare handler and dropped in the
+// parent's or child's handler, which run on the same thread (in the child,
+// its copy); it never moves to another thread.
+unsafe impl Send for ForkGuard {}
+
+static FORK_GUARD: Mutex<Option<ForkGuard>> = Mutex::new(None);
+
+thread_local! {
+    /// True on the thread that holds the registry of pools across `fork`.
+    static FORK_HELD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Locks the registry of pools for `fork`, so that the child does not start
+/// with it locked by a thread it does not have (a leak scan holds it from
+/// gathering the pools' views to the end). Taken before memwarden's other
+/// locks, in the order a scan takes them; released by
+/// [`release_after_fork`].
+#[allow(dead_code)] // the `fork` handlers exist when tracking is built in
+pub(crate) fn hold_for_fork() {
+    let g = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    *FORK_GUARD.lock().unwrap_or_else(PoisonError::into_inner) = Some(ForkGuard(g));
+    let _ = FORK_HELD.try_with(|h| h.set(true));
+}
+
+/// Releases what [`hold_for_fork`] took, in the parent and in the child.
+#[allow(dead_code)] // as above
+pub(crate) fn release_after_fork() {
+    let _ = FORK_HELD.try_with(|h| h.set(false));
+    let g = FORK_GUARD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    drop(g);
 }
 
 /// Registers a pool core.

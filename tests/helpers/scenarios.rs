@@ -75,6 +75,7 @@ const SCENARIOS: &[&str] = &[
     "late_enable",
     "fork_child",
     "fork_handlers",
+    "fork_pools",
     "own_sigpwr",
     "toggle",
     "pool_leak",
@@ -141,6 +142,7 @@ fn parse(args: &[String]) -> Action {
         Some("late_enable") => run(late_enable),
         Some("fork_child") => run(fork_child),
         Some("fork_handlers") => run(fork_handlers),
+        Some("fork_pools") => run(fork_pools),
         Some("own_sigpwr") => run(own_sigpwr),
         Some("toggle") => run(toggle),
         Some("pool_leak") => run(pool_leak),
@@ -1159,6 +1161,60 @@ fn leak_after_fork() {
 }
 
 // ---------------------------------------------------------------------------
+// fork_pools: a thread takes checkpoints (each scan holds the registry of
+// pools) while the main thread forks, and each child makes, uses and drops
+// a pool: no child may start with that registry locked by a thread it does
+// not have. Prints how many children hung (killed after 5 s).
+
+fn fork_pools() {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                black_box(memwarden::checkpoint().leaks());
+            }
+        })
+    };
+    let mut hung = 0;
+    for _ in 0..30 {
+        thread::sleep(std::time::Duration::from_millis(2));
+        // SAFETY: the child makes and drops a pool, then leaves with
+        // `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let pool = memwarden::pool::SyncPool::new();
+            let object = pool.alloc(7u64).ok().unwrap();
+            let ok = *object == 7;
+            drop(object);
+            drop(pool);
+            // SAFETY: `_exit` ends the child at once.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        let mut waited = 0;
+        // SAFETY: waiting for our own child, without blocking.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            if waited == 5_000 {
+                hung += 1;
+                // SAFETY: our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(1));
+            waited += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    scanner.join().unwrap();
+    println!("hung children: {hung}");
+}
+
+// ---------------------------------------------------------------------------
 // fork_handlers: `fork` handlers registered before tracking is switched on
 // (so before memwarden's own, which its `prepare` handler runs ahead of)
 // that allocate, grow and free Rust blocks, some of them tracked blocks
@@ -1186,6 +1242,13 @@ extern "C" fn rust_fork_handler() {
         made.push(i.to_string());
     }
     assert_eq!(made.concat().len(), 90);
+    // A pool made, used and dropped: memwarden holds the registry of pools
+    // in this window too.
+    let pool = memwarden::pool::SyncPool::new();
+    let object = pool.alloc([5u64; 3]).ok().unwrap();
+    assert_eq!(object[2], 5);
+    drop(object);
+    drop(pool);
 }
 
 fn fork_handlers() {
