@@ -508,10 +508,13 @@ pub(crate) fn report_with(found: Found, may_abort: bool) {
             crate::sys::write_stderr(render(&found, &err).as_bytes());
         }
         if keep {
-            let mut log = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-            if log.kept.len() < MAX_KEPT_ERRORS {
-                log.kept.push(err);
-            }
+            // (`note` said there was room, and under `REPORTING` nothing
+            // else adds to the log meanwhile.)
+            ERRORS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .kept
+                .push(err);
         }
     }
     if may_abort && state::abort_on_error() {

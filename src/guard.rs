@@ -257,7 +257,7 @@ pub(crate) fn busy_entry_sp() -> Option<usize> {
 
 /// The registers where this thread entered memwarden code, if it is
 /// inside it now (else zeros), XOR-ed with [`HIDE`] (undo it with
-/// [`unhide_regs`]). A leak scan of a thread stopped inside memwarden
+/// [`mask`]). A leak scan of a thread stopped inside memwarden
 /// starts at [`busy_entry_sp`], above memwarden's frames; but a value the
 /// program keeps in a callee-saved register may be saved by one of those
 /// frames, below that point, or still be in the register: these are it.
@@ -269,12 +269,6 @@ pub(crate) fn entry_regs_hidden() -> [usize; CALLEE_SAVED] {
     } else {
         [0; CALLEE_SAVED]
     }
-}
-
-/// [`entry_regs_hidden`]'s values as they were in the registers (zeros
-/// stay zeros).
-pub(crate) fn unhide_regs(regs: [usize; CALLEE_SAVED]) -> [usize; CALLEE_SAVED] {
-    regs.map(mask)
 }
 
 /// A word XOR-ed with [`HIDE`] (and back), 0 staying 0: how memwarden

@@ -140,7 +140,7 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     for r in &fixed {
         rootv.push(*r);
     }
-    for r in guard::unhide_regs(guard::entry_regs_hidden()) {
+    for r in guard::entry_regs_hidden().map(guard::mask) {
         regv.push(r);
     }
 

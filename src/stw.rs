@@ -103,9 +103,9 @@ impl World {
                     crate::guard::mask(s.flight_start.load(Ordering::Acquire)),
                     s.flight_len.load(Ordering::Acquire),
                 ),
-                regs: crate::guard::unhide_regs(std::array::from_fn(|i| {
-                    s.regs[i].load(Ordering::Acquire)
-                })),
+                regs: std::array::from_fn(|i| {
+                    crate::guard::mask(s.regs[i].load(Ordering::Acquire))
+                }),
             })
     }
 }
