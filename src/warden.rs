@@ -646,6 +646,11 @@ mod tracked {
                 }
                 return new;
             }
+            if let Some(f) = &flight {
+                // SAFETY: a live tracked block, which the inner allocator
+                // has not seen yet.
+                unsafe { f.keep_head() };
+            }
             let thread = guard::thread_id();
             registry::count_free(old.size(), thread);
             let busy = Reentry::enter();

@@ -1,0 +1,131 @@
+//! Child-process program for tests/leaks.rs: a leak scan that stops a
+//! thread half-way through `realloc`, inside the inner allocator, after
+//! it copied the block and wrote over the old one's first bytes (as
+//! glibc's `free` of a chunk over 1 KiB does: four words of free-list
+//! links) and before it returned the new block. Until then the block has
+//! no record, and the scan reads the old bytes as a root: what the
+//! overwritten words pointed to must not be reported lost.
+//!
+//! The inner allocator is `System`, but for one `realloc`, armed by its
+//! new size, which it makes as glibc would (allocate, copy, free) and
+//! holds at the point where the old block is already overwritten, until
+//! the main thread's scan is over. Prints `definitely lost blocks: N`.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+
+/// `System`, with one `realloc` held in the window described above.
+struct Window;
+
+/// The inner size of the `realloc` to hold (0: none).
+static ARMED: AtomicUsize = AtomicUsize::new(0);
+/// Set by the held `realloc` once the old block is overwritten.
+static IN_WINDOW: AtomicBool = AtomicBool::new(false);
+/// Set by the main thread when its scan is over.
+static RESUME: AtomicBool = AtomicBool::new(false);
+
+/// How many bytes glibc's `free` writes at the start of a chunk over 1 KiB
+/// (`fd`, `bk`, `fd_nextsize`, `bk_nextsize`).
+const LINKS: usize = 4 * size_of::<usize>();
+
+// SAFETY: every call is forwarded to `System` with its own arguments, but
+// for the held `realloc`, which allocates the new block from `System`,
+// copies the old one's bytes, and frees the old block: what `realloc`
+// promises.
+unsafe impl GlobalAlloc for Window {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let armed = ARMED.load(Ordering::Relaxed);
+        if armed == 0
+            || armed != new_size
+            || ARMED
+                .compare_exchange(armed, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            // SAFETY: forwarded.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        // SAFETY: `new_size` is non-zero and, rounded to the alignment, no
+        // more than `isize::MAX` (`realloc`'s contract).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: a non-zero size.
+        let new = unsafe { System.alloc(new_layout) };
+        if new.is_null() {
+            return new;
+        }
+        // SAFETY: both blocks hold `layout.size()` bytes (the new one is
+        // bigger: the armed `realloc` grows), and they are distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr, new, layout.size());
+            // What the free of the old block writes over its start.
+            ptr.write_bytes(0xd5, LINKS.min(layout.size()));
+        }
+        IN_WINDOW.store(true, Ordering::Release);
+        while !RESUME.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        // SAFETY: the old block, allocated with `layout`, freed once.
+        unsafe { System.dealloc(ptr, layout) };
+        new
+    }
+}
+
+#[global_allocator]
+static GLOBAL: memwarden::Warden<Window> = memwarden::Warden::wrap(Window);
+
+/// Boxes in the vector before it grows (a 16 KiB buffer).
+const BOXES: usize = 2048;
+
+fn main() {
+    if !memwarden::is_enabled() {
+        println!("tracking is off");
+        return;
+    }
+    let mark = memwarden::checkpoint();
+    let grower = thread::spawn(|| {
+        let mut v: Vec<Box<u64>> = Vec::with_capacity(BOXES);
+        for i in 0..BOXES {
+            v.push(Box::new(i as u64));
+        }
+        // The next push doubles the buffer: memwarden asks the inner
+        // allocator for the new size plus its red zones, which the test
+        // cannot know, so the size is armed from the vector's own.
+        let grown = Layout::array::<Box<u64>>(2 * BOXES).expect("layout");
+        ARMED.store(inner_size(grown.size()), Ordering::Relaxed);
+        v.push(Box::new(BOXES as u64));
+        black_box(&v);
+        v.len()
+    });
+    while !IN_WINDOW.load(Ordering::Acquire) {
+        thread::yield_now();
+    }
+    let report = mark.leaks();
+    RESUME.store(true, Ordering::Release);
+    let len = grower.join().expect("the growing thread");
+    if report.has_definite_leaks() {
+        eprintln!("{report}");
+    }
+    println!("boxes: {len}");
+    println!(
+        "definitely lost blocks: {}",
+        report.summary.definitely_lost.blocks
+    );
+}
+
+/// The size memwarden asks of the inner allocator for `size` bytes aligned
+/// to 8: the red zones (16 bytes before, 16 after) unless
+/// `DEBUG_MEMORY_REDZONES=0`.
+fn inner_size(size: usize) -> usize {
+    let off = std::env::var("DEBUG_MEMORY_REDZONES").is_ok_and(|v| v.trim() == "0");
+    if off { size } else { size + 32 }
+}
