@@ -413,6 +413,7 @@ fn a_scan_inside_the_inner_reallocs_window_loses_nothing() {
             &[("DEBUG_MEMORY", "1"), ("DEBUG_MEMORY_REDZONES", redzones)],
         );
         assert!(run.stdout.contains("boxes: 2049"), "{}", run.describe());
+        assert!(!run.stdout.contains("not held"), "{}", run.describe());
         assert!(
             run.stdout.contains("definitely lost blocks: 0"),
             "{}",
