@@ -33,6 +33,12 @@ extern "C" fn before_fork() {
     }
     // The registry of pools first: a leak scan takes it before the others.
     crate::pool::hold_for_fork();
+    // Then the loader lock, so that no memwarden call is inside the
+    // loader's own lock when the process is copied (see `sync::loader`):
+    // after the registry of pools, which a scan holds while it lists the
+    // loaded objects, and before the registry's and stack table's locks,
+    // which symbolizing (under it) may take to allocate.
+    crate::sync::loader::hold_for_fork();
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();
     // The `fork` handlers registered before memwarden's run after this one
@@ -50,6 +56,9 @@ extern "C" fn after_fork() {
     unsafe {
         crate::registry::unlock_all_raw();
         crate::stack::unlock_all_raw();
+        // (Before the deferred frees, which may capture stacks and so call
+        // into the loader.)
+        crate::sync::loader::release_after_fork();
         deferred.run();
     }
     crate::pool::release_after_fork();

@@ -209,8 +209,10 @@ pub(crate) fn images() -> Images {
         loader: Vec::with_capacity(16),
         tp: thread_pointer(),
     };
-    // SAFETY: `each` matches the callback type and only touches `acc`.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut acc).cast()) };
+    crate::sync::loader::with(|| {
+        // SAFETY: `each` matches the callback type and only touches `acc`.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut acc).cast()) }
+    });
     Images {
         data: acc.data,
         tls: acc.tls,

@@ -1,4 +1,5 @@
-//! The lock used by the registry and the stack table.
+//! The lock used by the registry and the stack table, and the lock around
+//! memwarden's calls into the dynamic loader ([`loader`]).
 //!
 //! Why not `std::sync::Mutex`, `parking_lot` or `dashmap`'s locks: a lock
 //! on the allocation path must never allocate through the global allocator
@@ -121,6 +122,82 @@ impl<T> Drop for SpinGuard<'_, T> {
     #[inline]
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+/// memwarden's own lock around each of its calls that take the dynamic
+/// loader's lock (`dl_iterate_phdr`: the unwinder's module table, the
+/// scan's list of loaded objects, and symbolization through `backtrace`).
+///
+/// glibc does not reset its loader lock in a child made by `fork`: a
+/// child forked while another thread of the parent was inside
+/// `dl_iterate_phdr` hangs at its own first call (the unwinder meeting new
+/// code at an allocation, say). The `fork` handlers take this lock before
+/// `fork` (see `exit::before_fork`), so that no memwarden call is inside
+/// the loader when the process is copied, and release it in both processes.
+///
+/// Not around the slow path's `_Unwind_Backtrace` (libgcc), the only
+/// stack capture on architectures other than x86_64: every allocation
+/// there would wait on one lock. libgcc from GCC 12 on finds unwind tables
+/// through glibc's `_dl_find_object` (glibc 2.35 on), which takes no lock.
+///
+/// A `pthread_mutex_t`, not a [`SpinLock`]: symbolizing a report holds it
+/// for as long as `backtrace` takes to read the debug info (up to a second
+/// for a big binary), and waiters should sleep, not spin. Locking and
+/// unlocking it never allocate.
+pub(crate) mod loader {
+    use std::cell::UnsafeCell;
+
+    struct Lock(UnsafeCell<libc::pthread_mutex_t>);
+    // SAFETY: a pthread mutex is made to be shared between threads; it is
+    // only used through the pthread functions.
+    unsafe impl Sync for Lock {}
+
+    static LOCK: Lock = Lock(UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER));
+
+    fn lock() {
+        // SAFETY: a statically initialised default mutex, never destroyed.
+        // A default mutex's lock fails only for a deadlock it detects,
+        // which the `forking` check in `with` rules out.
+        unsafe { libc::pthread_mutex_lock(LOCK.0.get()) };
+    }
+
+    fn unlock() {
+        // SAFETY: as above; called only by the thread that locked it (or by
+        // the child's copy of that thread, after `fork`).
+        unsafe { libc::pthread_mutex_unlock(LOCK.0.get()) };
+    }
+
+    /// Runs `f`, which may call into the loader, under the lock. The thread
+    /// that holds it for a `fork` (in the fork window, where other fork
+    /// handlers may call memwarden) runs `f` as it is.
+    pub(crate) fn with<R>(f: impl FnOnce() -> R) -> R {
+        if crate::guard::forking() {
+            return f();
+        }
+        struct Unlock;
+        impl Drop for Unlock {
+            fn drop(&mut self) {
+                unlock();
+            }
+        }
+        lock();
+        let _unlock = Unlock;
+        f()
+    }
+
+    /// Takes the lock for a `fork` (`exit::before_fork`).
+    pub(crate) fn hold_for_fork() {
+        lock();
+    }
+
+    /// Releases the lock after a `fork`, in the parent and in the child.
+    ///
+    /// # Safety
+    /// This thread (or, in the child, the thread it copies) took the lock
+    /// with [`hold_for_fork`].
+    pub(crate) unsafe fn release_after_fork() {
+        unlock();
     }
 }
 

@@ -50,8 +50,10 @@
 //! `/proc/self/maps` with `malloc` for the main thread: libc's allocator,
 //! not the global one), module tables live in `mmap` memory, and gimli's
 //! unwind context has fixed-size storage on the miss path's stack. The
-//! only lock ever taken is the dynamic loader's, inside `dl_iterate_phdr`
-//! on a cache miss, with no memwarden lock held.
+//! only locks ever taken are the dynamic loader's, inside `dl_iterate_phdr`
+//! on a cache miss, and memwarden's own around it (`sync::loader`, which
+//! `fork` waits for), with no other memwarden lock held. Neither is ever
+//! held while allocating.
 //!
 //! Other architectures get `None` every time.
 

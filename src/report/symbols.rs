@@ -22,11 +22,15 @@ pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -
 
 fn resolve(ip: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
-    backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
-        frames.push(Frame {
-            function: sym.name().map(|n| format!("{n:#}")),
-            file: sym.filename().map(|p| p.to_string_lossy().into_owned()),
-            line: sym.lineno(),
+    // `backtrace` lists the loaded objects with `dl_iterate_phdr`: under
+    // memwarden's loader lock (see `sync::loader`).
+    crate::sync::loader::with(|| {
+        backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
+            frames.push(Frame {
+                function: sym.name().map(|n| format!("{n:#}")),
+                file: sym.filename().map(|p| p.to_string_lossy().into_owned()),
+                line: sym.lineno(),
+            });
         });
     });
     if frames.is_empty() {

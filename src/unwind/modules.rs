@@ -127,7 +127,11 @@ fn counters() -> Option<(u64, u64)> {
     }
     let mut out: Option<(u64, u64)> = None;
     // SAFETY: `first` matches the callback type and only writes `out`.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut out).cast()) };
+    // (Under memwarden's loader lock: see `sync::loader`.)
+    crate::sync::loader::with(|| {
+        // SAFETY: `first` matches the callback type and only writes `out`.
+        unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut out).cast()) }
+    });
     out
 }
 
@@ -233,9 +237,12 @@ fn collect(found: &mut Pass) {
         }
         0
     }
-    // SAFETY: `each` matches the callback type and only touches `found`;
-    // MapVec grows with mmap, never with malloc or the global allocator.
-    unsafe { libc::dl_iterate_phdr(Some(each), ptr::from_mut(found).cast()) };
+    crate::sync::loader::with(|| {
+        // SAFETY: `each` matches the callback type and only touches
+        // `found`; MapVec grows with mmap, never with malloc or the global
+        // allocator.
+        unsafe { libc::dl_iterate_phdr(Some(each), ptr::from_mut(found).cast()) }
+    });
 }
 
 /// Copies `modules` into a fresh mapping laid out as a [`Table`].
