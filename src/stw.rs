@@ -9,6 +9,12 @@
 //! stack pointer, so scanning from it covers the registers too), then waits
 //! on a futex until the scan is done.
 //!
+//! A stop waits for each thread to *fill* its slot in the table, not only
+//! to take one, and reads only the slots this stop filled (each is marked
+//! with the stop's number, written last): a thread preempted between the
+//! two would otherwise be scanned from an empty slot or from the last
+//! stop's values.
+//!
 //! The handler only uses atomics and system calls, all async-signal-safe.
 //! A thread that does not answer within [`STOP_TIMEOUT_MS`] (it blocks the
 //! signal) is reported and scanned no further. If the program has its own
@@ -35,6 +41,10 @@ const MAX_STOP_MS: u64 = 120_000;
 
 struct Slot {
     tid: AtomicI32,
+    /// The stop ([`GEN`]) that filled this slot, written last: a slot of
+    /// an earlier stop, or one a thread has taken and not filled yet, is
+    /// not read.
+    generation: AtomicU32,
     sp: AtomicUsize,
     tp: AtomicUsize,
     /// `guard::in_flight_bytes`, start and length.
@@ -48,6 +58,7 @@ struct Slot {
 #[allow(clippy::declare_interior_mutable_const)]
 const SLOT_INIT: Slot = Slot {
     tid: AtomicI32::new(0),
+    generation: AtomicU32::new(0),
     sp: AtomicUsize::new(0),
     tp: AtomicUsize::new(0),
     flight_start: AtomicUsize::new(0),
@@ -55,8 +66,18 @@ const SLOT_INIT: Slot = Slot {
     regs: [const { AtomicUsize::new(0) }; CALLEE_SAVED],
 };
 static SLOTS: [Slot; MAX_THREADS] = [SLOT_INIT; MAX_THREADS];
+/// Slots taken: a stopped thread counts itself here first.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// Threads that have stopped and written their slot (or found none left):
+/// what a stop waits for.
+static FILLED: AtomicUsize = AtomicUsize::new(0);
 static LEFT: AtomicUsize = AtomicUsize::new(0);
+/// The current stop's number.
+static GEN: AtomicU32 = AtomicU32::new(0);
+/// Unit tests only: microseconds a stopped thread sleeps between taking
+/// its slot and filling it.
+#[cfg(test)]
+static FILL_DELAY_US: AtomicU32 = AtomicU32::new(0);
 /// 0 while threads must stay stopped, 1 once they may go.
 static RELEASE: AtomicU32 = AtomicU32::new(1);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -79,7 +100,13 @@ pub(crate) struct Stopped {
 /// The world, stopped. Dropping it lets the threads go.
 #[derive(Debug)]
 pub(crate) struct World {
+    /// Threads that stopped and filled their slot.
     stopped: usize,
+    /// Slots taken (threads that stopped, whether or not they had filled
+    /// their slot when the stop returned).
+    taken: usize,
+    /// This stop's number, in the slots it filled.
+    generation: u32,
     /// Threads that were signalled but did not stop in time.
     pub(crate) missed: usize,
     /// Threads that stopped past the [`MAX_THREADS`] recorded ones: they
@@ -93,8 +120,9 @@ pub(crate) struct World {
 impl World {
     /// The threads that stopped.
     pub(crate) fn threads(&self) -> impl Iterator<Item = Stopped> + '_ {
-        SLOTS[..self.stopped.min(MAX_THREADS)]
+        SLOTS[..self.taken.min(MAX_THREADS)]
             .iter()
+            .filter(|s| s.generation.load(Ordering::Acquire) == self.generation)
             .map(|s| Stopped {
                 tid: s.tid.load(Ordering::Acquire),
                 sp: s.sp.load(Ordering::Acquire),
@@ -120,7 +148,16 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
     let sp = crate::guard::busy_entry_sp()
         .unwrap_or(std::hint::black_box(&marker) as *const usize as usize);
     if RELEASE.load(Ordering::Acquire) == 0 {
+        let generation = GEN.load(Ordering::Acquire);
         let i = NEXT.fetch_add(1, Ordering::AcqRel);
+        #[cfg(test)]
+        {
+            let us = FILL_DELAY_US.load(Ordering::Relaxed);
+            if us > 0 {
+                // SAFETY: usleep has no preconditions (async-signal-safe).
+                unsafe { libc::usleep(us) };
+            }
+        }
         if i < MAX_THREADS {
             SLOTS[i].tid.store(gettid(), Ordering::Relaxed);
             SLOTS[i].sp.store(sp, Ordering::Relaxed);
@@ -134,8 +171,10 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
             for (slot, r) in SLOTS[i].regs.iter().zip(crate::guard::entry_regs_hidden()) {
                 slot.store(r, Ordering::Relaxed);
             }
-            SLOTS[i].tp.store(thread_pointer(), Ordering::Release);
+            SLOTS[i].tp.store(thread_pointer(), Ordering::Relaxed);
+            SLOTS[i].generation.store(generation, Ordering::Release);
         }
+        FILLED.fetch_add(1, Ordering::AcqRel);
         let mut waited_ms = 0;
         while RELEASE.load(Ordering::Acquire) == 0 && waited_ms < MAX_STOP_MS {
             futex_wait(&RELEASE, 0, 50);
@@ -261,13 +300,19 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     if !install() {
         return World {
             stopped: 0,
+            taken: 0,
+            generation: 0,
             missed: 0,
             unscanned: 0,
             unsupported: true,
         };
     }
     NEXT.store(0, Ordering::Release);
+    FILLED.store(0, Ordering::Release);
     LEFT.store(0, Ordering::Release);
+    // Never 0, the slots' first value. (Stops are not nested.)
+    let generation = GEN.load(Ordering::Relaxed).wrapping_add(1).max(1);
+    GEN.store(generation, Ordering::Release);
     RELEASE.store(0, Ordering::Release);
     let me = gettid();
     // SAFETY: getpid has no preconditions.
@@ -305,7 +350,7 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     let mut waited = 0;
     loop {
         let mut remaining = sent;
-        while NEXT.load(Ordering::Acquire) < remaining && waited < STOP_TIMEOUT_MS {
+        while FILLED.load(Ordering::Acquire) < remaining && waited < STOP_TIMEOUT_MS {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
             waited += 1;
@@ -319,9 +364,22 @@ pub(crate) fn stop(tids: &[i32]) -> World {
             break;
         }
     }
-    let stopped = NEXT.load(Ordering::Acquire).min(sent);
+    // A thread takes its slot before it fills it: wait for those that
+    // have taken one to fill it (a few instructions, unless the thread is
+    // preempted in between). One that has not by the deadline is left
+    // out, as a thread that did not stop.
+    let taken = NEXT.load(Ordering::Acquire);
+    let mut extra = 0;
+    while FILLED.load(Ordering::Acquire) < taken && extra < STOP_TIMEOUT_MS {
+        // SAFETY: usleep has no preconditions.
+        unsafe { libc::usleep(100) };
+        extra += 1;
+    }
+    let stopped = FILLED.load(Ordering::Acquire).min(taken).min(sent);
     World {
         stopped,
+        taken,
+        generation,
         missed: alive(&signalled).saturating_sub(stopped),
         unscanned: stopped.saturating_sub(MAX_THREADS),
         unsupported: false,
@@ -338,7 +396,7 @@ impl Drop for World {
         // Wait (briefly) until the stopped threads have left the handler, so
         // that the next scan starts from clean slots.
         let mut waited = 0;
-        while LEFT.load(Ordering::Acquire) < self.stopped && waited < STOP_TIMEOUT_MS {
+        while LEFT.load(Ordering::Acquire) < self.taken && waited < STOP_TIMEOUT_MS {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
             waited += 1;
@@ -405,6 +463,79 @@ mod tests {
         // Other tests' threads may have stopped too, and taken slots.
         assert!(unscanned >= extra, "{unscanned} unscanned");
         assert!(mine_listed + unscanned >= n, "{mine_listed} + {unscanned}");
+    }
+
+    #[test]
+    #[serial_test::serial(stw)]
+    fn a_stop_waits_for_slots_taken_and_not_yet_filled() {
+        // Each stopped thread sleeps 50 ms between taking its slot and
+        // filling it: the stop must still list every one with the stack
+        // pointer it gave (it used to return as soon as the slots were
+        // taken, and the scan read empty or stale slots).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (tx, release) = (tx.clone(), Arc::clone(&release));
+                std::thread::spawn(move || {
+                    tx.send(gettid()).unwrap();
+                    release.wait();
+                })
+            })
+            .collect();
+        let tids: Vec<i32> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        // Slots holding what no thread gave.
+        for slot in &SLOTS {
+            slot.tid.store(-1, Ordering::Relaxed);
+        }
+        FILL_DELAY_US.store(50_000, Ordering::Relaxed);
+        let world = stop(&tids);
+        FILL_DELAY_US.store(0, Ordering::Relaxed);
+        let missed = world.missed;
+        let mut listed: Vec<(i32, bool)> = world
+            .threads()
+            .filter(|t| tids.contains(&t.tid))
+            .map(|t| (t.tid, t.sp != 0 && t.tp != 0))
+            .collect();
+        drop(world);
+        release.wait();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(missed, 0);
+        listed.sort_unstable();
+        let mut want: Vec<(i32, bool)> = tids.iter().map(|&t| (t, true)).collect();
+        want.sort_unstable();
+        assert_eq!(listed, want);
+    }
+
+    #[test]
+    #[serial_test::serial(stw)]
+    fn a_slot_taken_and_never_filled_is_not_read() {
+        // The thread sleeps past the stop's deadline (2 s) before filling
+        // its slot: it counts as a thread that did not stop, and its slot,
+        // still holding the previous stop's values (its own tid), is not
+        // listed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let (tx2, r2) = (tx.clone(), Arc::clone(&release));
+        let t = std::thread::spawn(move || {
+            tx2.send(gettid()).unwrap();
+            r2.wait();
+        });
+        let tid = rx.recv().unwrap();
+        drop(stop(&[tid]));
+        FILL_DELAY_US.store(2_600_000, Ordering::Relaxed);
+        let world = stop(&[tid]);
+        FILL_DELAY_US.store(0, Ordering::Relaxed);
+        let missed = world.missed;
+        let listed = world.threads().filter(|s| s.tid == tid).count();
+        drop(world);
+        release.wait();
+        t.join().unwrap();
+        assert_eq!(listed, 0, "a slot not filled in time was read");
+        // (With the other threads of the test harness, which sleep too.)
+        assert!(missed >= 1, "{missed} missed");
     }
 
     #[test]
