@@ -100,8 +100,6 @@ pub(crate) struct Stopped {
 /// The world, stopped. Dropping it lets the threads go.
 #[derive(Debug)]
 pub(crate) struct World {
-    /// Threads that stopped and filled their slot.
-    stopped: usize,
     /// Slots taken (threads that stopped, whether or not they had filled
     /// their slot when the stop returned).
     taken: usize,
@@ -299,7 +297,6 @@ fn each_task(mut f: impl FnMut(i32)) -> bool {
 pub(crate) fn stop(tids: &[i32]) -> World {
     if !install() {
         return World {
-            stopped: 0,
             taken: 0,
             generation: 0,
             missed: 0,
@@ -377,7 +374,6 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     }
     let stopped = FILLED.load(Ordering::Acquire).min(taken).min(sent);
     World {
-        stopped,
         taken,
         generation,
         missed: alive(&signalled).saturating_sub(stopped),
