@@ -173,15 +173,35 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
             SLOTS[i].generation.store(generation, Ordering::Release);
         }
         FILLED.fetch_add(1, Ordering::AcqRel);
-        let mut waited_ms = 0;
-        while RELEASE.load(Ordering::Acquire) == 0 && waited_ms < MAX_STOP_MS {
-            futex_wait(&RELEASE, 0, 50);
-            waited_ms += 50;
+        // Asleep until woken (`World`'s drop), or until the deadline by the
+        // clock: not a timeout per wait, which a wait cut short would count
+        // whole. (No periodic wake-ups either: with thousands of threads
+        // stopped, those alone kept both cores busy during a scan.)
+        let deadline = monotonic_ms().saturating_add(MAX_STOP_MS);
+        while RELEASE.load(Ordering::Acquire) == 0 {
+            let now = monotonic_ms();
+            if now >= deadline {
+                break;
+            }
+            futex_wait(&RELEASE, 0, deadline - now);
         }
         LEFT.fetch_add(1, Ordering::AcqRel);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// Milliseconds on the monotonic clock (async-signal-safe).
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, ours.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32, ms: u64) {
