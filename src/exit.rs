@@ -35,9 +35,11 @@ extern "C" fn before_fork() {
     crate::pool::hold_for_fork();
     // Then the loader lock, so that no memwarden call is inside the
     // loader's own lock when the process is copied (see `sync::loader`):
-    // after the registry of pools, which a scan holds while it lists the
-    // loaded objects, and before the registry's and stack table's locks,
-    // which symbolizing (under it) may take to allocate.
+    // after the registry of pools (code holding that registry may
+    // symbolize, under the loader lock; nothing under the loader lock
+    // waits for the registry of pools), and before the registry's and
+    // stack table's locks, which symbolizing (under it) may take to
+    // allocate.
     crate::sync::loader::hold_for_fork();
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();
@@ -76,7 +78,8 @@ pub(crate) fn register() {
     // SAFETY: getpid has no preconditions.
     OWNER.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     // SAFETY: the handlers are `extern "C"` functions that never unwind and
-    // only take and release memwarden's own spin locks.
+    // only take and release memwarden's own locks (the registry of pools,
+    // the loader lock, the spin locks).
     unsafe {
         libc::pthread_atfork(
             Some(before_fork),

@@ -136,10 +136,11 @@ impl<T> Drop for SpinGuard<'_, T> {
 /// `fork` (see `exit::before_fork`), so that no memwarden call is inside
 /// the loader when the process is copied, and release it in both processes.
 ///
-/// Not around the slow path's `_Unwind_Backtrace` (libgcc), the only
-/// stack capture on architectures other than x86_64: every allocation
-/// there would wait on one lock. libgcc from GCC 12 on finds unwind tables
-/// through glibc's `_dl_find_object` (glibc 2.35 on), which takes no lock.
+/// Not around the slow path's `_Unwind_Backtrace` (libgcc: the stack
+/// capture when the fast unwinder gives up, and the only one on
+/// architectures other than x86_64), where every allocation would wait
+/// on one lock. libgcc from GCC 12 on finds unwind tables through glibc's
+/// `_dl_find_object` (glibc 2.35 on), which takes no lock.
 ///
 /// A `pthread_mutex_t`, not a [`SpinLock`]: symbolizing a report holds it
 /// for as long as `backtrace` takes to read the debug info (up to a second
@@ -157,9 +158,15 @@ pub(crate) mod loader {
 
     fn lock() {
         // SAFETY: a statically initialised default mutex, never destroyed.
-        // A default mutex's lock fails only for a deadlock it detects,
-        // which the `forking` check in `with` rules out.
+        // (A default mutex does not detect a thread locking it twice: it
+        // hangs. The `forking` checks below are what rule that out for the
+        // fork window.)
         unsafe { libc::pthread_mutex_lock(LOCK.0.get()) };
+    }
+
+    fn try_lock() -> bool {
+        // SAFETY: as in `lock`; trylock never waits.
+        unsafe { libc::pthread_mutex_trylock(LOCK.0.get()) == 0 }
     }
 
     fn unlock() {
@@ -184,6 +191,30 @@ pub(crate) mod loader {
         lock();
         let _unlock = Unlock;
         f()
+    }
+
+    /// As [`with`], but `None` at once, without running `f`, when another
+    /// thread holds the lock: for the allocation path (the unwinder meeting
+    /// new code), which must never wait on it. The lock is held across
+    /// `backtrace::resolve`, which takes `backtrace`'s own global lock; a
+    /// program thread inside `backtrace::trace` (which holds that lock)
+    /// may allocate, and waiting here then would close a cycle. The
+    /// caller falls back to libgcc's unwinder for that one stack.
+    pub(crate) fn try_with<R>(f: impl FnOnce() -> R) -> Option<R> {
+        if crate::guard::forking() {
+            return Some(f());
+        }
+        if !try_lock() {
+            return None;
+        }
+        struct Unlock;
+        impl Drop for Unlock {
+            fn drop(&mut self) {
+                unlock();
+            }
+        }
+        let _unlock = Unlock;
+        Some(f())
     }
 
     /// Takes the lock for a `fork` (`exit::before_fork`).

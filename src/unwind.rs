@@ -52,8 +52,9 @@
 //! unwind context has fixed-size storage on the miss path's stack. The
 //! only locks ever taken are the dynamic loader's, inside `dl_iterate_phdr`
 //! on a cache miss, and memwarden's own around it (`sync::loader`, which
-//! `fork` waits for), with no other memwarden lock held. Neither is ever
-//! held while allocating.
+//! `fork` waits for), with no other memwarden lock held; memwarden's is
+//! only tried, never waited for (a miss while it is held takes the slow
+//! path).
 //!
 //! Other architectures get `None` every time.
 

@@ -424,6 +424,32 @@ fn a_scan_inside_the_inner_reallocs_window_loses_nothing() {
 }
 
 #[test]
+fn a_realloc_with_a_wrong_layout_reads_no_more_than_the_block() {
+    // An 8-byte block right before an unreadable page, reallocated with a
+    // layout of 64 bytes: reported and refused, and nothing read past the
+    // block (copying its first words aside from the caller's layout
+    // faulted, with red zones on and off).
+    for redzones in ["1", "0"] {
+        let run = run_bin(
+            &example_bin("realloc_window", &[]),
+            &["wrong_layout"],
+            &[
+                ("DEBUG_MEMORY", "1"),
+                ("DEBUG_MEMORY_ON_ERROR", "continue"),
+                ("DEBUG_MEMORY_REDZONES", redzones),
+            ],
+        );
+        assert!(run.stdout.contains("survived"), "{}", run.describe());
+        assert!(
+            run.stdout.contains("realloc gave null: true"),
+            "{}",
+            run.describe()
+        );
+        assert!(run.stderr.contains("layout"), "{}", run.describe());
+    }
+}
+
+#[test]
 fn a_pointer_kept_in_registers_across_calls_into_memwarden_is_not_lost() {
     // A thread keeps the only pointer to a block in callee-saved registers
     // while it calls `check_heap` over and over; memwarden's frames save
@@ -769,6 +795,21 @@ fn a_forked_child_can_use_pools_while_the_parent_scans() {
     let run = run_tracked(&["fork_pools"], &[]);
     assert!(
         run.stdout.contains("hung children: 0"),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 0);
+}
+
+#[test]
+fn an_allocation_under_backtraces_lock_does_not_wait_for_a_symbolizing_thread() {
+    // memwarden holds its loader lock across `backtrace::resolve`, which
+    // takes backtrace's global lock; a thread inside `backtrace::trace`
+    // holds that one and allocates from code the unwinder has not seen.
+    // It hung every time while the unwinder waited for the loader lock.
+    let run = run_tracked(&["backtrace_lock"], &[]);
+    assert!(
+        run.stdout.contains("backtrace_lock: done"),
         "{}",
         run.describe()
     );

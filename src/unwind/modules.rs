@@ -126,9 +126,10 @@ fn counters() -> Option<(u64, u64)> {
         1 // the counters are the same in every entry: stop now
     }
     let mut out: Option<(u64, u64)> = None;
-    // SAFETY: `first` matches the callback type and only writes `out`.
-    // (Under memwarden's loader lock: see `sync::loader`.)
-    crate::sync::loader::with(|| {
+    // Under memwarden's loader lock, if it is free (see `sync::loader`):
+    // on the allocation path, a held lock means no counters now, and the
+    // capture takes the slow path.
+    crate::sync::loader::try_with(|| {
         // SAFETY: `first` matches the callback type and only writes `out`.
         unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut out).cast()) }
     });
@@ -237,7 +238,9 @@ fn collect(found: &mut Pass) {
         }
         0
     }
-    crate::sync::loader::with(|| {
+    // (As in `counters`: if the loader lock is held, no pass and no
+    // counters, so the caller takes the slow path.)
+    crate::sync::loader::try_with(|| {
         // SAFETY: `each` matches the callback type and only touches
         // `found`; MapVec grows with mmap, never with malloc or the global
         // allocator.

@@ -76,6 +76,7 @@ const SCENARIOS: &[&str] = &[
     "fork_child",
     "fork_handlers",
     "fork_pools",
+    "backtrace_lock",
     "own_sigpwr",
     "toggle",
     "pool_leak",
@@ -143,6 +144,7 @@ fn parse(args: &[String]) -> Action {
         Some("fork_child") => run(fork_child),
         Some("fork_handlers") => run(fork_handlers),
         Some("fork_pools") => run(fork_pools),
+        Some("backtrace_lock") => run(backtrace_lock),
         Some("own_sigpwr") => run(own_sigpwr),
         Some("toggle") => run(toggle),
         Some("pool_leak") => run(pool_leak),
@@ -1214,6 +1216,46 @@ fn fork_pools() {
     stop.store(true, Ordering::Relaxed);
     scanner.join().unwrap();
     println!("hung children: {hung}");
+}
+
+// ---------------------------------------------------------------------------
+// backtrace_lock: a thread inside `backtrace::trace` (which holds the
+// `backtrace` crate's global lock) allocates from code the unwinder has not
+// seen, while the main thread symbolizes (`top_sites`: memwarden's loader
+// lock, then `backtrace::resolve`, which takes backtrace's lock). The
+// allocation must not wait on memwarden's loader lock: it hung every time
+// when it did. Prints `backtrace_lock: done`.
+
+static BT_HOLDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[inline(never)]
+fn bt_fresh_site() -> Box<u64> {
+    black_box(Box::new(42))
+}
+
+fn backtrace_lock() {
+    let keep: Vec<Box<u64>> = (0..4).map(Box::new).collect();
+    let holder = thread::spawn(|| {
+        let mut first = true;
+        backtrace::trace(|_| {
+            if first {
+                first = false;
+                BT_HOLDS.store(true, Ordering::SeqCst);
+                // Time for the main thread to take the loader lock and
+                // wait for backtrace's.
+                thread::sleep(std::time::Duration::from_millis(300));
+                black_box(bt_fresh_site());
+            }
+            false
+        });
+    });
+    while !BT_HOLDS.load(Ordering::SeqCst) {
+        thread::yield_now();
+    }
+    black_box(memwarden::top_sites(3));
+    holder.join().unwrap();
+    black_box(&keep);
+    println!("backtrace_lock: done");
 }
 
 /// What each child of `fork_pools` does: makes a pool, takes from it,
