@@ -83,15 +83,17 @@ impl InFlightBytes {
         InFlightBytes(())
     }
 
-    /// Copies the block's first words aside, before the inner allocator
-    /// may write over them.
+    /// The block is `len` bytes long (its record's size, which a wrong
+    /// layout given to `realloc` does not change): copies its first words
+    /// aside, before the inner allocator may write over them.
     ///
     /// # Safety
-    /// The bytes given to [`InFlightBytes::new`] are a live block's, still
-    /// unchanged by the inner allocator.
+    /// The block at the start given to [`InFlightBytes::new`] is live, `len`
+    /// bytes long, and still unchanged by the inner allocator.
     #[inline(always)]
-    pub(crate) unsafe fn keep_head(&self) {
-        let (start, len) = in_flight_bytes();
+    pub(crate) unsafe fn keep_head(&self, len: usize) {
+        let (start, _) = in_flight_bytes();
+        let _ = IN_FLIGHT_BYTES.try_with(|f| f.set((start, len)));
         let mut head = [0usize; FLIGHT_HEAD_WORDS];
         for (i, w) in head.iter_mut().enumerate().take(len / size_of::<usize>()) {
             // SAFETY: word `i` lies within the block's `len` bytes at
@@ -382,16 +384,19 @@ mod tests {
         let f = InFlightBytes::new(block.as_ptr() as usize, size_of_val(&block));
         assert_eq!(in_flight_head(), [0; FLIGHT_HEAD_WORDS], "nothing kept yet");
         // SAFETY: `block` is readable and unchanged.
-        unsafe { f.keep_head() };
+        unsafe { f.keep_head(size_of_val(&block)) };
         assert_eq!(in_flight_head(), [11, 22, 33, 44]);
         drop(f);
         assert_eq!(in_flight_bytes(), (0, 0));
         assert_eq!(in_flight_head(), [0; FLIGHT_HEAD_WORDS]);
 
-        let short = [7usize, 8, 9];
-        let f = InFlightBytes::new(short.as_ptr() as usize, size_of_val(&short) + 3);
-        // SAFETY: as above; the length's last 3 bytes make no whole word.
-        unsafe { f.keep_head() };
+        // A block of three words and three bytes, given to `realloc` with
+        // a layout of 64 bytes: only its own length is read.
+        let short = [7usize, 8, 9, 10];
+        let f = InFlightBytes::new(short.as_ptr() as usize, 64);
+        // SAFETY: as above; the last 3 bytes of the length make no word.
+        unsafe { f.keep_head(3 * size_of::<usize>() + 3) };
         assert_eq!(in_flight_head(), [7, 8, 9, 0]);
+        assert_eq!(in_flight_bytes().1, 3 * size_of::<usize>() + 3);
     }
 }

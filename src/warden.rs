@@ -647,9 +647,9 @@ mod tracked {
                 return new;
             }
             if let Some(f) = &flight {
-                // SAFETY: a live tracked block, which the inner allocator
-                // has not seen yet.
-                unsafe { f.keep_head() };
+                // SAFETY: a live tracked block of `old.size()` bytes, which
+                // the inner allocator has not seen yet.
+                unsafe { f.keep_head(old.size()) };
             }
             let thread = guard::thread_id();
             registry::count_free(old.size(), thread);

@@ -11,6 +11,12 @@
 //! holds at the point where the old block is already overwritten, until
 //! the main thread's scan is over. Prints `definitely lost blocks: N`
 //! (and `the realloc was not held` if it missed the window).
+//!
+//! With the argument `wrong_layout`: an 8-byte block, placed by the inner
+//! allocator right before a page that cannot be read, is reallocated with
+//! a layout of 64 bytes. memwarden must report the mismatch and read no
+//! more of the block than its record says (it faulted when it copied the
+//! block's first words from the caller's layout). Prints `survived`.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +32,18 @@ static IN_WINDOW: AtomicBool = AtomicBool::new(false);
 /// Set by the main thread when its scan is over.
 static RESUME: AtomicBool = AtomicBool::new(false);
 
+/// The inner size of the `alloc` to place before an unreadable page (0:
+/// none), and the mapping that holds it.
+static GUARDED: AtomicUsize = AtomicUsize::new(0);
+static GUARD_MAP: AtomicUsize = AtomicUsize::new(0);
+const PAGE: usize = 4096;
+
+/// True for a block of the guarded mapping (never given back to `System`).
+fn guarded(ptr: *mut u8) -> bool {
+    let map = GUARD_MAP.load(Ordering::Relaxed);
+    map != 0 && (map..map + 2 * PAGE).contains(&(ptr as usize))
+}
+
 /// How many bytes glibc's `free` writes at the start of a chunk over 1 KiB
 /// (`fd`, `bk`, `fd_nextsize`, `bk_nextsize`).
 const LINKS: usize = 4 * size_of::<usize>();
@@ -36,16 +54,50 @@ const LINKS: usize = 4 * size_of::<usize>();
 // promises.
 unsafe impl GlobalAlloc for Window {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size();
+        if GUARDED.load(Ordering::Relaxed) == size
+            && GUARDED
+                .compare_exchange(size, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: a fresh private mapping of two pages, the second
+            // made unreadable; the block ends where that page starts.
+            unsafe {
+                let map = libc::mmap(
+                    std::ptr::null_mut(),
+                    2 * PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if map == libc::MAP_FAILED {
+                    return std::ptr::null_mut();
+                }
+                let map = map.cast::<u8>();
+                libc::mprotect(map.add(PAGE).cast(), PAGE, libc::PROT_NONE);
+                GUARD_MAP.store(map as usize, Ordering::Relaxed);
+                return map.add(PAGE - size);
+            }
+        }
         // SAFETY: forwarded.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if guarded(ptr) {
+            return; // the mapping stays (a test program's few bytes)
+        }
         // SAFETY: forwarded.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if guarded(ptr) {
+            // Not reached: memwarden refuses a `realloc` whose layout does
+            // not match the block's.
+            return std::ptr::null_mut();
+        }
         let armed = ARMED.load(Ordering::Relaxed);
         if armed == 0
             || armed != new_size
@@ -92,6 +144,10 @@ fn main() {
         println!("tracking is off");
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("wrong_layout") {
+        wrong_layout();
+        return;
+    }
     let mark = memwarden::checkpoint();
     let grower = thread::spawn(|| {
         let mut v: Vec<Box<u64>> = Vec::with_capacity(BOXES);
@@ -127,6 +183,20 @@ fn main() {
         "definitely lost blocks: {}",
         report.summary.definitely_lost.blocks
     );
+}
+
+fn wrong_layout() {
+    let right = Layout::new::<u64>();
+    GUARDED.store(inner_size(right.size()), Ordering::Relaxed);
+    // SAFETY: a non-zero size.
+    let p = unsafe { std::alloc::alloc(right) };
+    assert!(guarded(p), "the block is not the guarded one");
+    let wrong = Layout::from_size_align(64, 8).expect("layout");
+    // SAFETY: not sound: the layout is not the block's. That is the bug
+    // memwarden must report (and refuse) without reading past the block.
+    let q = unsafe { std::alloc::realloc(black_box(p), wrong, 128) };
+    println!("realloc gave null: {}", q.is_null());
+    println!("survived");
 }
 
 /// The size memwarden asks of the inner allocator for `size` bytes aligned
