@@ -156,6 +156,17 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
                 unsafe { libc::usleep(us) };
             }
         }
+        if GEN.load(Ordering::Acquire) != generation {
+            // Held up past the end of the stop that signalled it (more
+            // than 4 s between taking its slot and filling it), and a new
+            // stop has begun: the slot may be another thread's now. Not
+            // counted in this stop; its signal, if it sent one, comes next.
+            // (A new stop beginning between this check and the stores
+            // below is left open.)
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = errno };
+            return;
+        }
         if i < MAX_THREADS {
             SLOTS[i].tid.store(gettid(), Ordering::Relaxed);
             SLOTS[i].sp.store(sp, Ordering::Relaxed);
@@ -383,8 +394,8 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     }
     // A thread takes its slot before it fills it: wait for those that
     // have taken one to fill it (a few instructions, unless the thread is
-    // preempted in between). One that has not by the deadline is left
-    // out, as a thread that did not stop.
+    // preempted in between). One that has not within about 0.2 s more is
+    // left out, as a thread that did not stop.
     let taken = NEXT.load(Ordering::Acquire);
     let mut extra = 0;
     while FILLED.load(Ordering::Acquire) < taken && extra < STOP_TIMEOUT_MS {
@@ -412,7 +423,11 @@ impl Drop for World {
         // Wait (briefly) until the stopped threads have left the handler, so
         // that the next scan starts from clean slots.
         let mut waited = 0;
-        while LEFT.load(Ordering::Acquire) < self.taken && waited < STOP_TIMEOUT_MS {
+        // (Every thread that took a slot, those that came after the stop
+        // returned too: each leaves once.)
+        while LEFT.load(Ordering::Acquire) < NEXT.load(Ordering::Acquire)
+            && waited < STOP_TIMEOUT_MS
+        {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
             waited += 1;
@@ -552,6 +567,66 @@ mod tests {
         assert_eq!(listed, 0, "a slot not filled in time was read");
         // (With the other threads of the test harness, which sleep too.)
         assert!(missed >= 1, "{missed} missed");
+    }
+
+    #[test]
+    #[serial_test::serial(stw)]
+    fn a_thread_held_up_past_its_stop_does_not_hide_one_of_the_next() {
+        // T takes a slot in stop 1 and is held up 5 s before filling it,
+        // past stop 1's deadlines (2 s, then 2 s more for the threads to
+        // leave); stop 2 starts at once, with U, which blocked the signal
+        // during stop 1. T must not write over U's slot (same index) nor
+        // count in stop 2 (the reviewer's repro: U was stopped and not
+        // listed).
+        let release = Arc::new(std::sync::Barrier::new(3));
+        let (ttx, trx) = std::sync::mpsc::channel();
+        let r = Arc::clone(&release);
+        let t = std::thread::spawn(move || {
+            ttx.send(gettid()).unwrap();
+            r.wait();
+        });
+        let tt = trx.recv().unwrap();
+        let (utx, urx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (ok_tx, ok_rx) = std::sync::mpsc::channel::<()>();
+        let r = Arc::clone(&release);
+        let u = std::thread::spawn(move || {
+            // SAFETY: a valid, empty-then-filled signal set, and this
+            // thread's own mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, SIGNAL);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                utx.send(gettid()).unwrap();
+                go_rx.recv().unwrap();
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            }
+            ok_tx.send(()).unwrap();
+            r.wait();
+        });
+        let ut = urx.recv().unwrap();
+        FILL_DELAY_US.store(5_000_000, Ordering::Relaxed);
+        // Only the threads that enter stop 1's handler in its first 300 ms
+        // are held up.
+        let resetter = std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            FILL_DELAY_US.store(0, Ordering::Relaxed);
+        });
+        let first = stop(&[tt]);
+        FILL_DELAY_US.store(0, Ordering::Relaxed);
+        drop(first);
+        go_tx.send(()).unwrap();
+        ok_rx.recv().unwrap();
+        let second = stop(&[ut, tt]);
+        let u_listed = second.threads().any(|s| s.tid == ut);
+        let missed = second.missed;
+        drop(second);
+        release.wait();
+        t.join().unwrap();
+        u.join().unwrap();
+        resetter.join().unwrap();
+        assert!(u_listed, "U stopped and is not listed ({missed} missed)");
     }
 
     #[test]
