@@ -52,6 +52,10 @@ thread_local! {
         const { Cell::new([0; FLIGHT_HEAD_WORDS]) };
 }
 
+/// Set in the length [`in_flight_bytes`] gives while the inner allocator's
+/// `realloc` runs (see [`InFlightBytes::moving`]).
+pub(crate) const MOVING: usize = 1 << (usize::BITS - 1);
+
 /// Words of a block being reallocated kept aside by [`InFlightBytes`]:
 /// as many as glibc writes into a chunk it frees (`fd`, `bk`,
 /// `fd_nextsize`, `bk_nextsize`); other allocators write fewer.
@@ -104,6 +108,28 @@ impl InFlightBytes {
         let _ = IN_FLIGHT_HEAD.try_with(|h| h.set(head));
     }
 
+    /// The inner allocator's `realloc` starts: until [`InFlightBytes::moved`]
+    /// or [`InFlightBytes::stayed`], the old bytes may be changing or gone
+    /// (unmapped by `mremap`, or handed to another thread). A leak scan
+    /// that stops this thread then stops the world again a moment later
+    /// (`scan::classify_all`).
+    #[inline(always)]
+    pub(crate) fn moving(&self) {
+        let _ = IN_FLIGHT_BYTES.try_with(|f| {
+            let (start, len) = f.get();
+            f.set((start, len | MOVING));
+        });
+    }
+
+    /// The inner `realloc` failed: the old block is as it was.
+    #[inline(always)]
+    pub(crate) fn stayed(&self) {
+        let _ = IN_FLIGHT_BYTES.try_with(|f| {
+            let (start, len) = f.get();
+            f.set((start, len & !MOVING));
+        });
+    }
+
     /// The block moved: `len` bytes at `start` now.
     #[inline(always)]
     pub(crate) fn moved(&self, start: usize, len: usize) {
@@ -128,7 +154,8 @@ pub(crate) fn in_flight_head() -> [usize; FLIGHT_HEAD_WORDS] {
         .unwrap_or([0; FLIGHT_HEAD_WORDS])
 }
 
-/// What [`InFlightBytes`] holds on this thread now, (0, 0) if nothing.
+/// What [`InFlightBytes`] holds on this thread now, (0, 0) if nothing; the
+/// length has [`MOVING`] set while the inner `realloc` runs.
 /// Async-signal-safe (a thread-local read).
 #[inline]
 pub(crate) fn in_flight_bytes() -> (usize, usize) {
@@ -397,6 +424,16 @@ mod tests {
         // SAFETY: as above; the last 3 bytes of the length make no word.
         unsafe { f.keep_head(3 * size_of::<usize>() + 3) };
         assert_eq!(in_flight_head(), [7, 8, 9, 0]);
-        assert_eq!(in_flight_bytes().1, 3 * size_of::<usize>() + 3);
+        let len = 3 * size_of::<usize>() + 3;
+        assert_eq!(in_flight_bytes().1, len);
+        // The inner `realloc`'s window is marked in the length, and
+        // unmarked when it fails or when the block has moved.
+        f.moving();
+        assert_eq!(in_flight_bytes().1, len | MOVING);
+        f.stayed();
+        assert_eq!(in_flight_bytes().1, len);
+        f.moving();
+        f.moved(64, 8);
+        assert_eq!(in_flight_bytes(), (64, 8));
     }
 }

@@ -162,8 +162,25 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     }
 
     // --- the world stops: no allocation, no foreign locks ---
-    let shards = registry::lock_all();
-    let world = stw::stop(&tids);
+    // A thread stopped inside the inner allocator's `realloc` has a block
+    // whose bytes may be changing or gone (`guard::InFlightBytes::moving`;
+    // what they point to would look lost): then the world goes again for
+    // a moment and stops anew, seven times at most (1 to 64 ms apart, 127
+    // ms in all). After that, what was kept of the block's first words
+    // has to do.
+    let mut pause_us = 1000;
+    let (shards, world) = loop {
+        let shards = registry::lock_all();
+        let world = stw::stop(&tids);
+        if pause_us > 64_000 || !world.threads().any(|t| t.moving) {
+            break (shards, world);
+        }
+        drop(world);
+        drop(shards);
+        // SAFETY: usleep has no preconditions.
+        unsafe { libc::usleep(pause_us) };
+        pause_us *= 2;
+    };
     let ok = registry::snapshot(&shards, &mut snap);
     drop(shards);
     // The threads that stopped, sorted (mmap memory: no allocation here).

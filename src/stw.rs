@@ -91,6 +91,9 @@ pub(crate) struct Stopped {
     /// The bytes of a block the thread was reallocating (start, length;
     /// 0 length if none), to be read as a root: see `guard::InFlightBytes`.
     pub(crate) in_flight: (usize, usize),
+    /// The thread was inside the inner allocator's `realloc` of that block
+    /// (`guard::InFlightBytes::moving`): its bytes may be changing or gone.
+    pub(crate) moving: bool,
     /// Stopped inside memwarden code: the callee-saved registers where it
     /// entered it (zeros otherwise), to be read as roots: see
     /// `guard::entry_regs_hidden`.
@@ -127,8 +130,9 @@ impl World {
                 tp: s.tp.load(Ordering::Acquire),
                 in_flight: (
                     crate::guard::mask(s.flight_start.load(Ordering::Acquire)),
-                    s.flight_len.load(Ordering::Acquire),
+                    s.flight_len.load(Ordering::Acquire) & !crate::guard::MOVING,
                 ),
+                moving: s.flight_len.load(Ordering::Acquire) & crate::guard::MOVING != 0,
                 regs: std::array::from_fn(|i| {
                     crate::guard::mask(s.regs[i].load(Ordering::Acquire))
                 }),

@@ -661,6 +661,9 @@ mod tracked {
             }
             let align = old.align();
             let front = check::front(align);
+            if let Some(f) = &flight {
+                f.moving();
+            }
             let new = match (
                 check::inner_layout(old.size(), align),
                 check::inner_layout(new_size, align),
@@ -673,6 +676,9 @@ mod tracked {
                 _ => std::ptr::null_mut(),
             };
             if new.is_null() {
+                if let Some(f) = &flight {
+                    f.stayed();
+                }
                 // The old block is still the program's: put its record back.
                 registry::restore(old, thread);
             } else {

@@ -12,6 +12,12 @@
 //! the main thread's scan is over. Prints `definitely lost blocks: N`
 //! (and `the realloc was not held` if it missed the window).
 //!
+//! With the argument `unmap`: the vector's buffer is a mapping of its own,
+//! which the held `realloc` unmaps (as glibc's `mremap` does to a big
+//! block that moves) before it holds for 20 ms, whatever the scan does:
+//! the scan must stop the world again once the thread is out of the
+//! window, rather than find every box lost.
+//!
 //! With the argument `wrong_layout`: an 8-byte block, placed by the inner
 //! allocator right before a page that cannot be read, is reallocated with
 //! a layout of 64 bytes. memwarden must report the mismatch and read no
@@ -37,6 +43,18 @@ static RESUME: AtomicBool = AtomicBool::new(false);
 static GUARDED: AtomicUsize = AtomicUsize::new(0);
 static GUARD_MAP: AtomicUsize = AtomicUsize::new(0);
 const PAGE: usize = 4096;
+
+/// The inner size of the `alloc` to map on its own (0: none), and that
+/// mapping (start, length).
+static UNMAP_ARMED: AtomicUsize = AtomicUsize::new(0);
+static UNMAP_MAP: AtomicUsize = AtomicUsize::new(0);
+static UNMAP_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// True for the block mapped on its own.
+fn unmappable(ptr: *mut u8) -> bool {
+    let map = UNMAP_MAP.load(Ordering::Relaxed);
+    map != 0 && map == ptr as usize
+}
 
 /// True for a block of the guarded mapping (never given back to `System`).
 fn guarded(ptr: *mut u8) -> bool {
@@ -80,11 +98,42 @@ unsafe impl GlobalAlloc for Window {
                 return map.add(PAGE - size);
             }
         }
+        if UNMAP_ARMED.load(Ordering::Relaxed) == size
+            && UNMAP_ARMED
+                .compare_exchange(size, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let len = size.div_ceil(PAGE) * PAGE;
+            // SAFETY: a fresh private mapping, page-aligned, so aligned
+            // enough for any block of this program.
+            let map = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if map == libc::MAP_FAILED {
+                return std::ptr::null_mut();
+            }
+            UNMAP_LEN.store(len, Ordering::Relaxed);
+            UNMAP_MAP.store(map as usize, Ordering::Relaxed);
+            return map.cast();
+        }
         // SAFETY: forwarded.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if unmappable(ptr) {
+            UNMAP_MAP.store(0, Ordering::Relaxed);
+            // SAFETY: the block's own mapping, no longer used.
+            unsafe { libc::munmap(ptr.cast(), UNMAP_LEN.load(Ordering::Relaxed)) };
+            return;
+        }
         if guarded(ptr) {
             return; // the mapping stays (a test program's few bytes)
         }
@@ -97,6 +146,25 @@ unsafe impl GlobalAlloc for Window {
             // Not reached: memwarden refuses a `realloc` whose layout does
             // not match the block's.
             return std::ptr::null_mut();
+        }
+        if unmappable(ptr) {
+            // SAFETY: as for the armed `realloc` below; the old block is its
+            // own mapping, unmapped once copied.
+            unsafe {
+                let new = System.alloc(Layout::from_size_align_unchecked(new_size, layout.align()));
+                if new.is_null() {
+                    return new;
+                }
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size());
+                UNMAP_MAP.store(0, Ordering::Relaxed);
+                libc::munmap(ptr.cast(), UNMAP_LEN.load(Ordering::Relaxed));
+                IN_WINDOW.store(true, Ordering::Release);
+                let held = std::time::Instant::now();
+                while held.elapsed() < std::time::Duration::from_millis(20) {
+                    std::hint::spin_loop();
+                }
+                return new;
+            }
         }
         let armed = ARMED.load(Ordering::Relaxed);
         if armed == 0
@@ -148,8 +216,13 @@ fn main() {
         wrong_layout();
         return;
     }
+    let unmap = std::env::args().nth(1).as_deref() == Some("unmap");
     let mark = memwarden::checkpoint();
-    let grower = thread::spawn(|| {
+    let grower = thread::spawn(move || {
+        let buffer = Layout::array::<Box<u64>>(BOXES).expect("layout");
+        if unmap {
+            UNMAP_ARMED.store(inner_size(buffer.size()), Ordering::Relaxed);
+        }
         let mut v: Vec<Box<u64>> = Vec::with_capacity(BOXES);
         for i in 0..BOXES {
             v.push(Box::new(i as u64));
@@ -158,9 +231,16 @@ fn main() {
         // allocator for the new size plus its red zones, which the test
         // cannot know, so the size is armed from the vector's own.
         let grown = Layout::array::<Box<u64>>(2 * BOXES).expect("layout");
-        ARMED.store(inner_size(grown.size()), Ordering::Relaxed);
+        if !unmap {
+            ARMED.store(inner_size(grown.size()), Ordering::Relaxed);
+        }
         v.push(Box::new(BOXES as u64));
-        if ARMED.swap(0, Ordering::Relaxed) != 0 {
+        let missed = if unmap {
+            UNMAP_ARMED.swap(0, Ordering::Relaxed) != 0
+        } else {
+            ARMED.swap(0, Ordering::Relaxed) != 0
+        };
+        if missed {
             // Never held (the inner size was not the one armed): the main
             // thread must not wait for it.
             println!("the realloc was not held");
