@@ -69,6 +69,10 @@ pub(crate) fn build_report(blocks: &[Classified]) -> Report {
     )
 }
 
+/// A scan that stops a thread inside the inner `realloc` of a block of more
+/// than this many bytes stops the world again (see `classify_all`).
+const REALLOC_RETRY_ABOVE: usize = 1024;
+
 pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
     // --- before the stop: anything goes ---
     let maps = Maps::read();
@@ -162,17 +166,28 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
     }
 
     // --- the world stops: no allocation, no foreign locks ---
-    // A thread stopped inside the inner allocator's `realloc` has a block
-    // whose bytes may be changing or gone (`guard::InFlightBytes::moving`;
-    // what they point to would look lost): then the world goes again for
-    // a moment and stops anew, seven times at most (1 to 64 ms apart, 127
-    // ms in all). After that, what was kept of the block's first words
-    // has to do.
-    let mut pause_us = 1000;
+    // A thread stopped inside the inner allocator's `realloc` of a block
+    // over 1 KiB has a block whose bytes may be changing or gone
+    // (`guard::InFlightBytes::moving`; what they point to would look
+    // lost): then the world goes again for a moment and stops anew, 1 to
+    // 64 ms apart, for 150 ms at most from the first stop, and not when a
+    // thread did not stop (each stop then waits 2 s for it). After that,
+    // what was kept of the block's first words has to do. (A smaller
+    // block's old chunk goes to glibc's per-thread cache, where nobody
+    // else gets it, and the kept words cover what glibc writes into it.)
+    let started = std::time::Instant::now();
+    let mut pause_us: u32 = 1000;
     let (shards, world) = loop {
         let shards = registry::lock_all();
         let world = stw::stop(&tids);
-        if pause_us > 64_000 || !world.threads().any(|t| t.moving) {
+        let moving = world
+            .threads()
+            .any(|t| t.moving && t.in_flight.1 > REALLOC_RETRY_ABOVE);
+        if !moving
+            || world.missed > 0
+            || started.elapsed() + std::time::Duration::from_micros(u64::from(pause_us))
+                > std::time::Duration::from_millis(150)
+        {
             break (shards, world);
         }
         drop(world);

@@ -175,18 +175,20 @@ pub(crate) mod loader {
         unsafe { libc::pthread_mutex_unlock(LOCK.0.get()) };
     }
 
+    /// Unlocks when dropped (when `f` returns or unwinds).
+    struct Unlock;
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            unlock();
+        }
+    }
+
     /// Runs `f`, which may call into the loader, under the lock. The thread
     /// that holds it for a `fork` (in the fork window, where other fork
     /// handlers may call memwarden) runs `f` as it is.
     pub(crate) fn with<R>(f: impl FnOnce() -> R) -> R {
         if crate::guard::forking() {
             return f();
-        }
-        struct Unlock;
-        impl Drop for Unlock {
-            fn drop(&mut self) {
-                unlock();
-            }
         }
         lock();
         let _unlock = Unlock;
@@ -206,12 +208,6 @@ pub(crate) mod loader {
         }
         if !try_lock() {
             return None;
-        }
-        struct Unlock;
-        impl Drop for Unlock {
-            fn drop(&mut self) {
-                unlock();
-            }
         }
         let _unlock = Unlock;
         Some(f())
