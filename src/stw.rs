@@ -36,6 +36,8 @@ const SIGNAL: libc::c_int = libc::SIGPWR;
 /// reached.)
 pub(crate) const MAX_THREADS: usize = if cfg!(test) { 64 } else { 4096 };
 const STOP_TIMEOUT_MS: u64 = 2000;
+/// How much longer a stop waits for threads that took a slot to fill it.
+const FILL_TIMEOUT_MS: u64 = 200;
 /// Longest a stopped thread waits before it resumes on its own.
 const MAX_STOP_MS: u64 = 120_000;
 
@@ -379,33 +381,35 @@ pub(crate) fn stop(tids: &[i32]) -> World {
             .filter(|&&t| unsafe { libc::syscall(libc::SYS_tgkill, pid, t, 0) } == 0)
             .count()
     };
-    let mut waited = 0;
+    // (Deadlines by the clock: counted in sleeps, a loaded machine or
+    // thousands of threads to check made them several times longer.)
+    let deadline = monotonic_ms().saturating_add(STOP_TIMEOUT_MS);
+    let mut sleeps = 0u64;
     loop {
         let mut remaining = sent;
-        while FILLED.load(Ordering::Acquire) < remaining && waited < STOP_TIMEOUT_MS {
+        while FILLED.load(Ordering::Acquire) < remaining && monotonic_ms() < deadline {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
-            waited += 1;
-            if waited % 4 == 0 {
+            sleeps += 1;
+            if sleeps % 4 == 0 {
                 remaining = remaining.min(alive(&signalled));
             }
         }
         let before = sent;
         each_task(|tid| signal(tid, &mut signalled, &mut sent));
-        if sent == before || waited >= STOP_TIMEOUT_MS {
+        if sent == before || monotonic_ms() >= deadline {
             break;
         }
     }
     // A thread takes its slot before it fills it: wait for those that
     // have taken one to fill it (a few instructions, unless the thread is
-    // preempted in between). One that has not within about 0.2 s more is
-    // left out, as a thread that did not stop.
+    // preempted in between). One that has not within 0.2 s more is left
+    // out, as a thread that did not stop.
     let taken = NEXT.load(Ordering::Acquire);
-    let mut extra = 0;
-    while FILLED.load(Ordering::Acquire) < taken && extra < STOP_TIMEOUT_MS {
+    let fill_deadline = monotonic_ms().saturating_add(FILL_TIMEOUT_MS);
+    while FILLED.load(Ordering::Acquire) < taken && monotonic_ms() < fill_deadline {
         // SAFETY: usleep has no preconditions.
         unsafe { libc::usleep(100) };
-        extra += 1;
     }
     let stopped = FILLED.load(Ordering::Acquire).min(taken).min(sent);
     World {
@@ -426,15 +430,14 @@ impl Drop for World {
         futex_wake_all(&RELEASE);
         // Wait (briefly) until the stopped threads have left the handler, so
         // that the next scan starts from clean slots.
-        let mut waited = 0;
+        let deadline = monotonic_ms().saturating_add(STOP_TIMEOUT_MS);
         // (Every thread that took a slot, those that came after the stop
         // returned too: each leaves once.)
         while LEFT.load(Ordering::Acquire) < NEXT.load(Ordering::Acquire)
-            && waited < STOP_TIMEOUT_MS
+            && monotonic_ms() < deadline
         {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
-            waited += 1;
         }
     }
 }
@@ -547,8 +550,9 @@ mod tests {
     #[test]
     #[serial_test::serial(stw)]
     fn a_slot_taken_and_never_filled_is_not_read() {
-        // The thread sleeps past the stop's deadline (2 s) before filling
-        // its slot: it counts as a thread that did not stop, and its slot,
+        // The thread sleeps 3.5 s before filling its slot, past the stop's
+        // deadlines (2 s, then 0.2 s for threads that took a slot to fill
+        // it): it counts as a thread that did not stop, and its slot,
         // still holding the previous stop's values (its own tid), is not
         // listed.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -560,7 +564,7 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         drop(stop(&[tid]));
-        FILL_DELAY_US.store(2_600_000, Ordering::Relaxed);
+        FILL_DELAY_US.store(3_500_000, Ordering::Relaxed);
         let world = stop(&[tid]);
         FILL_DELAY_US.store(0, Ordering::Relaxed);
         let missed = world.missed;
