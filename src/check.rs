@@ -463,6 +463,13 @@ pub(crate) fn report(found: Found) {
 /// As [`report`]; `may_abort` false keeps going whatever the policy (the
 /// exit-time check, which still has a report to write).
 pub(crate) fn report_with(found: Found, may_abort: bool) {
+    // The `backtrace` crate's lock first, then REPORTING: symbolizing takes
+    // it under REPORTING, and a thread that already holds it (inside
+    // `backtrace::trace`) may find a heap error at a free and come here.
+    symbols::under_backtrace_lock(|| report_locked(found, may_abort));
+}
+
+fn report_locked(found: Found, may_abort: bool) {
     // One report at a time, from the first look at the error log to the
     // abort: otherwise a second thread finding the same error could print
     // "the same as one printed above" (or abort) before the first one's

@@ -823,6 +823,22 @@ fn an_allocation_under_backtraces_lock_does_not_wait_for_a_symbolizing_thread() 
         run.describe()
     );
     expect_code(&run, 0);
+    // And a heap error found there: its report symbolizes, under
+    // REPORTING, while the main thread symbolizes and waits for
+    // backtrace's lock (a deadlock when REPORTING came first).
+    let run = run_tracked(
+        &["backtrace_lock"],
+        &[
+            ("BT_DOUBLE_FREE", "1"),
+            ("DEBUG_MEMORY_ON_ERROR", "continue"),
+        ],
+    );
+    assert!(
+        run.stdout.contains("backtrace_lock: done"),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stderr.contains("double free"), "{}", run.describe());
 }
 
 #[test]

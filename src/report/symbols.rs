@@ -14,10 +14,44 @@ use super::Frame;
 pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -> Vec<Frame> {
     let mut out = Vec::new();
     for &ip in ips {
-        let frames = cache.entry(ip).or_insert_with(|| resolve(ip));
+        let frames = cache
+            .entry(ip)
+            .or_insert_with(|| under_backtrace_lock(|| resolve(ip)));
         out.extend(frames.iter().cloned());
     }
     out
+}
+
+/// Runs `f` holding the `backtrace` crate's global lock, which is
+/// re-entrant per thread (it is taken again, at no cost, by
+/// `backtrace::resolve` inside `f`).
+///
+/// Every lock memwarden holds while it symbolizes (the loader lock,
+/// `check`'s REPORTING) is taken *after* this one: a program thread inside
+/// `backtrace::trace` holds it, and may allocate and free, so taking it
+/// inside memwarden's locks would close a cycle with such a thread.
+/// `backtrace` has no call that only takes the lock: `f` runs from the
+/// first callback of a `backtrace::trace`, which holds it (or after it, if
+/// there was no frame to call back with).
+///
+/// A panic in `f` is caught inside the callback (which libgcc calls from C,
+/// where a Rust panic may not unwind) and resumed after it.
+pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
+    let mut f = Some(f);
+    let mut out = None;
+    backtrace::trace(|_| {
+        if let Some(f) = f.take() {
+            out = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        }
+        false
+    });
+    match (out, f) {
+        (Some(Ok(r)), _) => r,
+        (Some(Err(panic)), _) => std::panic::resume_unwind(panic),
+        (None, Some(f)) => f(),
+        // `f` is taken only where `out` is set.
+        (None, None) => unreachable!("the closure ran without a result"),
+    }
 }
 
 fn resolve(ip: usize) -> Vec<Frame> {

@@ -1224,7 +1224,10 @@ fn fork_pools() {
 // seen, while the main thread symbolizes (`top_sites`: memwarden's loader
 // lock, then `backtrace::resolve`, which takes backtrace's lock). The
 // allocation must not wait on memwarden's loader lock: it hung every time
-// when it did. Prints `backtrace_lock: done`.
+// when it did. With `BT_DOUBLE_FREE=1` the thread also frees a block twice
+// there (run with `DEBUG_MEMORY_ON_ERROR=continue`): the report of it
+// symbolizes too, which must not wait for the main thread while the main
+// thread waits for backtrace's lock. Prints `backtrace_lock: done`.
 
 static BT_HOLDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -1245,6 +1248,16 @@ fn backtrace_lock() {
                 // wait for backtrace's.
                 thread::sleep(std::time::Duration::from_millis(300));
                 black_box(bt_fresh_site());
+                if std::env::var_os("BT_DOUBLE_FREE").is_some() {
+                    let layout = std::alloc::Layout::new::<[u64; 3]>();
+                    // SAFETY: not sound: the second `dealloc` is the heap
+                    // error memwarden must report (and refuse).
+                    unsafe {
+                        let p = std::alloc::alloc(layout);
+                        std::alloc::dealloc(p, layout);
+                        std::alloc::dealloc(black_box(p), layout);
+                    }
+                }
             }
             false
         });
