@@ -20,7 +20,7 @@
 //! signal) is reported and scanned no further. If the program has its own
 //! `SIGPWR` handler, memwarden does not replace it and scans without
 //! stopping anyone.
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::roots::{CALLEE_SAVED, gettid, thread_pointer};
 use crate::sys::MapVec;
@@ -43,7 +43,7 @@ const MAX_STOP_MS: u64 = 120_000;
 
 struct Slot {
     tid: AtomicI32,
-    /// The stop ([`GEN`]) that filled this slot, written last: a slot of
+    /// The stop (its number, [`GEN`]) that filled this slot, written last: a slot of
     /// an earlier stop, or one a thread has taken and not filled yet, is
     /// not read.
     generation: AtomicU32,
@@ -68,14 +68,45 @@ const SLOT_INIT: Slot = Slot {
     regs: [const { AtomicUsize::new(0) }; CALLEE_SAVED],
 };
 static SLOTS: [Slot; MAX_THREADS] = [SLOT_INIT; MAX_THREADS];
+// The three counts of a stop carry its number in their high 32 bits (see
+// `stamp`): a thread held up in the handler past the end of the stop that
+// signalled it knows from NEXT that a new stop has begun, and its counts
+// of the old one cannot land in the new one's.
 /// Slots taken: a stopped thread counts itself here first.
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+static NEXT: AtomicU64 = AtomicU64::new(0);
 /// Threads that have stopped and written their slot (or found none left):
 /// what a stop waits for.
-static FILLED: AtomicUsize = AtomicUsize::new(0);
-static LEFT: AtomicUsize = AtomicUsize::new(0);
-/// The current stop's number.
+static FILLED: AtomicU64 = AtomicU64::new(0);
+/// Threads that have left the handler.
+static LEFT: AtomicU64 = AtomicU64::new(0);
+/// The last stop's number.
 static GEN: AtomicU32 = AtomicU32::new(0);
+
+/// A count of stop `generation`, at zero.
+fn stamp(generation: u32) -> u64 {
+    u64::from(generation) << 32
+}
+
+/// The stop a count belongs to.
+fn stop_of(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+/// The count itself.
+fn count(word: &AtomicU64) -> usize {
+    (word.load(Ordering::Acquire) & 0xffff_ffff) as usize
+}
+
+/// Adds one to `word` if it still counts stop `generation`.
+fn count_in(word: &AtomicU64, generation: u32) {
+    let mut now = word.load(Ordering::Relaxed);
+    while stop_of(now) == generation {
+        match word.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(seen) => now = seen,
+        }
+    }
+}
 /// Unit tests only: microseconds a stopped thread sleeps between taking
 /// its slot and filling it.
 #[cfg(test)]
@@ -152,8 +183,8 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
     let sp = crate::guard::busy_entry_sp()
         .unwrap_or(std::hint::black_box(&marker) as *const usize as usize);
     if RELEASE.load(Ordering::Acquire) == 0 {
-        let generation = GEN.load(Ordering::Acquire);
-        let i = NEXT.fetch_add(1, Ordering::AcqRel);
+        let taken = NEXT.fetch_add(1, Ordering::AcqRel);
+        let (generation, i) = (stop_of(taken), (taken & 0xffff_ffff) as usize);
         #[cfg(test)]
         {
             let us = FILL_DELAY_US.load(Ordering::Relaxed);
@@ -162,13 +193,15 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
                 unsafe { libc::usleep(us) };
             }
         }
-        if GEN.load(Ordering::Acquire) != generation {
-            // Held up past the end of the stop that signalled it (more
-            // than 4 s between taking its slot and filling it), and a new
+        if stop_of(NEXT.load(Ordering::Acquire)) != generation {
+            // Held up past the end of the stop whose slot it took (seconds
+            // between taking its slot and filling it: past the stop's
+            // deadline and its drop's), and a new
             // stop has begun: the slot may be another thread's now. Not
-            // counted in this stop; its signal, if it sent one, comes next.
-            // (A new stop beginning between this check and the stores
-            // below is left open.)
+            // counted in the new stop; its signal, if it sent one, comes
+            // next. (A new stop beginning between this check and the
+            // stores below is left open: the slot may then be written
+            // over.)
             // SAFETY: as above.
             unsafe { *libc::__errno_location() = errno };
             return;
@@ -189,7 +222,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
             SLOTS[i].tp.store(thread_pointer(), Ordering::Relaxed);
             SLOTS[i].generation.store(generation, Ordering::Release);
         }
-        FILLED.fetch_add(1, Ordering::AcqRel);
+        count_in(&FILLED, generation);
         // Asleep until woken (`World`'s drop), or until the deadline by the
         // clock: not a timeout per wait, which a wait cut short would count
         // whole. (No periodic wake-ups either: with thousands of threads
@@ -202,7 +235,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
             }
             futex_wait(&RELEASE, 0, deadline - now);
         }
-        LEFT.fetch_add(1, Ordering::AcqRel);
+        count_in(&LEFT, generation);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
@@ -341,12 +374,13 @@ pub(crate) fn stop(tids: &[i32]) -> World {
             unsupported: true,
         };
     }
-    NEXT.store(0, Ordering::Release);
-    FILLED.store(0, Ordering::Release);
-    LEFT.store(0, Ordering::Release);
     // Never 0, the slots' first value. (Stops are not nested.)
     let generation = GEN.load(Ordering::Relaxed).wrapping_add(1).max(1);
-    GEN.store(generation, Ordering::Release);
+    GEN.store(generation, Ordering::Relaxed);
+    FILLED.store(stamp(generation), Ordering::Release);
+    LEFT.store(stamp(generation), Ordering::Release);
+    // Last: a handler learns the stop's number from it.
+    NEXT.store(stamp(generation), Ordering::Release);
     RELEASE.store(0, Ordering::Release);
     let me = gettid();
     // SAFETY: getpid has no preconditions.
@@ -387,7 +421,7 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     let mut sleeps = 0u64;
     loop {
         let mut remaining = sent;
-        while FILLED.load(Ordering::Acquire) < remaining && monotonic_ms() < deadline {
+        while count(&FILLED) < remaining && monotonic_ms() < deadline {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
             sleeps += 1;
@@ -405,13 +439,13 @@ pub(crate) fn stop(tids: &[i32]) -> World {
     // have taken one to fill it (a few instructions, unless the thread is
     // preempted in between). One that has not within 0.2 s more is left
     // out, as a thread that did not stop.
-    let taken = NEXT.load(Ordering::Acquire);
+    let taken = count(&NEXT);
     let fill_deadline = monotonic_ms().saturating_add(FILL_TIMEOUT_MS);
-    while FILLED.load(Ordering::Acquire) < taken && monotonic_ms() < fill_deadline {
+    while count(&FILLED) < taken && monotonic_ms() < fill_deadline {
         // SAFETY: usleep has no preconditions.
         unsafe { libc::usleep(100) };
     }
-    let stopped = FILLED.load(Ordering::Acquire).min(taken).min(sent);
+    let stopped = count(&FILLED).min(taken).min(sent);
     World {
         taken,
         generation,
@@ -433,9 +467,7 @@ impl Drop for World {
         let deadline = monotonic_ms().saturating_add(STOP_TIMEOUT_MS);
         // (Every thread that took a slot, those that came after the stop
         // returned too: each leaves once.)
-        while LEFT.load(Ordering::Acquire) < NEXT.load(Ordering::Acquire)
-            && monotonic_ms() < deadline
-        {
+        while count(&LEFT) < count(&NEXT) && monotonic_ms() < deadline {
             // SAFETY: usleep has no preconditions.
             unsafe { libc::usleep(1000) };
         }
