@@ -35,11 +35,10 @@ extern "C" fn before_fork() {
     crate::pool::hold_for_fork();
     // Then the loader lock, so that no memwarden call is inside the
     // loader's own lock when the process is copied (see `sync::loader`):
-    // after the registry of pools (code holding that registry may
-    // symbolize, under the loader lock; nothing under the loader lock
-    // waits for the registry of pools), and before the registry's and
-    // stack table's locks, which symbolizing (under it) may take to
-    // allocate.
+    // after the registry of pools (nothing under the loader lock waits for
+    // that registry), and before the registry's and stack table's locks,
+    // which the scan's listing of the loaded objects (under it) may take
+    // to allocate.
     crate::sync::loader::hold_for_fork();
     crate::stack::lock_all_raw();
     crate::registry::lock_all_raw();

@@ -127,7 +127,8 @@ impl<T> Drop for SpinGuard<'_, T> {
 
 /// memwarden's own lock around each of its calls that take the dynamic
 /// loader's lock (`dl_iterate_phdr`: the unwinder's module table, the
-/// scan's list of loaded objects, and symbolization through `backtrace`).
+/// scan's list of loaded objects, and `backtrace`'s one listing of them
+/// for symbolizing, `report::symbols::list_libraries_once`).
 ///
 /// glibc does not reset its loader lock in a child made by `fork`: a
 /// child forked while another thread of the parent was inside
@@ -142,10 +143,9 @@ impl<T> Drop for SpinGuard<'_, T> {
 /// on one lock. libgcc from GCC 12 on finds unwind tables through glibc's
 /// `_dl_find_object` (glibc 2.35 on), which takes no lock.
 ///
-/// A `pthread_mutex_t`, not a [`SpinLock`]: symbolizing a report holds it
-/// for as long as `backtrace` takes to read the debug info (up to a second
-/// for a big binary), and waiters should sleep, not spin. Locking and
-/// unlocking it never allocate.
+/// A `pthread_mutex_t`, not a [`SpinLock`]: a scan holds it while it lists
+/// the loaded objects (allocating), and waiters should sleep, not spin.
+/// Locking and unlocking it never allocate.
 pub(crate) mod loader {
     use std::cell::UnsafeCell;
 
@@ -197,11 +197,11 @@ pub(crate) mod loader {
 
     /// As [`with`], but `None` at once, without running `f`, when another
     /// thread holds the lock: for the allocation path (the unwinder meeting
-    /// new code), which must never wait on it. The lock is held across
-    /// `backtrace::resolve`, which takes `backtrace`'s own global lock; a
-    /// program thread inside `backtrace::trace` (which holds that lock)
-    /// may allocate, and waiting here then would close a cycle. The
-    /// caller falls back to libgcc's unwinder for that one stack.
+    /// new code), which must never wait on it: `backtrace`'s listing of
+    /// the loaded objects takes `backtrace`'s own global lock under it, and
+    /// a program thread inside `backtrace::trace` (which holds that lock)
+    /// may allocate. The caller falls back to libgcc's unwinder for that
+    /// one stack.
     pub(crate) fn try_with<R>(f: impl FnOnce() -> R) -> Option<R> {
         if crate::guard::forking() {
             return Some(f());

@@ -6,6 +6,7 @@
 //! `alloc`/`core`/`std` code; [`user_frames`] drops those so that frame 0
 //! is the line of the program that allocated.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Frame;
 
@@ -26,25 +27,29 @@ pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -
 /// re-entrant per thread (it is taken again, at no cost, by
 /// `backtrace::resolve` inside `f`).
 ///
-/// Every lock memwarden holds while it symbolizes (the loader lock,
-/// `check`'s REPORTING) is taken *after* this one: a program thread inside
-/// `backtrace::trace` holds it, and may allocate and free, so taking it
-/// inside memwarden's locks would close a cycle with such a thread.
-/// `backtrace` has no call that only takes the lock: `f` runs from the
-/// first callback of a `backtrace::trace`, which holds it (or after it, if
-/// there was no frame to call back with).
+/// The lock memwarden holds while it symbolizes (`check`'s REPORTING) is
+/// taken *after* this one: a program thread inside `backtrace::trace`
+/// holds it, and may allocate and free (and find a heap error there), so
+/// taking it inside memwarden's locks would close a cycle with such a
+/// thread. `backtrace` has no call that only takes the lock: `f` runs from
+/// the first callback of a `backtrace::trace`, which holds it (or after
+/// it, unlocked, if there was no frame to call back with, or if
+/// `backtrace`'s lock is poisoned by a panic of the program's).
 ///
 /// A panic in `f` is caught inside the callback (which libgcc calls from C,
 /// where a Rust panic may not unwind) and resumed after it.
 pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
+    list_libraries_once();
     let mut f = Some(f);
     let mut out = None;
-    backtrace::trace(|_| {
-        if let Some(f) = f.take() {
-            out = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-        }
-        false
-    });
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        backtrace::trace(|_| {
+            if let Some(f) = f.take() {
+                out = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+            }
+            false
+        })
+    }));
     match (out, f) {
         (Some(Ok(r)), _) => r,
         (Some(Err(panic)), _) => std::panic::resume_unwind(panic),
@@ -54,19 +59,46 @@ pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// `backtrace` has listed the loaded objects (see [`list_libraries_once`]).
+static LISTED: AtomicBool = AtomicBool::new(false);
+
+/// Has `backtrace` list the loaded objects, once, under memwarden's loader
+/// lock (see `sync::loader`): the one time it calls `dl_iterate_phdr`
+/// (when its cache is first made; `clear_symbol_cache` makes it and reads
+/// no debug info), so that a `fork` never copies the process while
+/// symbolizing is inside the loader. Later symbolizing takes no loader
+/// lock at all: waiting for it under `backtrace`'s lock would close a
+/// cycle with a `fork` whose other handlers capture a backtrace.
+///
+/// Only tried: if the loader lock is held (a `fork`, a scan, or another
+/// thread doing this), the next symbolizing tries again. Taking
+/// `backtrace`'s lock inside the loader lock closes no cycle, since no
+/// thread waits for the loader lock while it holds `backtrace`'s (the
+/// unwinder only tries it).
+///
+/// (Once anything has been resolved, `backtrace` has its list: clearing
+/// its cache then would only throw away the debug info it has read.)
+fn list_libraries_once() {
+    if !LISTED.load(Ordering::Acquire)
+        && crate::sync::loader::try_with(|| {
+            std::panic::catch_unwind(backtrace::clear_symbol_cache).is_ok()
+        }) == Some(true)
+    {
+        LISTED.store(true, Ordering::Release);
+    }
+}
+
 fn resolve(ip: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
-    // `backtrace` lists the loaded objects with `dl_iterate_phdr`: under
-    // memwarden's loader lock (see `sync::loader`).
-    crate::sync::loader::with(|| {
-        backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
-            frames.push(Frame {
-                function: sym.name().map(|n| format!("{n:#}")),
-                file: sym.filename().map(|p| p.to_string_lossy().into_owned()),
-                line: sym.lineno(),
-            });
+    // (Not under the loader lock: see `list_libraries_once`.)
+    backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
+        frames.push(Frame {
+            function: sym.name().map(|n| format!("{n:#}")),
+            file: sym.filename().map(|p| p.to_string_lossy().into_owned()),
+            line: sym.lineno(),
         });
     });
+    LISTED.store(true, Ordering::Release);
     if frames.is_empty() {
         frames.push(Frame {
             function: None,
