@@ -842,6 +842,22 @@ fn an_allocation_under_backtraces_lock_does_not_wait_for_a_symbolizing_thread() 
 }
 
 #[test]
+fn a_child_forked_while_the_parent_symbolizes_does_not_wait_for_its_lock() {
+    // A thread symbolizes over and over (holding the `backtrace` crate's
+    // lock, which a child inherits held by a thread it does not have)
+    // while the main thread forks children that symbolize: 3 of 20 hung
+    // before; the children now name addresses instead when a thread was
+    // symbolizing at the fork.
+    let run = run_tracked(&["fork_symbolizing"], &[]);
+    assert!(
+        run.stdout.contains("hung children: 0"),
+        "{}",
+        run.describe()
+    );
+    expect_code(&run, 0);
+}
+
+#[test]
 fn fork_handlers_may_allocate_and_free_while_memwarden_holds_its_locks() {
     // Tracking switched on in `main`: the scenario's handlers are
     // registered before memwarden's, and run in its window. With

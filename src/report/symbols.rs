@@ -6,13 +6,24 @@
 //! `alloc`/`core`/`std` code; [`user_frames`] drops those so that frame 0
 //! is the line of the program that allocated.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Frame;
 
 /// Symbolizes `ips` (return addresses, innermost first), keeping inlined
 /// frames. `cache` avoids resolving an address twice.
 pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -> Vec<Frame> {
+    if NO_SYMBOLS.load(Ordering::Acquire) {
+        // See `after_fork_in_child`: the addresses only.
+        return ips
+            .iter()
+            .map(|ip| Frame {
+                function: Some(format!("{ip:#x}")),
+                file: None,
+                line: None,
+            })
+            .collect();
+    }
     let mut out = Vec::new();
     for &ip in ips {
         let frames = cache
@@ -39,6 +50,19 @@ pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -
 /// A panic in `f` is caught inside the callback (which libgcc calls from C,
 /// where a Rust panic may not unwind) and resumed after it.
 pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
+    if NO_SYMBOLS.load(Ordering::Acquire) {
+        return f();
+    }
+    // Counted from before the lock is taken to after it is released (see
+    // `after_fork_in_child`).
+    struct Holding;
+    impl Drop for Holding {
+        fn drop(&mut self) {
+            HOLDING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    HOLDING.fetch_add(1, Ordering::AcqRel);
+    let _holding = Holding;
     list_libraries_once();
     let mut f = Some(f);
     let mut out = None;
@@ -56,6 +80,23 @@ pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
         (None, Some(f)) => f(),
         // `f` is taken only where `out` is set.
         (None, None) => unreachable!("the closure ran without a result"),
+    }
+}
+
+/// Threads in [`under_backtrace_lock`], which may hold `backtrace`'s lock.
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
+/// This process cannot take `backtrace`'s lock (see
+/// [`after_fork_in_child`]): reports name addresses, not lines.
+static NO_SYMBOLS: AtomicBool = AtomicBool::new(false);
+
+/// In a child made by `fork`, from memwarden's handler: if another thread
+/// of the parent was in [`under_backtrace_lock`] (symbolizing a report),
+/// it may have held `backtrace`'s lock, which then stays held for ever in
+/// the child, where that thread does not exist. Symbolizing would wait for
+/// it: the child's reports give addresses instead.
+pub(crate) fn after_fork_in_child() {
+    if HOLDING.swap(0, Ordering::AcqRel) > 0 {
+        NO_SYMBOLS.store(true, Ordering::Release);
     }
 }
 

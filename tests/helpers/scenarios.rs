@@ -77,6 +77,7 @@ const SCENARIOS: &[&str] = &[
     "fork_handlers",
     "fork_pools",
     "backtrace_lock",
+    "fork_symbolizing",
     "own_sigpwr",
     "toggle",
     "pool_leak",
@@ -145,6 +146,7 @@ fn parse(args: &[String]) -> Action {
         Some("fork_handlers") => run(fork_handlers),
         Some("fork_pools") => run(fork_pools),
         Some("backtrace_lock") => run(backtrace_lock),
+        Some("fork_symbolizing") => run(fork_symbolizing),
         Some("own_sigpwr") => run(own_sigpwr),
         Some("toggle") => run(toggle),
         Some("pool_leak") => run(pool_leak),
@@ -1269,6 +1271,75 @@ fn backtrace_lock() {
     holder.join().unwrap();
     black_box(&keep);
     println!("backtrace_lock: done");
+}
+
+// ---------------------------------------------------------------------------
+// fork_symbolizing: a thread symbolizes over and over (`top_sites`, which
+// takes the `backtrace` crate's lock) while the main thread forks children
+// that symbolize too. A child forked while that thread held the lock
+// inherits it held by a thread it does not have: it must not wait for it.
+// Prints how many children hung (killed after 5 s) and how many were
+// refused their symbols.
+
+fn fork_symbolizing() {
+    let keep: Vec<Box<u64>> = (0..64).map(Box::new).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let symbolizer = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                black_box(memwarden::top_sites(8));
+            }
+        })
+    };
+    thread::sleep(std::time::Duration::from_millis(20));
+    let (mut hung, mut addresses) = (0, 0);
+    for _ in 0..20 {
+        thread::sleep(std::time::Duration::from_millis(1));
+        // SAFETY: the child symbolizes, then leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let sites = memwarden::top_sites(3);
+            let named = sites
+                .iter()
+                .any(|s| s.frames.iter().any(|f| f.file.is_some()));
+            // SAFETY: `_exit` ends the child at once.
+            unsafe {
+                libc::_exit(if sites.is_empty() {
+                    1
+                } else if named {
+                    0
+                } else {
+                    2
+                })
+            };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        let mut waited = 0;
+        // SAFETY: waiting for our own child, without blocking.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            if waited == 5_000 {
+                hung += 1;
+                // SAFETY: our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(1));
+            waited += 1;
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 2 {
+            addresses += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    symbolizer.join().unwrap();
+    black_box(&keep);
+    println!("hung children: {hung}");
+    println!("children with addresses only: {addresses}");
 }
 
 /// What each child of `fork_pools` does: makes a pool, takes from it,
