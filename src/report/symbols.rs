@@ -13,7 +13,7 @@ use super::Frame;
 /// Symbolizes `ips` (return addresses, innermost first), keeping inlined
 /// frames. `cache` avoids resolving an address twice.
 pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -> Vec<Frame> {
-    if NO_SYMBOLS.load(Ordering::Acquire) {
+    if no_symbols() {
         // See `after_fork_in_child`: the addresses only.
         return ips
             .iter()
@@ -50,7 +50,7 @@ pub(crate) fn symbolize(ips: &[usize], cache: &mut HashMap<usize, Vec<Frame>>) -
 /// A panic in `f` is caught inside the callback (which libgcc calls from C,
 /// where a Rust panic may not unwind) and resumed after it.
 pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
-    if NO_SYMBOLS.load(Ordering::Acquire) {
+    if no_symbols() {
         return f();
     }
     // Counted from before the lock is taken to after it is released (see
@@ -58,17 +58,17 @@ pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
     struct Holding;
     impl Drop for Holding {
         fn drop(&mut self) {
-            HOLDING.fetch_sub(1, Ordering::AcqRel);
+            let _ = HOLDING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| h.checked_sub(1));
         }
     }
     HOLDING.fetch_add(1, Ordering::AcqRel);
     let _holding = Holding;
-    list_libraries_once();
     let mut f = Some(f);
     let mut out = None;
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         backtrace::trace(|_| {
             if let Some(f) = f.take() {
+                list_libraries_once();
                 out = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
             }
             false
@@ -88,12 +88,19 @@ static HOLDING: AtomicUsize = AtomicUsize::new(0);
 /// This process cannot take `backtrace`'s lock (see
 /// [`after_fork_in_child`]): reports name addresses, not lines.
 static NO_SYMBOLS: AtomicBool = AtomicBool::new(false);
+/// True where symbolizing could wait for ever (see [`after_fork_in_child`]).
+fn no_symbols() -> bool {
+    NO_SYMBOLS.load(Ordering::Acquire)
+}
 
 /// In a child made by `fork`, from memwarden's handler: if another thread
 /// of the parent was in [`under_backtrace_lock`] (symbolizing a report),
 /// it may have held `backtrace`'s lock, which then stays held for ever in
 /// the child, where that thread does not exist. Symbolizing would wait for
-/// it: the child's reports give addresses instead.
+/// it: the child's reports give addresses instead. (A thread of the
+/// program's own inside `backtrace::trace` at the fork is not seen: the
+/// child's first symbolizing then waits, as its own first backtrace
+/// would.)
 pub(crate) fn after_fork_in_child() {
     if HOLDING.swap(0, Ordering::AcqRel) > 0 {
         NO_SYMBOLS.store(true, Ordering::Release);
@@ -108,24 +115,31 @@ static LISTED: AtomicBool = AtomicBool::new(false);
 /// (when its cache is first made; `clear_symbol_cache` makes it and reads
 /// no debug info), so that a `fork` never copies the process while
 /// symbolizing is inside the loader. Later symbolizing takes no loader
-/// lock at all: waiting for it under `backtrace`'s lock would close a
-/// cycle with a `fork` whose other handlers capture a backtrace.
+/// lock at all.
 ///
-/// Only tried: if the loader lock is held (a `fork`, a scan, or another
-/// thread doing this), the next symbolizing tries again. Taking
-/// `backtrace`'s lock inside the loader lock closes no cycle, since no
-/// thread waits for the loader lock while it holds `backtrace`'s (the
-/// unwinder only tries it).
+/// Called with `backtrace`'s lock held (from [`under_backtrace_lock`]'s
+/// callback; `clear_symbol_cache` takes it again, re-entrantly), so the
+/// loader lock is only *tried*, for up to 200 ms (a `fork`, a scan or the
+/// unwinder holds it for moments): waiting for it under `backtrace`'s lock
+/// would close a cycle with a `fork` whose other handlers capture a
+/// backtrace. If it stays held, `backtrace` lists the objects at its
+/// first `resolve`, without memwarden's lock.
 ///
 /// (Once anything has been resolved, `backtrace` has its list: clearing
 /// its cache then would only throw away the debug info it has read.)
 fn list_libraries_once() {
-    if !LISTED.load(Ordering::Acquire)
-        && crate::sync::loader::try_with(|| {
+    for _ in 0..200 {
+        if LISTED.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(listed) = crate::sync::loader::try_with(|| {
             std::panic::catch_unwind(backtrace::clear_symbol_cache).is_ok()
-        }) == Some(true)
-    {
-        LISTED.store(true, Ordering::Release);
+        }) {
+            LISTED.store(listed, Ordering::Release);
+            return;
+        }
+        // SAFETY: usleep has no preconditions.
+        unsafe { libc::usleep(1000) };
     }
 }
 
