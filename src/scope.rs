@@ -192,7 +192,7 @@ const SCRUB: usize = 32 << 10;
 /// own memory, uninitialised bytes and all, where the exit report's scan
 /// would find them and call the leak reachable.
 #[inline(never)]
-fn scrub_dead_stack() {
+pub(crate) fn scrub_dead_stack() {
     let sp = crate::roots::stack_pointer();
     // Keep 16 KiB of headroom above the thread's guard page.
     let room = crate::unwind::stack_floor()

@@ -63,12 +63,12 @@ pub(crate) fn under_backtrace_lock<R>(f: impl FnOnce() -> R) -> R {
     }
     HOLDING.fetch_add(1, Ordering::AcqRel);
     let _holding = Holding;
-    list_libraries_once();
     let mut f = Some(f);
     let mut out = None;
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         backtrace::trace(|_| {
             if let Some(f) = f.take() {
+                list_libraries_once();
                 out = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
             }
             false
@@ -117,17 +117,21 @@ static LISTED: AtomicBool = AtomicBool::new(false);
 /// symbolizing is inside the loader. Later symbolizing takes no loader
 /// lock at all.
 ///
-/// Called from [`under_backtrace_lock`] before it takes `backtrace`'s lock:
-/// the loader lock is only *tried*, for up to 200 ms (a `fork`, a scan or
-/// the unwinder holds it for moments); if it stays held, `backtrace` lists
-/// the objects at its first `resolve`, without memwarden's lock. Once the
-/// loader lock is taken, `clear_symbol_cache` waits for `backtrace`'s: a
-/// cycle only with a program thread that, inside a `backtrace::trace`
-/// callback, runs a leak check or forks (both wait for the loader lock)
-/// during this one listing. (Run inside `under_backtrace_lock`'s callback
-/// instead, the listing made a forgotten pool object of a release build of
-/// `tests/scoped.rs` look still reachable, every time: most likely a stale
-/// copy of its address left where a later scan reads, not found.)
+/// Called with `backtrace`'s lock held (from [`under_backtrace_lock`]'s
+/// callback; `clear_symbol_cache` takes it again, re-entrantly), so the
+/// loader lock is only *tried*, for up to 200 ms (a `fork`, a scan or the
+/// unwinder holds it for moments): waiting for it under `backtrace`'s lock
+/// would close a cycle with a program thread that, inside a
+/// `backtrace::trace` callback, runs a leak check or forks. If it stays
+/// held, `backtrace` lists the objects at its first `resolve`, without
+/// memwarden's lock.
+///
+/// `backtrace` builds its cache (0x940 bytes) on the stack and moves it
+/// into a static, uninitialised bytes and all: whatever the stack held
+/// there becomes a root of every later scan. So the dead stack is zeroed
+/// first. (Before it was, a stale address copied so made a forgotten pool
+/// object of a release build of `tests/scoped.rs` look still reachable,
+/// every time, found with `MEMWARDEN_DEBUG_REACH`.)
 ///
 /// (Once anything has been resolved, `backtrace` has its list: clearing
 /// its cache then would only throw away the debug info it has read.)
@@ -137,6 +141,11 @@ fn list_libraries_once() {
             return;
         }
         if let Some(listed) = crate::sync::loader::try_with(|| {
+            // The cache is made on the stack and moved into a static,
+            // uninitialised bytes and all: from zeroed stack (see
+            // `scope::scrub_dead_stack`), so that no stale address on
+            // the stack becomes a root for the life of the process.
+            crate::scope::scrub_dead_stack();
             std::panic::catch_unwind(backtrace::clear_symbol_cache).is_ok()
         }) {
             LISTED.store(listed, Ordering::Release);
@@ -150,6 +159,10 @@ fn list_libraries_once() {
 fn resolve(ip: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
     // (Not under the loader lock: see `list_libraries_once`.)
+    if !LISTED.load(Ordering::Acquire) {
+        // `backtrace` makes its cache now: see `list_libraries_once`.
+        crate::scope::scrub_dead_stack();
+    }
     backtrace::resolve(ip as *mut std::ffi::c_void, |sym| {
         frames.push(Frame {
             function: sym.name().map(|n| format!("{n:#}")),
