@@ -1189,30 +1189,9 @@ fn fork_pools() {
     // handlers waited for its own calls into the loader to end.
     for _ in 0..30 {
         thread::sleep(std::time::Duration::from_millis(2));
-        // SAFETY: the child makes and drops a pool, then leaves with
-        // `_exit`.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let ok = fork_pools_child();
-            // SAFETY: `_exit` ends the child at once.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        assert!(pid > 0, "fork failed");
-        let mut status = 0;
-        let mut waited = 0;
-        // SAFETY: waiting for our own child, without blocking.
-        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
-            if waited == 5_000 {
-                hung += 1;
-                // SAFETY: our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                break;
-            }
-            thread::sleep(std::time::Duration::from_millis(1));
-            waited += 1;
+        // (The child makes and drops a pool.)
+        if fork_within_5s(|| if fork_pools_child() { 0 } else { 1 }).is_none() {
+            hung += 1;
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -1296,43 +1275,23 @@ fn fork_symbolizing() {
     let (mut hung, mut addresses) = (0, 0);
     for _ in 0..20 {
         thread::sleep(std::time::Duration::from_millis(1));
-        // SAFETY: the child symbolizes, then leaves with `_exit`.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
+        let status = fork_within_5s(|| {
             let sites = memwarden::top_sites(3);
             let named = sites
                 .iter()
                 .any(|s| s.frames.iter().any(|f| f.file.is_some()));
-            // SAFETY: `_exit` ends the child at once.
-            unsafe {
-                libc::_exit(if sites.is_empty() {
-                    1
-                } else if named {
-                    0
-                } else {
-                    2
-                })
-            };
-        }
-        assert!(pid > 0, "fork failed");
-        let mut status = 0;
-        let mut waited = 0;
-        // SAFETY: waiting for our own child, without blocking.
-        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
-            if waited == 5_000 {
-                hung += 1;
-                // SAFETY: our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
-                break;
+            if sites.is_empty() {
+                1
+            } else if named {
+                0
+            } else {
+                2
             }
-            thread::sleep(std::time::Duration::from_millis(1));
-            waited += 1;
-        }
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 2 {
-            addresses += 1;
+        });
+        match status {
+            None => hung += 1,
+            Some(2) => addresses += 1,
+            Some(_) => {}
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -1340,6 +1299,38 @@ fn fork_symbolizing() {
     black_box(&keep);
     println!("hung children: {hung}");
     println!("children with addresses only: {addresses}");
+}
+
+/// Forks a child that runs `child` and leaves with the status it returns;
+/// that status (128 plus the signal's number for a child a signal ended),
+/// or `None` if the child had not ended after 5 s (it is then killed).
+fn fork_within_5s(child: impl FnOnce() -> i32) -> Option<i32> {
+    // SAFETY: the child runs `child`, then leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let code = child();
+        // SAFETY: `_exit` ends the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    for _ in 0..5_000 {
+        // SAFETY: waiting for our own child, without blocking.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != 0 {
+            return Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
+        }
+        thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    None
 }
 
 /// What each child of `fork_pools` does: makes a pool, takes from it,
