@@ -194,9 +194,14 @@ const SCRUB: usize = 32 << 10;
 #[inline(never)]
 pub(crate) fn scrub_dead_stack() {
     let sp = crate::roots::stack_pointer();
-    // Keep 16 KiB of headroom above the thread's guard page.
-    let room = crate::unwind::stack_floor()
-        .map_or(8 << 10, |lo| sp.saturating_sub(lo).saturating_sub(16 << 10));
+    // Keep 16 KiB of headroom above the thread's guard page. On another
+    // stack than the thread's own (a signal's, a coroutine's), whose size
+    // is not known, nothing.
+    let room = match crate::unwind::exact_stack() {
+        Some((lo, hi)) if (lo..hi).contains(&sp) => sp.saturating_sub(lo).saturating_sub(16 << 10),
+        Some(_) => 0,
+        None => 8 << 10,
+    };
     if room >= SCRUB {
         scrub::<SCRUB>();
     } else if room >= SCRUB / 4 {

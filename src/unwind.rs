@@ -437,25 +437,21 @@ pub(crate) fn room_for(bytes: usize) -> bool {
     }
 }
 
-/// The lowest address of the calling thread's stack, if it is known for
+/// The calling thread's stack, `lo..hi`, if its lowest address is known for
 /// sure: the main thread's stack as far as its limit lets it grow, or a
 /// thread's stack above its guard page. For a stack found in a mapping
 /// that may hold more than the stack (one the program allocated itself),
 /// `None`: nothing below the stack pointer is known to be this stack's.
-pub(crate) fn stack_floor() -> Option<usize> {
-    exact_stack().map(|(lo, _)| lo)
-}
-
-/// The calling thread's stack, `lo..hi`, if `lo` is its true end (see
-/// [`stack_floor`]).
+/// (The thread may be running on another stack now: a signal's, a
+/// coroutine's.)
 #[cfg(target_arch = "x86_64")]
-fn exact_stack() -> Option<(usize, usize)> {
+pub(crate) fn exact_stack() -> Option<(usize, usize)> {
     known_stack().filter(|&(lo, _)| lo & 1 == 0)
 }
 
 /// Unknown off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
-fn exact_stack() -> Option<(usize, usize)> {
+pub(crate) fn exact_stack() -> Option<(usize, usize)> {
     None
 }
 
@@ -529,7 +525,7 @@ thread_local! {
     /// This thread's stack as `lo..hi`: (0, 0) until first asked, (1, 1)
     /// when it could not be found out. `lo`'s lowest bit set: `lo` is only
     /// a bound on where the walk may start, not the stack's true end (see
-    /// [`stack_floor`]).
+    /// [`exact_stack`]).
     static STACK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 

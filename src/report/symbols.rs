@@ -146,7 +146,7 @@ fn list_libraries_once() {
             // `scope::scrub_dead_stack`), so that no stale address on
             // the stack becomes a root for the life of the process.
             crate::scope::scrub_dead_stack();
-            std::panic::catch_unwind(backtrace::clear_symbol_cache).is_ok()
+            std::panic::catch_unwind(make_cache).is_ok()
         }) {
             LISTED.store(listed, Ordering::Release);
             return;
@@ -154,6 +154,14 @@ fn list_libraries_once() {
         // SAFETY: usleep has no preconditions.
         unsafe { libc::usleep(1000) };
     }
+}
+
+/// `backtrace::clear_symbol_cache` in a frame of its own, called right after
+/// `scope::scrub_dead_stack`: so that the cache is made in the zeroed
+/// stack below, even where the compiler would inline it.
+#[inline(never)]
+fn make_cache() {
+    backtrace::clear_symbol_cache();
 }
 
 fn resolve(ip: usize) -> Vec<Frame> {

@@ -1314,7 +1314,10 @@ fn fork_within_5s(child: impl FnOnce() -> i32) -> Option<i32> {
     }
     assert!(pid > 0, "fork failed");
     let mut status = 0;
-    for _ in 0..5_000 {
+    for waited in 0..=5_000 {
+        if waited > 0 {
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
         // SAFETY: waiting for our own child, without blocking.
         if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != 0 {
             return Some(if libc::WIFEXITED(status) {
@@ -1323,7 +1326,6 @@ fn fork_within_5s(child: impl FnOnce() -> i32) -> Option<i32> {
                 128 + libc::WTERMSIG(status)
             });
         }
-        thread::sleep(std::time::Duration::from_millis(1));
     }
     // SAFETY: our own child.
     unsafe {
