@@ -71,7 +71,9 @@ pub(crate) fn build_report(blocks: &[Classified]) -> Report {
 
 /// A scan that stops a thread inside the inner `realloc` of a block of more
 /// than this many bytes stops the world again (see `classify_all`).
-const REALLOC_RETRY_ABOVE: usize = 1024;
+/// (glibc's per-thread cache takes chunks of up to 1,032 usable bytes: a
+/// block of 1,000 bytes with its 32 bytes of red zones.)
+const REALLOC_RETRY_ABOVE: usize = 1000;
 
 pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classified> {
     // --- before the stop: anything goes ---
@@ -167,14 +169,15 @@ pub(crate) fn classify_all(entry_sp: usize, caveats: &mut Caveats) -> Vec<Classi
 
     // --- the world stops: no allocation, no foreign locks ---
     // A thread stopped inside the inner allocator's `realloc` of a block
-    // over 1 KiB has a block whose bytes may be changing or gone
+    // over 1,000 bytes has a block whose bytes may be changing or gone
     // (`guard::InFlightBytes::moving`; what they point to would look
     // lost): then the world goes again for a moment and stops anew, 1 to
     // 64 ms apart, for 150 ms at most from the first stop, and not when a
     // thread did not stop (each stop then waits 2 s for it). After that,
     // what was kept of the block's first words has to do. (A smaller
     // block's old chunk goes to glibc's per-thread cache, where nobody
-    // else gets it, and the kept words cover what glibc writes into it.)
+    // else gets it, unless that cache's bin is full, and the kept words
+    // cover what glibc writes into it.)
     let started = std::time::Instant::now();
     let mut pause_us: u32 = 1000;
     let (shards, world) = loop {
