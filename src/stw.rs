@@ -43,9 +43,9 @@ const MAX_STOP_MS: u64 = 120_000;
 
 struct Slot {
     tid: AtomicI32,
-    /// The stop (its number, [`GEN`]) that filled this slot, written last: a slot of
-    /// an earlier stop, or one a thread has taken and not filled yet, is
-    /// not read.
+    /// The stop (its number, see [`stamp`]) that filled this slot, written
+    /// last: a slot of an earlier stop, or one a thread has taken and not
+    /// filled yet, is not read.
     generation: AtomicU32,
     sp: AtomicUsize,
     tp: AtomicUsize,
@@ -79,8 +79,6 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 static FILLED: AtomicU64 = AtomicU64::new(0);
 /// Threads that have left the handler.
 static LEFT: AtomicU64 = AtomicU64::new(0);
-/// The last stop's number.
-static GEN: AtomicU32 = AtomicU32::new(0);
 
 /// A count of stop `generation`, at zero.
 fn stamp(generation: u32) -> u64 {
@@ -92,9 +90,14 @@ fn stop_of(word: u64) -> u32 {
     (word >> 32) as u32
 }
 
+/// The count itself, of a value of one of the counts.
+fn count_of(word: u64) -> usize {
+    (word & 0xffff_ffff) as usize
+}
+
 /// The count itself.
 fn count(word: &AtomicU64) -> usize {
-    (word.load(Ordering::Acquire) & 0xffff_ffff) as usize
+    count_of(word.load(Ordering::Acquire))
 }
 
 /// Adds one to `word` if it still counts stop `generation`.
@@ -107,6 +110,7 @@ fn count_in(word: &AtomicU64, generation: u32) {
         }
     }
 }
+
 /// Unit tests only: microseconds a stopped thread sleeps between taking
 /// its slot and filling it.
 #[cfg(test)]
@@ -184,7 +188,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
         .unwrap_or(std::hint::black_box(&marker) as *const usize as usize);
     if RELEASE.load(Ordering::Acquire) == 0 {
         let taken = NEXT.fetch_add(1, Ordering::AcqRel);
-        let (generation, i) = (stop_of(taken), (taken & 0xffff_ffff) as usize);
+        let (generation, i) = (stop_of(taken), count_of(taken));
         #[cfg(test)]
         {
             let us = FILL_DELAY_US.load(Ordering::Relaxed);
@@ -196,12 +200,11 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *m
         if stop_of(NEXT.load(Ordering::Acquire)) != generation {
             // Held up past the end of the stop whose slot it took (seconds
             // between taking its slot and filling it: past the stop's
-            // deadline and its drop's), and a new
-            // stop has begun: the slot may be another thread's now. Not
-            // counted in the new stop; its signal, if it sent one, comes
-            // next. (A new stop beginning between this check and the
-            // stores below is left open: the slot may then be written
-            // over.)
+            // deadline and its drop's), and a new stop has begun: the slot
+            // may be another thread's now. Not counted in the new stop; its
+            // signal, if it sent one, comes next. (A new stop beginning
+            // between this check and the stores below is left open: the
+            // slot may then be written over.)
             // SAFETY: as above.
             unsafe { *libc::__errno_location() = errno };
             return;
@@ -374,9 +377,9 @@ pub(crate) fn stop(tids: &[i32]) -> World {
             unsupported: true,
         };
     }
-    // Never 0, the slots' first value. (Stops are not nested.)
-    let generation = GEN.load(Ordering::Relaxed).wrapping_add(1).max(1);
-    GEN.store(generation, Ordering::Relaxed);
+    // The last stop's number, plus one; never 0, the slots' first value.
+    // (Stops are not nested: nothing else writes NEXT's stop number.)
+    let generation = stop_of(NEXT.load(Ordering::Relaxed)).wrapping_add(1).max(1);
     FILLED.store(stamp(generation), Ordering::Release);
     LEFT.store(stamp(generation), Ordering::Release);
     // Last: a handler learns the stop's number from it.

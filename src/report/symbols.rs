@@ -88,6 +88,7 @@ static HOLDING: AtomicUsize = AtomicUsize::new(0);
 /// This process cannot take `backtrace`'s lock (see
 /// [`after_fork_in_child`]): reports name addresses, not lines.
 static NO_SYMBOLS: AtomicBool = AtomicBool::new(false);
+
 /// True where symbolizing could wait for ever (see [`after_fork_in_child`]).
 fn no_symbols() -> bool {
     NO_SYMBOLS.load(Ordering::Acquire)
@@ -141,10 +142,7 @@ fn list_libraries_once() {
             return;
         }
         if let Some(listed) = crate::sync::loader::try_with(|| {
-            // The cache is made on the stack and moved into a static,
-            // uninitialised bytes and all: from zeroed stack (see
-            // `scope::scrub_dead_stack`), so that no stale address on
-            // the stack becomes a root for the life of the process.
+            // (From zeroed stack: see above.)
             crate::scope::scrub_dead_stack();
             std::panic::catch_unwind(make_cache).is_ok()
         }) {
