@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Run, example_bin, run_bin, temp_path};
+use common::{Run, example_bin, expect_stdout, run_bin, temp_path};
 use serde_json::Value;
 
 const SRC: &str = include_str!("helpers/c_heap.rs");
@@ -74,11 +74,7 @@ fn summary(run: &Run, kind: &str) -> (u64, u64) {
 /// reported no heap error and, when tracked, nothing definitely lost.
 fn clean(run: &Run) {
     assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(
-        run.stdout.contains("heap still sound"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(run, "heap still sound");
     assert!(
         !run.stderr.contains("ERROR"),
         "no heap error\n{}",
@@ -139,10 +135,10 @@ fn blocks_held_by_c_structures_are_reachable() {
 fn every_c_function_keeps_cs_contract_tracked() {
     let run = tracked("round_trips", &[]);
     assert_eq!(run.code(), 0, "{}", run.describe());
-    assert!(run.stdout.contains("all round trips"), "{}", run.describe());
+    expect_stdout(&run, "all round trips");
     // A tracked block's usable size is what was asked: the red zone
     // follows it.
-    assert!(run.stdout.contains("usable 10\n"), "{}", run.describe());
+    expect_stdout(&run, "usable 10\n");
     assert_eq!(
         summary(&run, "definitely_lost"),
         (0, 0),
@@ -157,7 +153,7 @@ fn every_c_function_keeps_cs_contract_untracked() {
     for env in [&[][..], &[("DEBUG_MEMORY", "0")][..]] {
         let run = run_program("round_trips", env);
         assert_eq!(run.code(), 0, "{}", run.describe());
-        assert!(run.stdout.contains("all round trips"), "{}", run.describe());
+        expect_stdout(&run, "all round trips");
         assert!(
             run.memwarden_lines().is_empty(),
             "nothing to say while off\n{}",
@@ -175,7 +171,7 @@ fn every_c_function_keeps_cs_contract_without_red_zones_or_quarantine() {
     ] {
         let run = tracked("round_trips", &[extra]);
         assert_eq!(run.code(), 0, "{extra:?}\n{}", run.describe());
-        assert!(run.stdout.contains("all round trips"), "{}", run.describe());
+        expect_stdout(&run, "all round trips");
     }
 }
 

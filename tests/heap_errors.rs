@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Run, example_bin, run_bin, temp_path};
+use common::{Run, example_bin, expect_stdout, run_bin, temp_path};
 use serde_json::Value;
 
 const SRC: &str = include_str!("helpers/heap_errors.rs");
@@ -139,11 +139,7 @@ fn a_double_free_is_found_while_tracking_is_paused() {
         &[("DEBUG_MEMORY_REDZONES", "0")][..],
     ] {
         let run = finds_double_free_with("double_free_paused", extra);
-        assert!(
-            run.stdout.contains("untracked frees while paused: ok"),
-            "{}",
-            run.describe()
-        );
+        expect_stdout(&run, "untracked frees while paused: ok");
         let errors = run.report()["errors"].as_array().map(Vec::len);
         assert_eq!(errors, Some(1), "{}", run.describe());
     }
@@ -152,11 +148,7 @@ fn a_double_free_is_found_while_tracking_is_paused() {
 #[test]
 fn realloc_of_a_freed_block_is_a_double_free_and_gives_null() {
     let run = finds_double_free("realloc_after_free");
-    assert!(
-        run.stdout.contains("realloc after free gave null: true"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "realloc after free gave null: true");
 }
 
 #[test]
@@ -259,11 +251,7 @@ fn check_heap_finds_an_overrun_of_a_live_block_once() {
         top_line(&e["alloc_frames"]),
         Some(line("ALLOC", "overrun_check_heap"))
     );
-    assert!(
-        run.stdout.contains("check_heap found 1"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "check_heap found 1");
     still_sound(&run);
 }
 
@@ -275,11 +263,7 @@ fn finds_use_after_free(program: &str, byte: usize) {
     error_at_three_lines(&run, "use_after_free", program);
     let said = format!("byte {byte} of the block was written after it was freed");
     assert!(run.stderr.contains(&said), "{}", run.describe());
-    assert!(
-        run.stdout.contains("check_heap found 1"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "check_heap found 1");
     still_sound(&run);
 }
 
@@ -303,11 +287,7 @@ fn a_write_to_a_freed_big_block_is_a_use_after_free_too() {
 #[test]
 fn large_alignments_are_kept_with_red_zones() {
     let run = run_continue("large_align");
-    assert!(
-        run.stdout.contains("large alignments ok"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "large alignments ok");
     assert_eq!(run.code(), 0, "{}", run.describe());
     assert!(run.report()["errors"].as_array().unwrap().is_empty());
 }

@@ -388,11 +388,7 @@ fn scans_beside_frees_and_reallocs_find_nothing_lost() {
     // reallocating a vector of boxes: neither the block nor what the
     // vector points to is lost.
     let run = run_tracked(&["scans_under_churn"], &[("CHURN", "map,vectors")]);
-    assert!(
-        run.stdout.contains("reports with a definite leak: 0"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "reports with a definite leak: 0");
     expect_code(&run, 0);
 }
 
@@ -421,13 +417,9 @@ fn a_scan_inside_the_inner_reallocs_window_loses_nothing() {
             &[mode],
             &[("DEBUG_MEMORY", "1"), ("DEBUG_MEMORY_REDZONES", redzones)],
         );
-        assert!(run.stdout.contains("boxes: 2049"), "{}", run.describe());
+        expect_stdout(&run, "boxes: 2049");
         assert!(!run.stdout.contains("not held"), "{}", run.describe());
-        assert!(
-            run.stdout.contains("definitely lost blocks: 0"),
-            "{}",
-            run.describe()
-        );
+        expect_stdout(&run, "definitely lost blocks: 0");
         expect_code(&run, 0);
     }
 }
@@ -448,12 +440,8 @@ fn a_realloc_with_a_wrong_layout_reads_no_more_than_the_block() {
                 ("DEBUG_MEMORY_REDZONES", redzones),
             ],
         );
-        assert!(run.stdout.contains("survived"), "{}", run.describe());
-        assert!(
-            run.stdout.contains("realloc gave null: true"),
-            "{}",
-            run.describe()
-        );
+        expect_stdout(&run, "survived");
+        expect_stdout(&run, "realloc gave null: true");
         assert!(run.stderr.contains("layout"), "{}", run.describe());
     }
 }
@@ -468,11 +456,7 @@ fn a_pointer_kept_in_registers_across_calls_into_memwarden_is_not_lost() {
     // the registers were recorded at the entry.
     for call in ["check_heap", "alloc"] {
         let run = run_tracked(&["regs_held"], &[("REGS_CALL", call)]);
-        assert!(
-            run.stdout.contains("reports with a definite leak: 0"),
-            "{}",
-            run.describe()
-        );
+        expect_stdout(&run, "reports with a definite leak: 0");
         expect_code(&run, 0);
     }
 }
@@ -798,30 +782,25 @@ fn a_forked_child_can_use_pools_while_the_parent_scans() {
     // A scan holds the registry of pools from the gathering of their views
     // to its end; a child forked meanwhile hung at its first pool (41 of
     // 50 children before `fork` took that lock too). And the scanning
-    // thread calls into the loader (symbolizing): a child forked then hung
-    // in its own first call, on the loader's lock (in 4 of 54 runs of 30
-    // children, none in 550 since `fork` waits for those calls to end).
+    // thread calls into the loader (listing the loaded objects): a child
+    // forked then hung in its own first call, on the loader's lock (in 4
+    // of 54 runs of 30 children, none in 369 since `fork` waits for those
+    // calls to end).
     let run = run_tracked(&["fork_pools"], &[]);
-    assert!(
-        run.stdout.contains("hung children: 0"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "hung children: 0");
     expect_code(&run, 0);
 }
 
 #[test]
 fn an_allocation_under_backtraces_lock_does_not_wait_for_a_symbolizing_thread() {
-    // memwarden holds its loader lock across `backtrace::resolve`, which
-    // takes backtrace's global lock; a thread inside `backtrace::trace`
-    // holds that one and allocates from code the unwinder has not seen.
-    // It hung every time while the unwinder waited for the loader lock.
+    // A thread inside `backtrace::trace` holds backtrace's global lock and
+    // allocates from code the unwinder has not seen, while the main thread
+    // symbolizes (which takes backtrace's lock, and memwarden's loader
+    // lock under it the first time). It hung every time while the
+    // unwinder waited for the loader lock, held across `resolve` then; it
+    // only tries it now.
     let run = run_tracked(&["backtrace_lock"], &[]);
-    assert!(
-        run.stdout.contains("backtrace_lock: done"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "backtrace_lock: done");
     expect_code(&run, 0);
     // And a heap error found there: its report symbolizes, under
     // REPORTING, while the main thread symbolizes and waits for
@@ -833,11 +812,7 @@ fn an_allocation_under_backtraces_lock_does_not_wait_for_a_symbolizing_thread() 
             ("DEBUG_MEMORY_ON_ERROR", "continue"),
         ],
     );
-    assert!(
-        run.stdout.contains("backtrace_lock: done"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "backtrace_lock: done");
     assert!(run.stderr.contains("double free"), "{}", run.describe());
 }
 
@@ -849,11 +824,7 @@ fn a_child_forked_while_the_parent_symbolizes_does_not_wait_for_its_lock() {
     // before; the children now name addresses instead when a thread was
     // symbolizing at the fork.
     let run = run_tracked(&["fork_symbolizing"], &[]);
-    assert!(
-        run.stdout.contains("hung children: 0"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "hung children: 0");
     expect_code(&run, 0);
 }
 

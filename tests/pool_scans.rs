@@ -17,10 +17,6 @@ fn checkpoints_beside_pool_churn_find_nothing_lost() {
     // an object taken from a slot free at the gathering: in 5 to 9
     // checkpoints of 40 in a debug build, 12 to 20 in a release build.
     let run = run_tracked(&["pool_scans_under_churn"], &[]);
-    assert!(
-        run.stdout.contains("reports with a definite leak: 0 of 40"),
-        "{}",
-        run.describe()
-    );
+    expect_stdout(&run, "reports with a definite leak: 0 of 40");
     expect_code(&run, 0);
 }

@@ -626,6 +626,12 @@ pub(crate) fn expect_code(run: &Run, code: i32) {
     assert_eq!(run.code(), code, "exit status\n{}", run.describe());
 }
 
+/// Asserts that a run's stdout holds `text`.
+#[track_caller]
+pub(crate) fn expect_stdout(run: &Run, text: &str) {
+    assert!(run.stdout.contains(text), "{}", run.describe());
+}
+
 /// Asserts that every stderr line starts with [`PREFIX`] (the scenarios print
 /// nothing themselves) and that there is at least one.
 pub(crate) fn expect_only_memwarden_lines(run: &Run) {
