@@ -25,8 +25,8 @@
 //! `warden-nofeature` (the `tracking` feature compiled out),
 //! `warden-off` (compiled in, `DEBUG_MEMORY` unset) and `warden-on`
 //! (`DEBUG_MEMORY=1`), followed by `-TAG` when `MEMWARDEN_BENCH_TAG=TAG`
-//! is set (`scripts/bench.sh` runs `warden-on-q0` with
-//! `DEBUG_MEMORY_QUARANTINE=0`).
+//! is set (`scripts/bench.sh` runs `warden-on-leaks` with
+//! `DEBUG_MEMORY=leaks`).
 //!
 //! # The workloads
 //!
@@ -240,7 +240,7 @@ unsafe impl GlobalAlloc for Dispatch {
 
 /// The allocator's name in benchmark ids, with `-TAG` appended when
 /// `MEMWARDEN_BENCH_TAG` is set (to tell apart runs of one allocator with
-/// different settings, such as `DEBUG_MEMORY_QUARANTINE=0`).
+/// different settings, such as `DEBUG_MEMORY=leaks`).
 fn allocator_name() -> String {
     let name = match choice() {
         MIMALLOC => "mimalloc",

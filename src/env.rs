@@ -28,10 +28,22 @@ pub(crate) enum OnError {
     Continue,
 }
 
+/// What `DEBUG_MEMORY` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tracking {
+    /// Unset, empty, `0`, `false`, `no`, `off`, or malformed.
+    Off,
+    /// `1`, `true`, `yes`, `on`: leaks and heap errors.
+    Full,
+    /// `leaks`: leak tracking only. Red zones, poisoning and the quarantine
+    /// are off unless their own variables turn them on.
+    Leaks,
+}
+
 /// What the environment asked for at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Config {
-    pub(crate) enabled: bool,
+    pub(crate) tracking: Tracking,
     pub(crate) frames: u32,
     pub(crate) exitcode: i32,
     pub(crate) on_error: OnError,
@@ -40,10 +52,17 @@ pub(crate) struct Config {
     pub(crate) poison: bool,
 }
 
+impl Config {
+    /// True if tracking starts on.
+    pub(crate) fn enabled(&self) -> bool {
+        self.tracking != Tracking::Off
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            enabled: false,
+            tracking: Tracking::Off,
             frames: DEFAULT_FRAMES,
             exitcode: DEFAULT_EXITCODE,
             on_error: OnError::Abort,
@@ -56,28 +75,41 @@ impl Default for Config {
 
 /// Reads the start-up variables, warning about malformed ones.
 pub(crate) fn read() -> Config {
+    config(getenv)
+}
+
+/// The configuration that the variables `var` gives (`None`: unset or
+/// blank) ask for, warning about malformed ones.
+fn config(var: impl Fn(&CStr) -> Option<&'static [u8]>) -> Config {
+    let tracking = var(c"DEBUG_MEMORY")
+        .map(|v| parse_tracking(v).unwrap_or(Tracking::Off))
+        .unwrap_or(Tracking::Off);
+    // The checks for heap errors are on by default, and off by default
+    // under `DEBUG_MEMORY=leaks`.
+    let checks = tracking != Tracking::Leaks;
     Config {
-        enabled: getenv(c"DEBUG_MEMORY")
-            .map(|v| parse_switch("DEBUG_MEMORY", v).unwrap_or(false))
-            .unwrap_or(false),
-        frames: getenv(c"DEBUG_MEMORY_FRAMES")
+        tracking,
+        frames: var(c"DEBUG_MEMORY_FRAMES")
             .map(|v| parse_frames(v).unwrap_or(DEFAULT_FRAMES))
             .unwrap_or(DEFAULT_FRAMES),
-        exitcode: getenv(c"DEBUG_MEMORY_EXITCODE")
+        exitcode: var(c"DEBUG_MEMORY_EXITCODE")
             .map(|v| parse_exitcode(v).unwrap_or(DEFAULT_EXITCODE))
             .unwrap_or(DEFAULT_EXITCODE),
-        on_error: getenv(c"DEBUG_MEMORY_ON_ERROR")
+        on_error: var(c"DEBUG_MEMORY_ON_ERROR")
             .map(|v| parse_on_error(v).unwrap_or(OnError::Abort))
             .unwrap_or(OnError::Abort),
-        quarantine: getenv(c"DEBUG_MEMORY_QUARANTINE")
-            .map(|v| parse_bytes("DEBUG_MEMORY_QUARANTINE", v).unwrap_or(DEFAULT_QUARANTINE))
-            .unwrap_or(DEFAULT_QUARANTINE),
-        redzones: getenv(c"DEBUG_MEMORY_REDZONES")
-            .map(|v| parse_flag("DEBUG_MEMORY_REDZONES", v).unwrap_or(true))
-            .unwrap_or(true),
-        poison: getenv(c"DEBUG_MEMORY_POISON")
-            .map(|v| parse_flag("DEBUG_MEMORY_POISON", v).unwrap_or(true))
-            .unwrap_or(true),
+        quarantine: {
+            let default = if checks { DEFAULT_QUARANTINE } else { 0 };
+            var(c"DEBUG_MEMORY_QUARANTINE")
+                .map(|v| parse_bytes("DEBUG_MEMORY_QUARANTINE", v).unwrap_or(default))
+                .unwrap_or(default)
+        },
+        redzones: var(c"DEBUG_MEMORY_REDZONES")
+            .map(|v| parse_flag("DEBUG_MEMORY_REDZONES", v, checks))
+            .unwrap_or(checks),
+        poison: var(c"DEBUG_MEMORY_POISON")
+            .map(|v| parse_flag("DEBUG_MEMORY_POISON", v, checks))
+            .unwrap_or(checks),
     }
 }
 
@@ -123,13 +155,21 @@ pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
     }
 }
 
-/// An on/off switch for a feature that is on by default (empty: on).
-pub(crate) fn parse_flag(var: &str, v: &[u8]) -> Option<bool> {
-    let flag = flag_value(v);
-    if flag.is_none() {
-        warn(var, v, "is not 1 or 0; keeping it on");
+/// An on/off switch for a feature that is `default` when not set: the
+/// value asked for, or (with a warning) `default` for a malformed one.
+pub(crate) fn parse_flag(var: &str, v: &[u8], default: bool) -> bool {
+    if trim(v).is_empty() {
+        return default;
     }
-    flag
+    flag_value(v).unwrap_or_else(|| {
+        let keeping = if default {
+            "is not 1 or 0; keeping it on"
+        } else {
+            "is not 1 or 0; keeping it off"
+        };
+        warn(var, v, keeping);
+        default
+    })
 }
 
 /// [`parse_flag`] without the warning: `1/true/yes/on` or empty → on,
@@ -169,16 +209,24 @@ fn getenv(name: &CStr) -> Option<&'static [u8]> {
     Some(unsafe { CStr::from_ptr(p) }.to_bytes()).filter(|v| !trim(v).is_empty())
 }
 
-/// `1/true/yes/on` → on, `0/false/no/off` or empty → off; else a warning.
-pub(crate) fn parse_switch(var: &str, v: &[u8]) -> Option<bool> {
+/// `DEBUG_MEMORY`: `1/true/yes/on` → full tracking, `leaks` → leak
+/// tracking only, `0/false/no/off` or empty → off; else a warning (and
+/// `None`).
+pub(crate) fn parse_tracking(v: &[u8]) -> Option<Tracking> {
     let t = trim(v);
     let is = |w: &str| t.eq_ignore_ascii_case(w.as_bytes());
     if t.is_empty() || is("0") || is("false") || is("no") || is("off") {
-        Some(false)
+        Some(Tracking::Off)
     } else if is("1") || is("true") || is("yes") || is("on") {
-        Some(true)
+        Some(Tracking::Full)
+    } else if is("leaks") || is("leak") {
+        Some(Tracking::Leaks)
     } else {
-        warn(var, v, "is not 1 or 0; tracking stays off");
+        warn(
+            "DEBUG_MEMORY",
+            v,
+            "is not 1, 0 or leaks; tracking stays off",
+        );
         None
     }
 }
@@ -261,15 +309,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn switch_values() {
-        assert_eq!(parse_switch("X", b"1"), Some(true));
-        assert_eq!(parse_switch("X", b" TRUE "), Some(true));
-        assert_eq!(parse_switch("X", b"on"), Some(true));
-        assert_eq!(parse_switch("X", b"0"), Some(false));
-        assert_eq!(parse_switch("X", b""), Some(false));
-        assert_eq!(parse_switch("X", b"off"), Some(false));
-        assert_eq!(parse_switch("X", b"banana"), None);
-        assert_eq!(parse_switch("X", b"2"), None);
+    fn tracking_values() {
+        assert_eq!(parse_tracking(b"1"), Some(Tracking::Full));
+        assert_eq!(parse_tracking(b" TRUE "), Some(Tracking::Full));
+        assert_eq!(parse_tracking(b"on"), Some(Tracking::Full));
+        assert_eq!(parse_tracking(b"leaks"), Some(Tracking::Leaks));
+        assert_eq!(parse_tracking(b" Leaks "), Some(Tracking::Leaks));
+        assert_eq!(parse_tracking(b"LEAK"), Some(Tracking::Leaks));
+        assert_eq!(parse_tracking(b"0"), Some(Tracking::Off));
+        assert_eq!(parse_tracking(b""), Some(Tracking::Off));
+        assert_eq!(parse_tracking(b"off"), Some(Tracking::Off));
+        assert_eq!(parse_tracking(b"banana"), None);
+        assert_eq!(parse_tracking(b"2"), None);
+        assert_eq!(parse_tracking(b"leaks-only"), None);
+    }
+
+    /// The configuration of an environment of `vars` (name, value).
+    fn config_of(vars: &'static [(&'static CStr, &'static [u8])]) -> Config {
+        config(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .filter(|v| !trim(v).is_empty())
+        })
+    }
+
+    #[test]
+    fn configurations() {
+        assert_eq!(config_of(&[]), Config::default());
+        let full = config_of(&[(c"DEBUG_MEMORY", b"1")]);
+        assert_eq!(
+            full,
+            Config {
+                tracking: Tracking::Full,
+                ..Config::default()
+            }
+        );
+        assert!(full.enabled());
+        assert!(!config_of(&[(c"DEBUG_MEMORY", b"banana")]).enabled());
+        // Leaks only: the checks for heap errors are off by default.
+        let leaks = config_of(&[(c"DEBUG_MEMORY", b"leaks")]);
+        assert!(leaks.enabled());
+        assert_eq!(
+            (
+                leaks.tracking,
+                leaks.redzones,
+                leaks.poison,
+                leaks.quarantine
+            ),
+            (Tracking::Leaks, false, false, 0)
+        );
+        assert_eq!(leaks.frames, DEFAULT_FRAMES);
+        // Each variable of its own still wins, either way.
+        let some = config_of(&[
+            (c"DEBUG_MEMORY", b"leaks"),
+            (c"DEBUG_MEMORY_REDZONES", b"1"),
+            (c"DEBUG_MEMORY_QUARANTINE", b"64K"),
+            (c"DEBUG_MEMORY_FRAMES", b"8"),
+        ]);
+        assert_eq!(
+            (some.redzones, some.poison, some.quarantine, some.frames),
+            (true, false, 64 << 10, 8)
+        );
+        let fewer = config_of(&[(c"DEBUG_MEMORY", b"1"), (c"DEBUG_MEMORY_POISON", b"off")]);
+        assert_eq!((fewer.redzones, fewer.poison), (true, false));
+        // Malformed or blank values keep the mode's defaults.
+        let odd = config_of(&[
+            (c"DEBUG_MEMORY", b"leaks"),
+            (c"DEBUG_MEMORY_REDZONES", b"maybe"),
+            (c"DEBUG_MEMORY_POISON", b"  "),
+            (c"DEBUG_MEMORY_QUARANTINE", b"lots"),
+        ]);
+        assert_eq!(
+            (odd.redzones, odd.poison, odd.quarantine),
+            (false, false, 0)
+        );
+        let odd = config_of(&[
+            (c"DEBUG_MEMORY", b"on"),
+            (c"DEBUG_MEMORY_REDZONES", b"maybe"),
+            (c"DEBUG_MEMORY_QUARANTINE", b"lots"),
+        ]);
+        assert_eq!((odd.redzones, odd.quarantine), (true, DEFAULT_QUARANTINE));
     }
 
     #[test]
@@ -299,10 +419,12 @@ mod tests {
         assert_eq!(parse_bytes("X", b"16G"), Some(16 << 30));
         assert_eq!(parse_bytes("X", b"99999999999999999999"), None);
         assert_eq!(parse_bytes("X", b"999999999999999999G"), None);
-        assert_eq!(parse_flag("X", b"0"), Some(false));
-        assert_eq!(parse_flag("X", b"on"), Some(true));
-        assert_eq!(parse_flag("X", b"maybe"), None);
-        assert_eq!(parse_flag("X", b""), Some(true));
+        assert!(!parse_flag("X", b"0", true));
+        assert!(parse_flag("X", b"on", false));
+        assert!(parse_flag("X", b"maybe", true));
+        assert!(!parse_flag("X", b"maybe", false));
+        assert!(parse_flag("X", b"", true));
+        assert!(!parse_flag("X", b" ", false));
         assert_eq!(flag_value(b" Off "), Some(false));
         assert_eq!(flag_value(b"FALSE"), Some(false));
         assert_eq!(flag_value(b"no"), Some(false));

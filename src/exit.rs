@@ -156,6 +156,9 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
             "memwarden: note: no leak above has a source line: the program has no line tables (a release build's default); `debug = \"line-tables-only\"` under `[profile.release]` in Cargo.toml gives them"
         );
     }
+    if let Some(note) = unchecked_note() {
+        let _ = writeln!(err, "{note}");
+    }
     let mut write_failed = false;
     let report_path = crate::env::path_var("DEBUG_MEMORY_REPORT");
     let mut write = |what: &str, path: &std::path::Path, data: &str| {
@@ -208,6 +211,32 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
     } else {
         None
     }
+}
+
+/// Under `DEBUG_MEMORY=leaks`, the line that says so, with the heap errors
+/// that went unchecked and how to check them.
+fn unchecked_note() -> Option<String> {
+    if !state::leaks_only() {
+        return None;
+    }
+    let mut off = Vec::new();
+    if !state::redzones() {
+        off.push("overruns (DEBUG_MEMORY_REDZONES=1)");
+    }
+    if !state::poison() || state::quarantine() == 0 {
+        off.push("use after free (DEBUG_MEMORY_POISON=1 DEBUG_MEMORY_QUARANTINE=2M)");
+    }
+    let mut note = String::from("memwarden: note: DEBUG_MEMORY=leaks tracks leaks only");
+    if !off.is_empty() {
+        note.push_str("; not checked: ");
+        note.push_str(&off.join(", "));
+    }
+    if state::quarantine() == 0 {
+        note.push_str(
+            "; without a quarantine a double free is reported as an invalid free, or missed once its address is reused",
+        );
+    }
+    Some(note)
 }
 
 /// Writes `data` (the `what`) to `path`, saying so on `err`. If it cannot

@@ -40,6 +40,8 @@ static ABORT_ON_ERROR: AtomicBool = AtomicBool::new(true);
 static QUARANTINE: AtomicUsize = AtomicUsize::new(env::DEFAULT_QUARANTINE);
 static REDZONES: AtomicBool = AtomicBool::new(true);
 static POISON: AtomicBool = AtomicBool::new(true);
+/// Started with `DEBUG_MEMORY=leaks`.
+static LEAKS_ONLY: AtomicBool = AtomicBool::new(false);
 /// True once an allocation may have been served untracked by the program
 /// (tracking switched on late, or paused): an unknown pointer is then not
 /// necessarily an invalid free.
@@ -74,7 +76,8 @@ fn init() -> u8 {
     QUARANTINE.store(cfg.quarantine, Ordering::Relaxed);
     REDZONES.store(cfg.redzones, Ordering::Relaxed);
     POISON.store(cfg.poison, Ordering::Relaxed);
-    let m = if cfg.enabled {
+    LEAKS_ONLY.store(cfg.tracking == env::Tracking::Leaks, Ordering::Relaxed);
+    let m = if cfg.enabled() {
         hook_exit();
         ON
     } else {
@@ -152,6 +155,12 @@ pub(crate) fn redzones() -> bool {
 #[inline]
 pub(crate) fn poison() -> bool {
     POISON.load(Ordering::Relaxed)
+}
+
+/// True if the process started with `DEBUG_MEMORY=leaks` (leak tracking
+/// only: the checks for heap errors off unless asked for one by one).
+pub(crate) fn leaks_only() -> bool {
+    LEAKS_ONLY.load(Ordering::Relaxed)
 }
 
 /// Notes that a block of the program went untracked (tables out of memory).

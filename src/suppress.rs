@@ -182,12 +182,9 @@ fn builtin_from_env() -> bool {
     let v = v.as_encoded_bytes();
     match crate::env::flag_value(v) {
         Some(on) => on,
-        None => {
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                crate::env::parse_flag(VAR, v);
-            }
-            true
-        }
+        // Malformed: warned about once (the value is read at each report).
+        None if WARNED.swap(true, Ordering::Relaxed) => true,
+        None => crate::env::parse_flag(VAR, v, true),
     }
 }
 

@@ -298,8 +298,13 @@ mod tracked {
             }
             let budget = registry::Budget::new(state::quarantine());
             // The freeing stack, for the quarantine and for any error
-            // found: taken before the registry's lock, not under it.
-            let free_stack = if report { here(entry_sp) } else { 0 };
+            // found: taken before the registry's lock, not under it. Without
+            // a quarantine only an error needs it: taken then (`here_or`).
+            let free_stack = if report && budget.keeps_any() {
+                here(entry_sp)
+            } else {
+                0
+            };
             let here_or = |stack: StackId| if stack != 0 { stack } else { here(entry_sp) };
             let poison = state::poison();
             let mut found = (false, None);
@@ -343,7 +348,7 @@ mod tracked {
                 }
                 Freeing::Live { rec, kept } => {
                     if report && (found.0 || found.1.is_some()) {
-                        block_errors(&rec, layout, found, free_stack);
+                        block_errors(&rec, layout, found, here_or(free_stack));
                     }
                     if !kept {
                         // SAFETY: the block's record is gone; it is freed
@@ -358,7 +363,7 @@ mod tracked {
                                 check::check_poison(old.rec.addr as *const u8, old.rec.size())
                             };
                             if let (Some(off), true) = (changed, report) {
-                                use_after_free(old, off, free_stack);
+                                use_after_free(old, off, here_or(free_stack));
                             }
                         }
                         // SAFETY: the evicted block left the quarantine

@@ -222,6 +222,62 @@ fn writing_past_the_end_is_an_overrun_found_at_free() {
     still_sound(&run);
 }
 
+/// `DEBUG_MEMORY=leaks`: no red zones, poison or quarantine. A double
+/// free is still caught, as an invalid free at the second free's line (the
+/// first free took the block's record, and no quarantine kept it); an
+/// overrun inside the inner allocator's rounding goes unseen; and each
+/// check comes back with its own variable.
+#[test]
+fn leak_only_tracking_keeps_the_checks_it_can_and_takes_others_back_one_by_one() {
+    let leaks = [
+        ("DEBUG_MEMORY", "leaks"),
+        ("DEBUG_MEMORY_ON_ERROR", "continue"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut env = leaks.to_vec();
+        env.extend_from_slice(extra);
+        env
+    };
+    let run = run_program("double_free", &leaks);
+    let e = error(&run, "invalid_free");
+    assert_eq!(top_line(&e["frames"]), Some(line("BUG", "double_free")));
+    still_sound(&run);
+
+    let run = run_program("overrun", &leaks);
+    assert_eq!(
+        run.report()["errors"],
+        serde_json::json!([]),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.code(), 0, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("not checked: overruns (DEBUG_MEMORY_REDZONES=1)"),
+        "{}",
+        run.describe()
+    );
+
+    let run = run_program("overrun", &with(&[("DEBUG_MEMORY_REDZONES", "1")]));
+    error(&run, "overrun");
+    still_sound(&run);
+    assert!(
+        !run.stderr.contains("not checked: overruns"),
+        "{}",
+        run.describe()
+    );
+
+    let run = run_program(
+        "use_after_free",
+        &with(&[
+            ("DEBUG_MEMORY_POISON", "1"),
+            ("DEBUG_MEMORY_QUARANTINE", "2M"),
+        ]),
+    );
+    error_at_three_lines(&run, "use_after_free", "use_after_free");
+    still_sound(&run);
+}
+
 #[test]
 fn writing_before_the_start_is_an_overrun_too() {
     let run = run_continue("underrun");

@@ -1156,3 +1156,74 @@ fn a_tracked_rc_cycle_lists_who_holds_each_object() {
     );
     expect_code(&run, 23);
 }
+
+/// The lost entries of a report: kind, bytes, blocks and first frame's
+/// file and line, sorted.
+fn lost_entries(run: &Run) -> Vec<(String, u64, u64, String, u64)> {
+    let mut out: Vec<_> = run.report()["leaks"]
+        .as_array()
+        .expect("leaks array")
+        .iter()
+        .filter(|l| l["kind"] != REACHABLE)
+        .map(|l| {
+            let top = &l["frames"][0];
+            (
+                l["kind"].as_str().unwrap_or_default().to_owned(),
+                l["bytes"].as_u64().unwrap_or_default(),
+                l["blocks"].as_u64().unwrap_or_default(),
+                top["file"].as_str().unwrap_or_default().to_owned(),
+                top["line"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `DEBUG_MEMORY=leaks` (leak tracking without red zones, poison or
+/// quarantine, docs/guide.md) finds what `DEBUG_MEMORY=1` finds: the same
+/// lost amounts of each kind, the same lost entries, the same exit status;
+/// and says at exit which heap errors it did not check.
+#[test]
+fn leak_only_tracking_finds_the_same_leaks() {
+    for scenario in [
+        "clean",
+        "box_leak",
+        "forget_vec",
+        "rc_cycle",
+        "box_tree",
+        "thread_leak",
+        "loop_leak",
+        "vec_fill",
+        "map_grown",
+        "vec_grow",
+        "realloc_leak",
+        "interior_pointer",
+        "nested_string",
+        "dyn_box",
+        "arc_cycle_threads",
+        "pool_leak",
+    ] {
+        let full = run_tracked(&[scenario], &[]);
+        let leaks = run_tracked(&[scenario], &[("DEBUG_MEMORY", "leaks")]);
+        let both = || format!("{scenario}\n{}\n{}", full.describe(), leaks.describe());
+        assert_eq!(leaks.code(), full.code(), "exit status: {}", both());
+        for kind in [DEFINITELY, INDIRECTLY, POSSIBLY] {
+            assert_eq!(
+                summary(leaks.report(), kind),
+                summary(full.report(), kind),
+                "summary.{kind}: {}",
+                both()
+            );
+        }
+        assert_eq!(lost_entries(&leaks), lost_entries(&full), "{}", both());
+        assert!(
+            leaks.stderr.contains(
+                "memwarden: note: DEBUG_MEMORY=leaks tracks leaks only; not checked: overruns"
+            ),
+            "{}",
+            both()
+        );
+        assert!(!full.stderr.contains("DEBUG_MEMORY=leaks"), "{}", both());
+    }
+}

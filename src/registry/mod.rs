@@ -582,6 +582,12 @@ impl Budget {
         }
     }
 
+    /// True if a freed block may be kept at all (the budget is not 0).
+    #[inline]
+    pub(crate) fn keeps_any(self) -> bool {
+        self.small != 0 || self.big != 0
+    }
+
     /// True if shard `s`'s FIFO is to give blocks back: it is over its
     /// share, and over what it may borrow or the FIFOs together (the
     /// others as last reported, this one as it is) are over their half.
