@@ -219,7 +219,7 @@ pub(crate) fn parse_tracking(v: &[u8]) -> Option<Tracking> {
         Some(Tracking::Off)
     } else if is("1") || is("true") || is("yes") || is("on") {
         Some(Tracking::Full)
-    } else if is("leaks") || is("leak") {
+    } else if is("leaks") {
         Some(Tracking::Leaks)
     } else {
         warn(
@@ -315,7 +315,8 @@ mod tests {
         assert_eq!(parse_tracking(b"on"), Some(Tracking::Full));
         assert_eq!(parse_tracking(b"leaks"), Some(Tracking::Leaks));
         assert_eq!(parse_tracking(b" Leaks "), Some(Tracking::Leaks));
-        assert_eq!(parse_tracking(b"LEAK"), Some(Tracking::Leaks));
+        assert_eq!(parse_tracking(b"LEAKS"), Some(Tracking::Leaks));
+        assert_eq!(parse_tracking(b"leak"), None);
         assert_eq!(parse_tracking(b"0"), Some(Tracking::Off));
         assert_eq!(parse_tracking(b""), Some(Tracking::Off));
         assert_eq!(parse_tracking(b"off"), Some(Tracking::Off));

@@ -214,7 +214,8 @@ fn report_at_exit(entry_sp: usize) -> Option<i32> {
 }
 
 /// Under `DEBUG_MEMORY=leaks`, the line that says so, with the heap errors
-/// that went unchecked and how to check them.
+/// that went unchecked and how to check them (none when every check was
+/// asked back).
 fn unchecked_note() -> Option<String> {
     if !state::leaks_only() {
         return None;
@@ -226,14 +227,19 @@ fn unchecked_note() -> Option<String> {
     if !state::poison() || state::quarantine() == 0 {
         off.push("use after free (DEBUG_MEMORY_POISON=1 DEBUG_MEMORY_QUARANTINE=2M)");
     }
+    let no_quarantine = state::quarantine() == 0;
+    if off.is_empty() && !no_quarantine {
+        // Every check was asked back.
+        return None;
+    }
     let mut note = String::from("memwarden: note: DEBUG_MEMORY=leaks tracks leaks only");
     if !off.is_empty() {
         note.push_str("; not checked: ");
         note.push_str(&off.join(", "));
     }
-    if state::quarantine() == 0 {
+    if no_quarantine {
         note.push_str(
-            "; without a quarantine a double free is reported as an invalid free, or missed once its address is reused",
+            "; without a quarantine, double frees are found only in part (docs/guide.md, \"Leak tracking only\")",
         );
     }
     Some(note)

@@ -118,10 +118,10 @@ def main():
     args = sys.argv[1:]
     env = dict(os.environ)
     dm = env.get("DEBUG_MEMORY")
-    if dm not in (None, "", "0", "1"):
-        say("ignoring DEBUG_MEMORY=%r: expected 0 or 1; tracking stays off" % dm)
+    if dm not in (None, "", "0", "1", "leaks"):
+        say("ignoring DEBUG_MEMORY=%r: expected 0, 1 or leaks; tracking stays off" % dm)
         dm = None
-    tracked = dm == "1" or (args[:1] == ["flag"] and "--debug-memory" in args)
+    tracked = dm in ("1", "leaks") or (args[:1] == ["flag"] and "--debug-memory" in args)
     # The real binary never sees a DEBUG_MEMORY* variable or --debug-memory:
     # its memwarden stays a pass-through (the oracle answers in its place).
     child_env = {k: v for k, v in env.items() if not k.startswith("DEBUG_MEMORY")}
