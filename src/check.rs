@@ -59,11 +59,23 @@ pub(crate) fn front(align: usize) -> usize {
     }
 }
 
+/// Bytes after a tracked block, without red zones, that the inner
+/// allocator is asked for on top. glibc lends a chunk's last 8 bytes to
+/// the chunk after it (its header's first word), and its own records point
+/// at that header: `main_arena`'s top chunk and bins, in the C library's
+/// data, which the scan reads as a root. Without this gap such a pointer
+/// lands 8 bytes before the end of a block whose size is 1 to 8 more than
+/// a multiple of 16, as a pointer into it, and a lost block next to the
+/// top chunk looked possibly lost, not definitely (and did not fail the
+/// exit status). With red zones, the back one keeps that header outside
+/// the block.
+const TAIL: usize = 8;
+
 /// The inner allocator's layout for a tracked block of `size`/`align`.
 #[inline]
 pub(crate) fn inner_layout(size: usize, align: usize) -> Option<Layout> {
     if !state::redzones() {
-        return Layout::from_size_align(size, align).ok();
+        return Layout::from_size_align(size.checked_add(TAIL)?, align).ok();
     }
     let total = front(align).checked_add(size)?.checked_add(BACK)?;
     Layout::from_size_align(total, align.max(BACK)).ok()

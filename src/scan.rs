@@ -27,6 +27,45 @@ pub(crate) struct Caveats {
     pub(crate) already_reported: usize,
 }
 
+/// With `MEMWARDEN_DEBUG_REACH` set, prints each block of a scan from
+/// `entry_sp`: its kind, and the address of the word that reached it (a
+/// root's or a block's; 0 for none). With `nm`, that names the static
+/// that keeps a block alive. (The `already` reported blocks of the exit
+/// scan are not listed.)
+pub(crate) fn debug_reach(entry_sp: usize, blocks: &[Classified]) {
+    if std::env::var_os("MEMWARDEN_DEBUG_REACH").is_none() {
+        return;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    // The line of the mapping that holds `addr`.
+    let mapping = |addr: usize| {
+        maps.lines()
+            .find(|l| {
+                let range = l.split(' ').next().unwrap_or_default();
+                let (lo, hi) = range.split_once('-').unwrap_or_default();
+                let parse = |h: &str| usize::from_str_radix(h, 16).unwrap_or(0);
+                (parse(lo)..parse(hi)).contains(&addr)
+            })
+            .unwrap_or("in no mapping")
+    };
+    eprintln!("memwarden: debug: scan from {entry_sp:#x}");
+    for b in blocks {
+        eprintln!(
+            "memwarden: debug: {:#x} ({} bytes, seq {}) {:?} via the word at {:#x} ({})",
+            b.rec.addr,
+            b.rec.size(),
+            b.rec.seq,
+            b.kind,
+            b.referrer,
+            if b.referrer == 0 {
+                "none"
+            } else {
+                mapping(b.referrer)
+            },
+        );
+    }
+}
+
 /// Scans the whole process and returns the report. `entry_sp` bounds the
 /// caller's stack: frames below it (the scanner's own) are not roots.
 ///
@@ -41,6 +80,7 @@ pub(crate) fn scan(entry_sp: usize, caveats: &mut Caveats) -> Report {
                     .binary_search(&(b.rec.addr, b.rec.seq, b.rec.thread))
                     .is_ok()
         });
+    debug_reach(entry_sp, &blocks);
     let mut report = build_report(&blocks);
     // Leaks a scoped check (`assert_no_leaks`, `check_leaks`, a checkpoint)
     // already reported are not counted again, nor do they fail the run a

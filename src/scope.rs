@@ -164,19 +164,7 @@ fn scan_report_inner(caller_sp: usize, keep: &dyn Fn(&Classified) -> bool) -> Re
     for line in scan::caveat_lines(&caveats) {
         eprintln!("{line}");
     }
-    if std::env::var_os("MEMWARDEN_DEBUG_REACH").is_some() {
-        eprintln!("memwarden: debug: scan from {entry_sp:#x}");
-        for b in &blocks {
-            eprintln!(
-                "memwarden: debug: {:#x} ({} bytes, seq {}) {:?} via the word at {:#x}",
-                b.rec.addr,
-                b.rec.size(),
-                b.rec.seq,
-                b.kind,
-                b.referrer
-            );
-        }
-    }
+    scan::debug_reach(entry_sp, &blocks);
     scan::build_report(&blocks)
 }
 

@@ -280,9 +280,10 @@ fn wrong_layout() {
 }
 
 /// The size memwarden asks of the inner allocator for `size` bytes aligned
-/// to 8: the red zones (16 bytes before, 16 after) unless
-/// `DEBUG_MEMORY_REDZONES=0`.
+/// to 8: the red zones (16 bytes before, 16 after), or with
+/// `DEBUG_MEMORY_REDZONES=0` the 8 bytes it keeps after a block then (so
+/// that glibc's pointer to the next chunk is not inside it).
 fn inner_size(size: usize) -> usize {
     let off = std::env::var("DEBUG_MEMORY_REDZONES").is_ok_and(|v| v.trim() == "0");
-    if off { size } else { size + 32 }
+    if off { size + 8 } else { size + 32 }
 }

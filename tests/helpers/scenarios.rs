@@ -53,6 +53,7 @@ const SCENARIOS: &[&str] = &[
     "thread_leak",
     "loop_leak",
     "vec_fill",
+    "stale_reuse",
     "map_grown",
     "vec_grow",
     "realloc_leak",
@@ -124,6 +125,7 @@ fn parse(args: &[String]) -> Action {
         Some("thread_leak") => run(thread_leak),
         Some("loop_leak") => run(loop_leak),
         Some("vec_fill") => run(vec_fill),
+        Some("stale_reuse") => run(stale_reuse),
         Some("map_grown") => run(map_grown),
         Some("vec_grow") => run(vec_grow),
         Some("realloc_leak") => run(realloc_leak),
@@ -498,6 +500,43 @@ fn vec_fill() {
 #[inline(never)]
 fn forget_filled(fill: u8) {
     std::mem::forget(black_box(vec![fill; 30])); // SITE: vec_fill
+}
+
+// ---------------------------------------------------------------------------
+// stale_reuse: a box is leaked after its address was written 12,000 bytes
+// into a 16 KiB buffer, which is then freed; a new buffer of the same size,
+// which glibc gives the same memory when no quarantine holds the old one,
+// is kept in a static and never written. The stale word in it must not keep
+// the box reachable: one entry of 32 bytes in 1 block, definitely lost,
+// with the quarantine and without. Prints whether the memory was reused.
+
+static KEPT: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn stale_reuse() {
+    let old = write_stale_and_free();
+    let new = keep_fresh_buffer();
+    scrub_stack();
+    println!("reused: {}", old == new);
+}
+
+/// The freed buffer's address.
+#[inline(never)]
+fn write_stale_and_free() -> usize {
+    let leaked = Box::leak(Box::new([5u64; 4])); // SITE: stale_reuse
+    let mut buf: Vec<usize> = vec![0; 2048];
+    buf[1500] = leaked as *mut [u64; 4] as usize;
+    let at = buf.as_ptr() as usize;
+    drop(black_box(buf));
+    at
+}
+
+/// The kept buffer's address.
+#[inline(never)]
+fn keep_fresh_buffer() -> usize {
+    let v: Vec<usize> = Vec::with_capacity(2048);
+    let at = v.as_ptr() as usize;
+    *KEPT.lock().unwrap() = v;
+    at
 }
 
 // ---------------------------------------------------------------------------
