@@ -43,7 +43,7 @@ pub(crate) const BACK: usize = 16;
 /// reachable.
 pub(crate) const POISON_LIMIT: usize = 1 << 16;
 /// Most bytes of a freed block checked when it leaves the quarantine: its
-/// first 4 KiB, as much as a new block's junk fill. (All 64 KiB at first:
+/// first 4 KiB. (All 64 KiB at first:
 /// checking large freed buffers then took most of the time of programs
 /// that grow and drop big `Vec`s, for the rare write past their first
 /// pages.)
@@ -64,11 +64,12 @@ pub(crate) fn front(align: usize) -> usize {
 /// the chunk after it (its header's first word), and its own records point
 /// at that header: `main_arena`'s top chunk and bins, in the C library's
 /// data, which the scan reads as a root. Without this gap such a pointer
-/// lands 8 bytes before the end of a block whose size is 1 to 8 more than
-/// a multiple of 16, as a pointer into it, and a lost block next to the
-/// top chunk looked possibly lost, not definitely (and did not fail the
-/// exit status). With red zones, the back one keeps that header outside
-/// the block.
+/// lands 1 to 8 bytes before the end of a block whose size is 1 to 8 more
+/// than a multiple of 16, as a pointer into it, and a lost block next to
+/// the top chunk looked possibly lost, not definitely (and did not fail
+/// the exit status). With glibc, blocks of those sizes (24, 40, 56, ...)
+/// then take a chunk 16 bytes bigger; the others, none. With red zones,
+/// the back one keeps that header outside the block.
 const TAIL: usize = 8;
 
 /// The inner allocator's layout for a tracked block of `size`/`align`.

@@ -101,29 +101,17 @@ mod tracked {
     /// [`JUNK`], so that stale pointers left by earlier owners of the memory
     /// do not make leaked blocks look reachable (Valgrind ignores undefined
     /// bytes for the same reason), and so reads of uninitialised memory
-    /// stand out. Same limit as AddressSanitizer's `max_malloc_fill_size`.
-    /// Past it, the poison of freed blocks (up to [`check::POISON_LIMIT`])
-    /// has wiped such pointers already; without poisoning, see
-    /// [`fill_limit`].
-    const FILL_LIMIT: usize = 4096;
-    /// Bytes of a new block to fill: [`FILL_LIMIT`], or as much as a freed
-    /// block is poisoned when freed blocks are not poisoned (no quarantine,
-    /// or `DEBUG_MEMORY_POISON=0`, as under `DEBUG_MEMORY=leaks`): memory
-    /// given out again then still holds what its last owner wrote, and a
-    /// stale pointer in it past the first 4 KiB made a leak look reachable.
-    #[inline(always)]
-    fn fill_limit() -> usize {
-        if state::poison() && state::quarantine() != 0 {
-            FILL_LIMIT
-        } else {
-            check::POISON_LIMIT
-        }
-    }
-    /// Bytes of the part a `realloc` grows filled with [`JUNK`]: more than
-    /// [`FILL_LIMIT`], since a block grown in place takes in the memory
-    /// after it as it was, and collections that grow by `realloc` seldom
-    /// write all of their new capacity (a stale pointer there made a leak
-    /// look reachable). As much as a freed block is poisoned.
+    /// stand out. As much as a freed block is poisoned: memory comes back
+    /// from the inner allocator unpoisoned after blocks the quarantine did
+    /// not keep (too big for it, no quarantine, `DEBUG_MEMORY_POISON=0`),
+    /// and after the old block of a `realloc` that moved; a stale pointer
+    /// 12,000 bytes into such memory kept a leaked block reachable when this
+    /// was AddressSanitizer's 4 KiB (`max_malloc_fill_size`).
+    const FILL_LIMIT: usize = check::POISON_LIMIT;
+    /// Bytes of the part a `realloc` grows filled with [`JUNK`], as many:
+    /// a block grown in place takes in the memory after it as it was, and
+    /// collections that grow by `realloc` seldom write all of their new
+    /// capacity (a stale pointer there made a leak look reachable).
     const GROW_FILL_LIMIT: usize = check::POISON_LIMIT;
     /// The fill byte for new memory.
     pub(crate) const JUNK: u8 = 0xbe;
@@ -266,7 +254,7 @@ mod tracked {
             track(user as usize, size, align, entry_sp, c);
             if !zeroed {
                 // SAFETY: `user` starts `size` fresh bytes of the inner block.
-                unsafe { check::fill(user, JUNK, size.min(fill_limit())) };
+                unsafe { check::fill(user, JUNK, size.min(FILL_LIMIT)) };
             }
             guard::in_flight(0);
             user

@@ -1233,10 +1233,10 @@ fn leak_only_tracking_finds_the_same_leaks() {
 /// A stale pointer, 12,000 bytes into freed memory that a new block gets
 /// again, does not keep a leaked box reachable. With the quarantine the
 /// freed buffer is held (and poisoned), so the new one gets other memory;
-/// without it (`DEBUG_MEMORY=leaks`, or `DEBUG_MEMORY_QUARANTINE=0`) glibc
-/// gives the same memory back, and the new block's junk fill, 64 KiB deep
-/// when freed blocks are not poisoned, wipes the stale word (with the fill
-/// at 4 KiB the box was still reachable).
+/// without it (`DEBUG_MEMORY=leaks`, `DEBUG_MEMORY_QUARANTINE=0`, or a
+/// block too big for it) glibc gives the same memory back, unpoisoned, and
+/// the new block's junk fill, 64 KiB deep, wipes the stale word (with the
+/// fill at 4 KiB the box was still reachable).
 #[test]
 fn a_stale_pointer_in_reused_memory_does_not_hide_a_leak() {
     for (extra, reuse) in [
@@ -1244,6 +1244,9 @@ fn a_stale_pointer_in_reused_memory_does_not_hide_a_leak() {
         (&[("DEBUG_MEMORY", "leaks")][..], true),
         (&[("DEBUG_MEMORY_QUARANTINE", "0")][..], true),
         (&[("DEBUG_MEMORY_POISON", "0")][..], false),
+        // Too big for a quarantine this small: freed at once, unpoisoned,
+        // with every check on.
+        (&[("DEBUG_MEMORY_QUARANTINE", "64K")][..], true),
     ] {
         let run = run_tracked(&["stale_reuse"], extra);
         expect_site(
