@@ -251,13 +251,59 @@ mod tracked {
             // (A leak scan that stops this thread before `alloc` returns
             // finds the block through `in_flight`.)
             guard::in_flight(user as usize);
-            track(user as usize, size, align, entry_sp, c);
+            if !track(user as usize, size, align, entry_sp, c) {
+                guard::in_flight(0);
+                // SAFETY: `inner` was just allocated with `il`, and handed
+                // to nobody; the caller upholds the `alloc` contract.
+                return unsafe {
+                    self.inner.dealloc(inner, il);
+                    self.alloc_inner(layout, zeroed)
+                };
+            }
             if !zeroed {
                 // SAFETY: `user` starts `size` fresh bytes of the inner block.
                 unsafe { check::fill(user, JUNK, size.min(FILL_LIMIT)) };
             }
             guard::in_flight(0);
             user
+        }
+
+        /// The bytes of a block the registry could not record (its tables
+        /// could not grow), moved to an untracked block of the inner
+        /// allocator with the program's layout, whose free then goes to
+        /// the inner allocator with that layout like every untracked
+        /// block's. The tracked block is freed. `None` if the inner
+        /// allocator has no memory for the copy: the block then stays as
+        /// it is, without a record, and freeing it later hands the inner
+        /// allocator a pointer it did not give out.
+        ///
+        /// # Safety
+        /// `inner` must be the inner block of the live block `user` of
+        /// `size` bytes aligned to `align`, allocated with
+        /// `check::inner_layout(size, align)` and known to nobody else.
+        #[cold]
+        #[inline(never)]
+        unsafe fn untracked_copy(
+            &self,
+            inner: *mut u8,
+            user: *mut u8,
+            size: usize,
+            align: usize,
+        ) -> Option<*mut u8> {
+            let layout = Layout::from_size_align(size, align).ok()?;
+            let il = check::inner_layout(size, align)?;
+            // SAFETY: a layout of non-zero size (a tracked block's).
+            let plain = unsafe { self.inner.alloc(layout) };
+            if plain.is_null() {
+                return None;
+            }
+            // SAFETY: both blocks hold `size` bytes and are distinct; the
+            // inner block is freed once, with the layout it was given.
+            unsafe {
+                std::ptr::copy_nonoverlapping(user, plain, size);
+                self.inner.dealloc(inner, il);
+            }
+            Some(plain)
         }
 
         /// # Safety
@@ -706,8 +752,8 @@ mod tracked {
                     // SAFETY: `user` has the inner layout of `new_size`.
                     unsafe { check::paint(user, new_size, align) };
                 }
-                if busy.is_some() && state::mode() == ON {
-                    track(user as usize, new_size, align, entry_sp, old.is_c());
+                let recorded = if busy.is_some() && state::mode() == ON {
+                    track(user as usize, new_size, align, entry_sp, old.is_c())
                 } else {
                     // Tracking paused: keep the block tracked under its
                     // original stack.
@@ -715,9 +761,19 @@ mod tracked {
                     let rec =
                         Record::new(user as usize, new_size, align, seq, old.stack, old.thread)
                             .marked_c(old.is_c());
-                    if !registry::insert(rec) {
+                    let stored = registry::insert(rec);
+                    if !stored {
                         registry::count_free(new_size, thread);
                         state::note_untracked();
+                    }
+                    stored
+                };
+                if !recorded {
+                    // SAFETY: `new` is the inner block of `user`, allocated
+                    // with the inner layout of `new_size` and `align`.
+                    if let Some(plain) = unsafe { self.untracked_copy(new, user, new_size, align) }
+                    {
+                        return plain;
                     }
                 }
             }
@@ -822,15 +878,21 @@ mod tracked {
         check::report(f);
     }
 
-    /// Records a new tracked block with the current call stack.
+    /// Records a new tracked block with the current call stack; `false`
+    /// if the registry's tables could not grow for it (then every block is
+    /// no longer tracked, and the caller hands out an untracked block
+    /// instead, which the inner allocator frees with the program's layout,
+    /// as it does every untracked block).
     #[inline(always)]
-    fn track(addr: usize, size: usize, align: usize, entry_sp: usize, c: bool) {
+    fn track(addr: usize, size: usize, align: usize, entry_sp: usize, c: bool) -> bool {
         let stack = here(entry_sp);
         let thread = guard::thread_id();
         let seq = registry::count_alloc(size, thread);
         if !registry::insert(Record::new(addr, size, align, seq, stack, thread).marked_c(c)) {
             registry::count_free(size, thread);
             state::note_untracked();
+            return false;
         }
+        true
     }
 }

@@ -510,3 +510,33 @@ fn malformed_policy_warns_and_keeps_the_default() {
     );
     assert_eq!(run.code(), 0);
 }
+
+/// memwarden's tables out of memory (tests/helpers/table_oom.rs): the
+/// registry cannot grow, so most boxes and some vectors' `realloc`s cannot
+/// be recorded. Each such block must come out untracked, as the inner
+/// allocator gave it, so that its free hands the inner allocator its own
+/// pointer and layout (the helper's allocator aborts otherwise: it did,
+/// with the red zones' offset, before); the vectors keep their values.
+#[test]
+fn blocks_the_registry_cannot_record_are_freed_as_the_inner_allocator_gave_them() {
+    let bin = example_bin("table_oom", &[]);
+    for extra in [&[][..], &[("DEBUG_MEMORY_REDZONES", "0")][..]] {
+        let mut env = vec![("DEBUG_MEMORY", "1"), ("DEBUG_MEMORY_EXITCODE", "0")];
+        env.extend_from_slice(extra);
+        let run = run_bin(&bin, &[], &env);
+        assert_eq!(run.code(), 0, "{}", run.describe());
+        let untracked: u64 = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("untracked: "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no untracked count\n{}", run.describe()));
+        assert!(
+            untracked > 0,
+            "the tables never ran out\n{}",
+            run.describe()
+        );
+        expect_stdout(&run, "grown vectors intact: true");
+        expect_stdout(&run, "freed all");
+    }
+}

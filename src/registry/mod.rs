@@ -1120,12 +1120,17 @@ pub(crate) fn mark() -> u64 {
     (new_epoch() << SEQ_BITS).wrapping_sub(1)
 }
 
-/// Puts back a record removed by a `realloc` that failed.
+/// Puts back a record removed by a `realloc` that failed. (Its shard had
+/// room for it a moment ago; if other threads filled that room meanwhile
+/// and the table cannot grow, the block stays without a record, and every
+/// block is no longer tracked.)
 pub(crate) fn restore(rec: Record, thread: u32) {
     if insert(rec) {
         tally(thread)
             .live
             .fetch_add(rec.size() as i64, Ordering::Relaxed);
+    } else {
+        crate::state::note_untracked();
     }
 }
 
