@@ -37,16 +37,22 @@ pub(crate) fn debug_reach(entry_sp: usize, blocks: &[Classified]) {
         return;
     }
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    // Each mapping's range and line, by address (the file lists them so).
+    let lines: Vec<(usize, usize, &str)> = maps
+        .lines()
+        .filter_map(|l| {
+            let (lo, hi) = l.split(' ').next()?.split_once('-')?;
+            let parse = |h: &str| usize::from_str_radix(h, 16).ok();
+            Some((parse(lo)?, parse(hi)?, l))
+        })
+        .collect();
     // The line of the mapping that holds `addr`.
     let mapping = |addr: usize| {
-        maps.lines()
-            .find(|l| {
-                let range = l.split(' ').next().unwrap_or_default();
-                let (lo, hi) = range.split_once('-').unwrap_or_default();
-                let parse = |h: &str| usize::from_str_radix(h, 16).unwrap_or(0);
-                (parse(lo)..parse(hi)).contains(&addr)
-            })
-            .unwrap_or("in no mapping")
+        let i = lines.partition_point(|&(lo, _, _)| lo <= addr);
+        match i.checked_sub(1).map(|i| lines[i]) {
+            Some((_, hi, line)) if addr < hi => line,
+            _ => "in no mapping",
+        }
     };
     eprintln!("memwarden: debug: scan from {entry_sp:#x}");
     for b in blocks {

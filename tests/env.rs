@@ -75,6 +75,45 @@ mod tracking {
     }
 
     #[test]
+    fn debug_reach_names_the_word_and_mapping_that_reached_each_block() {
+        let run = run_tracked(&["box_leak"], &[("MEMWARDEN_DEBUG_REACH", "1")]);
+        expect_code(&run, DEFAULT_LEAK_EXITCODE);
+        let debug: Vec<&str> = run
+            .memwarden_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("memwarden: debug: 0x"))
+            .collect();
+        // The leaked box: nothing reached it.
+        assert!(
+            debug.iter().any(|l| l.contains("(64 bytes,")
+                && l.ends_with("DefinitelyLost via the word at 0x0 (none)")),
+            "{}",
+            run.describe()
+        );
+        // Each reachable block names the mapping of the word that reached
+        // it, as /proc/self/maps has it (a range, then permissions).
+        let reachable: Vec<&&str> = debug
+            .iter()
+            .filter(|l| l.contains("StillReachable"))
+            .collect();
+        assert!(!reachable.is_empty(), "{}", run.describe());
+        for l in reachable {
+            let mapping = l.rsplit_once(" (").map(|(_, m)| m).unwrap_or_default();
+            let range = mapping.split(' ').next().unwrap_or_default();
+            assert!(
+                range.split_once('-').is_some_and(|(lo, hi)| {
+                    usize::from_str_radix(lo, 16).is_ok() && usize::from_str_radix(hi, 16).is_ok()
+                }) && mapping
+                    .split(' ')
+                    .nth(1)
+                    .is_some_and(|p| p.starts_with("rw")),
+                "{l}\n{}",
+                run.describe()
+            );
+        }
+    }
+
+    #[test]
     fn malformed_frames_warns_and_uses_the_default() {
         let run = run_tracked(&["box_leak"], &[("DEBUG_MEMORY_FRAMES", "abc")]);
         expect_memwarden_line_naming(&run, "DEBUG_MEMORY_FRAMES");
