@@ -268,41 +268,47 @@ mod tracked {
             user
         }
 
-        /// The bytes of a block the registry could not record (its tables
-        /// could not grow), moved to an untracked block of the inner
-        /// allocator with the program's layout, whose free then goes to
-        /// the inner allocator with that layout like every untracked
-        /// block's. The tracked block is freed. `None` if the inner
-        /// allocator has no memory for the copy: the block then stays as
-        /// it is, without a record, and freeing it later hands the inner
-        /// allocator a pointer it did not give out.
+        /// A copy of the block `user` of `size` bytes aligned to `align`,
+        /// which the registry could not record (its tables could not
+        /// grow), in a plain block with the program's layout from the
+        /// allocator that made the block (glibc's for one of C's, `c`):
+        /// an untracked block, whose free then goes to that allocator
+        /// with that layout, like every untracked block's. The caller
+        /// frees the tracked block. `None` if there is no memory for the
+        /// copy.
         ///
         /// # Safety
-        /// `inner` must be the inner block of the live block `user` of
-        /// `size` bytes aligned to `align`, allocated with
-        /// `check::inner_layout(size, align)` and known to nobody else.
+        /// `user` must be readable for `size` bytes, `size` non-zero.
         #[cold]
         #[inline(never)]
         unsafe fn untracked_copy(
             &self,
-            inner: *mut u8,
-            user: *mut u8,
+            c: bool,
+            user: *const u8,
             size: usize,
             align: usize,
         ) -> Option<*mut u8> {
             let layout = Layout::from_size_align(size, align).ok()?;
-            let il = check::inner_layout(size, align)?;
-            // SAFETY: a layout of non-zero size (a tracked block's).
-            let plain = unsafe { self.inner.alloc(layout) };
+            #[cfg(target_env = "gnu")]
+            // SAFETY: a layout of non-zero size.
+            let plain = unsafe {
+                if c {
+                    crate::c_heap::LibcHeap.alloc(layout)
+                } else {
+                    self.inner.alloc(layout)
+                }
+            };
+            #[cfg(not(target_env = "gnu"))]
+            // SAFETY: a layout of non-zero size.
+            let plain = unsafe {
+                let _ = c;
+                self.inner.alloc(layout)
+            };
             if plain.is_null() {
                 return None;
             }
-            // SAFETY: both blocks hold `size` bytes and are distinct; the
-            // inner block is freed once, with the layout it was given.
-            unsafe {
-                std::ptr::copy_nonoverlapping(user, plain, size);
-                self.inner.dealloc(inner, il);
-            }
+            // SAFETY: both blocks hold `size` bytes and are distinct.
+            unsafe { std::ptr::copy_nonoverlapping(user, plain, size) };
             Some(plain)
         }
 
@@ -769,12 +775,23 @@ mod tracked {
                     stored
                 };
                 if !recorded {
-                    // SAFETY: `new` is the inner block of `user`, allocated
-                    // with the inner layout of `new_size` and `align`.
-                    if let Some(plain) = unsafe { self.untracked_copy(new, user, new_size, align) }
-                    {
+                    // SAFETY: `user` holds `new_size` (non-zero) bytes.
+                    let copy = unsafe { self.untracked_copy(old.is_c(), user, new_size, align) };
+                    if let Some(plain) = copy {
+                        if let Some(f) = &flight {
+                            f.moved(plain as usize, new_size);
+                        }
+                        let rec = Record::new(user as usize, new_size, align, 0, 0, 0)
+                            .marked_c(old.is_c());
+                        // SAFETY: the tracked block, allocated with the
+                        // inner layout of `new_size` by the allocator of
+                        // `old`, has no record and nobody else knows it:
+                        // freed once, here.
+                        unsafe { self.free_inner(rec) };
                         return plain;
                     }
+                    // No memory for the copy either: the block goes out
+                    // without a record (see docs/architecture.md).
                 }
             }
             if new.is_null() {

@@ -1122,15 +1122,14 @@ pub(crate) fn mark() -> u64 {
 
 /// Puts back a record removed by a `realloc` that failed. (Its shard had
 /// room for it a moment ago; if other threads filled that room meanwhile
-/// and the table cannot grow, the block stays without a record, and every
-/// block is no longer tracked.)
+/// and the table cannot grow, the block stays without a record, and its
+/// free is then reported as an invalid one while every block is tracked,
+/// rather than passed to the inner allocator.)
 pub(crate) fn restore(rec: Record, thread: u32) {
     if insert(rec) {
         tally(thread)
             .live
             .fetch_add(rec.size() as i64, Ordering::Relaxed);
-    } else {
-        crate::state::note_untracked();
     }
 }
 
