@@ -12,8 +12,8 @@
 #
 # Variants: System, mimalloc, dhat-rs (heap profiler running), and memwarden
 # with the `tracking` feature compiled out, compiled in with DEBUG_MEMORY
-# unset, and with DEBUG_MEMORY=1 (plus, for information, DEBUG_MEMORY=1 with
-# DEBUG_MEMORY_QUARANTINE=0). Each is its own process of the same bench
+# unset, and with DEBUG_MEMORY=1, and leak tracking only (DEBUG_MEMORY=leaks:
+# no red zones, poisoning or quarantine). Each is its own process of the same bench
 # binary (`benches/workloads.rs`; MEMWARDEN_BENCH_ALLOC picks the allocator).
 # Then the report-speed driver (`benches/exit_report.rs`): 1,000,000 live
 # blocks from 10,000 stacks, reported in process and at exit.

@@ -67,8 +67,8 @@ pub(crate) fn front(align: usize) -> usize {
 /// lands 1 to 8 bytes before the end of a block whose size is 1 to 8 more
 /// than a multiple of 16, as a pointer into it, and a lost block next to
 /// the top chunk looked possibly lost, not definitely (and did not fail
-/// the exit status). With glibc, blocks of those sizes (24, 40, 56, ...)
-/// then take a chunk 16 bytes bigger; the others, none. With red zones,
+/// the exit status). With glibc, blocks of those sizes above 16 (17-24,
+/// 33-40, ...) then take a chunk 16 bytes bigger; the others, none. With red zones,
 /// the back one keeps that header outside the block.
 const TAIL: usize = 8;
 

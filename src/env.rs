@@ -172,8 +172,8 @@ pub(crate) fn parse_flag(var: &str, v: &[u8], default: bool) -> bool {
     })
 }
 
-/// [`parse_flag`] without the warning: `1/true/yes/on` or empty → on,
-/// `0/false/no/off` → off, anything else `None`.
+/// An on/off value: `1/true/yes/on` or empty → on, `0/false/no/off` →
+/// off, anything else `None` (no warning: see [`parse_flag`]).
 pub(crate) fn flag_value(v: &[u8]) -> Option<bool> {
     let t = trim(v);
     let is = |w: &str| t.eq_ignore_ascii_case(w.as_bytes());

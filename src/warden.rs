@@ -245,7 +245,7 @@ mod tracked {
             // Recorded before the junk fill: the registry's lock and the
             // counters are atomic read-modify-writes, which wait for every
             // store before them to reach the cache, and the fill's stores
-            // (up to 4 KiB, to lines often not in cache) took most of an
+            // (up to 64 KiB, to lines often not in cache) took most of an
             // allocation's time there. (Red zones first: a heap check may
             // look at them as soon as the block is recorded.)
             // (A leak scan that stops this thread before `alloc` returns

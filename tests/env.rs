@@ -98,7 +98,12 @@ mod tracking {
             .collect();
         assert!(!reachable.is_empty(), "{}", run.describe());
         for l in reachable {
-            let mapping = l.rsplit_once(" (").map(|(_, m)| m).unwrap_or_default();
+            // "... via the word at 0x<hex> (<the maps line>)".
+            let mapping = l
+                .split_once(" via the word at 0x")
+                .and_then(|(_, rest)| rest.split_once(" ("))
+                .map(|(_, m)| m.strip_suffix(')').unwrap_or(m))
+                .unwrap_or_default();
             let range = mapping.split(' ').next().unwrap_or_default();
             assert!(
                 range.split_once('-').is_some_and(|(lo, hi)| {

@@ -280,10 +280,16 @@ fn wrong_layout() {
 }
 
 /// The size memwarden asks of the inner allocator for `size` bytes aligned
-/// to 8: the red zones (16 bytes before, 16 after), or with
-/// `DEBUG_MEMORY_REDZONES=0` the 8 bytes it keeps after a block then (so
+/// to 8: the red zones (16 bytes before, 16 after), or without them
+/// (`DEBUG_MEMORY_REDZONES=0`, or `DEBUG_MEMORY=leaks` unless
+/// `DEBUG_MEMORY_REDZONES=1`) the 8 bytes it keeps after a block then (so
 /// that glibc's pointer to the next chunk is not inside it).
 fn inner_size(size: usize) -> usize {
-    let off = std::env::var("DEBUG_MEMORY_REDZONES").is_ok_and(|v| v.trim() == "0");
-    if off { size + 8 } else { size + 32 }
+    let var = |name: &str| std::env::var(name).map(|v| v.trim().to_ascii_lowercase());
+    let redzones = match var("DEBUG_MEMORY_REDZONES").as_deref() {
+        Ok("0" | "false" | "no" | "off") => false,
+        Ok("1" | "true" | "yes" | "on") => true,
+        _ => var("DEBUG_MEMORY").as_deref() != Ok("leaks"),
+    };
+    if redzones { size + 32 } else { size + 8 }
 }

@@ -4,7 +4,8 @@
 //! The inner allocator hands out blocks from a static arena and checks each
 //! free: a pointer it never gave out, or a layout other than the one it
 //! gave, aborts the process with a message. Then the address space is
-//! limited (`RLIMIT_AS`) to what the process has mapped, so that the
+//! limited (`RLIMIT_AS`) to what the process has mapped and 4 MiB more
+//! (the tables want some 16 MiB more for these blocks), so that the
 //! registry's tables, which grow through glibc's `malloc`, cannot grow,
 //! while the arena, mapped already, still serves the program. Blocks the
 //! registry cannot record must then come out untracked, and their frees

@@ -118,6 +118,8 @@ def main():
     args = sys.argv[1:]
     env = dict(os.environ)
     dm = env.get("DEBUG_MEMORY")
+    if dm is not None:
+        dm = dm.strip().lower()
     if dm not in (None, "", "0", "1", "leaks"):
         say("ignoring DEBUG_MEMORY=%r: expected 0, 1 or leaks; tracking stays off" % dm)
         dm = None
