@@ -75,15 +75,24 @@ impl Default for Config {
 
 /// Reads the start-up variables, warning about malformed ones.
 pub(crate) fn read() -> Config {
-    config(getenv)
+    config(getenv, None)
+}
+
+/// The start-up variables as [`read`] reads them, but with `tracking` in
+/// place of what `DEBUG_MEMORY` asks (for `--debug-memory=leaks`: its
+/// defaults, and the variables of each check, which still win).
+pub(crate) fn read_as(tracking: Tracking) -> Config {
+    config(getenv, Some(tracking))
 }
 
 /// The configuration that the variables `var` gives (`None`: unset or
 /// blank) ask for, warning about malformed ones.
-fn config(var: impl Fn(&CStr) -> Option<&'static [u8]>) -> Config {
-    let tracking = var(c"DEBUG_MEMORY")
-        .map(|v| parse_tracking(v).unwrap_or(Tracking::Off))
-        .unwrap_or(Tracking::Off);
+fn config(var: impl Fn(&CStr) -> Option<&'static [u8]>, forced: Option<Tracking>) -> Config {
+    let tracking = forced.unwrap_or_else(|| {
+        var(c"DEBUG_MEMORY")
+            .map(|v| parse_tracking(v).unwrap_or(Tracking::Off))
+            .unwrap_or(Tracking::Off)
+    });
     // The checks for heap errors are on by default, and off by default
     // under `DEBUG_MEMORY=leaks`.
     let checks = tracking != Tracking::Leaks;
@@ -327,12 +336,23 @@ mod tests {
 
     /// The configuration of an environment of `vars` (name, value).
     fn config_of(vars: &'static [(&'static CStr, &'static [u8])]) -> Config {
-        config(|name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| *v)
-                .filter(|v| !trim(v).is_empty())
-        })
+        config_as(vars, None)
+    }
+
+    /// The same with `forced` in place of what `DEBUG_MEMORY` asks.
+    fn config_as(
+        vars: &'static [(&'static CStr, &'static [u8])],
+        forced: Option<Tracking>,
+    ) -> Config {
+        config(
+            |name| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| *v)
+                    .filter(|v| !trim(v).is_empty())
+            },
+            forced,
+        )
     }
 
     #[test]
@@ -391,6 +411,16 @@ mod tests {
             (c"DEBUG_MEMORY_QUARANTINE", b"lots"),
         ]);
         assert_eq!((odd.redzones, odd.quarantine), (true, DEFAULT_QUARANTINE));
+        // `--debug-memory=leaks`: the mode forced, whatever `DEBUG_MEMORY`
+        // says, and each check's own variable still wins.
+        let flag = config_as(
+            &[(c"DEBUG_MEMORY", b"0"), (c"DEBUG_MEMORY_POISON", b"1")],
+            Some(Tracking::Leaks),
+        );
+        assert_eq!(
+            (flag.tracking, flag.redzones, flag.poison, flag.quarantine),
+            (Tracking::Leaks, false, true, 0)
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ extern "C" fn after_fork() {
 extern "C" fn after_fork_in_child() {
     // First: the deferred frees below may report.
     crate::report::symbols::after_fork_in_child();
+    crate::state::after_fork_in_child();
     after_fork();
     // The child's only thread: no other is half-way through a free. (Unless
     // `fork` was called from a signal handler that interrupted one, which

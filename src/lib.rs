@@ -191,6 +191,20 @@ pub fn enable() {
     state::enable();
 }
 
+/// Turns leak tracking only on from now on, as `DEBUG_MEMORY=leaks` does
+/// from the start: no red zones, poisoning or quarantine, unless
+/// `DEBUG_MEMORY_REDZONES`, `DEBUG_MEMORY_POISON` or
+/// `DEBUG_MEMORY_QUARANTINE` ask for them (docs/guide.md, "Leak tracking
+/// only").
+///
+/// Only before tracking has ever been on in the process: blocks tracked
+/// earlier have their red zones, and their settings stay; then this is
+/// [`enable`]. Does nothing with the `tracking` feature off.
+pub fn enable_leaks_only() {
+    #[cfg(all(feature = "tracking", target_os = "linux"))]
+    state::enable_leaks_only();
+}
+
 /// Stops tracking new allocations. Blocks already tracked stay tracked
 /// until freed, and the exit report still covers them.
 pub fn disable() {
@@ -210,8 +224,9 @@ pub fn is_enabled() -> bool {
     }
 }
 
-/// Turns tracking on if `args` hold `--debug-memory`; returns whether
-/// tracking is on afterwards.
+/// Turns tracking on if `args` hold `--debug-memory`, or leak tracking only
+/// ([`enable_leaks_only`]) if they hold `--debug-memory=leaks`; returns
+/// whether tracking is on afterwards.
 ///
 /// ```no_run
 /// #[global_allocator]
@@ -227,8 +242,12 @@ where
     I: IntoIterator,
     I::Item: AsRef<std::ffi::OsStr>,
 {
-    if args.into_iter().any(|a| a.as_ref() == "--debug-memory") {
-        enable();
+    for a in args {
+        if a.as_ref() == "--debug-memory" {
+            enable();
+        } else if a.as_ref() == "--debug-memory=leaks" {
+            enable_leaks_only();
+        }
     }
     is_enabled()
 }

@@ -48,9 +48,11 @@ static LEAKS_ONLY: AtomicBool = AtomicBool::new(false);
 static UNTRACKED_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// The current mode, reading the environment first if nobody has yet.
+/// (An acquire load: a thread that sees `ON` also sees the settings stored
+/// before it, [`enable_leaks_only`]'s included. Free on x86_64.)
 #[inline]
 pub(crate) fn mode() -> u8 {
-    let m = MODE.load(Ordering::Relaxed);
+    let m = MODE.load(Ordering::Acquire);
     if m != UNINIT { m } else { init() }
 }
 
@@ -105,8 +107,34 @@ fn hook_exit() {
     }
 }
 
+/// Held while the program switches tracking on or off, so that
+/// [`enable_leaks_only`] changes the settings of blocks only while no
+/// other switch can turn tracking on under it. (A spin lock: switches are
+/// rare and short, and take no other lock and allocate nothing.)
+static SWITCHING: AtomicBool = AtomicBool::new(false);
+
+/// In a child just forked: a thread of the parent that was switching is
+/// not in the child, and must not leave [`SWITCHING`] held for ever.
+pub(crate) fn after_fork_in_child() {
+    SWITCHING.store(false, Ordering::Release);
+}
+
+/// Runs `f` holding [`SWITCHING`].
+fn switching<R>(f: impl FnOnce() -> R) -> R {
+    while SWITCHING.swap(true, Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let r = f();
+    SWITCHING.store(false, Ordering::Release);
+    r
+}
+
 /// Turns tracking on (see `memwarden::enable`).
 pub(crate) fn enable() {
+    switching(enable_now);
+}
+
+fn enable_now() {
     if mode() != ON {
         // The program has been allocating untracked until now.
         UNTRACKED_SEEN.store(true, Ordering::Relaxed);
@@ -115,22 +143,48 @@ pub(crate) fn enable() {
     MODE.store(ON, Ordering::Release);
 }
 
+/// Turns leak tracking only on (`--debug-memory=leaks`): as [`enable`],
+/// with the settings of `DEBUG_MEMORY=leaks` (red zones, poison and
+/// quarantine off unless their own variables ask for them) if tracking has
+/// never been on in this process. Otherwise tracked blocks have their
+/// layout already, which must not change, and this is [`enable`].
+pub(crate) fn enable_leaks_only() {
+    switching(|| {
+        if mode() == OFF {
+            // No tracked block exists, and none can be made before `MODE`
+            // turns `ON` (no other switch runs meanwhile), whose release
+            // store publishes these to every thread that sees it (`mode`
+            // loads it with acquire): the layout may change.
+            let cfg = env::read_as(env::Tracking::Leaks);
+            QUARANTINE.store(cfg.quarantine, Ordering::Relaxed);
+            REDZONES.store(cfg.redzones, Ordering::Relaxed);
+            POISON.store(cfg.poison, Ordering::Relaxed);
+            LEAKS_ONLY.store(true, Ordering::Relaxed);
+        }
+        enable_now();
+    });
+}
+
 /// Turns tracking on without arming the exit report: for scoped checks
 /// (`assert_no_leaks`, checkpoints) in a process started without
 /// `DEBUG_MEMORY`, whose exit status must stay the program's.
 pub(crate) fn enable_quietly() {
-    if mode() != ON {
-        UNTRACKED_SEEN.store(true, Ordering::Relaxed);
-        MODE.store(ON, Ordering::Release);
-    }
+    switching(|| {
+        if mode() != ON {
+            UNTRACKED_SEEN.store(true, Ordering::Relaxed);
+            MODE.store(ON, Ordering::Release);
+        }
+    });
 }
 
 /// Stops recording new allocations (see `memwarden::disable`).
 pub(crate) fn disable() {
-    if mode() == ON {
-        UNTRACKED_SEEN.store(true, Ordering::Relaxed);
-        MODE.store(PAUSED, Ordering::Release);
-    }
+    switching(|| {
+        if mode() == ON {
+            UNTRACKED_SEEN.store(true, Ordering::Relaxed);
+            MODE.store(PAUSED, Ordering::Release);
+        }
+    });
 }
 
 /// Abort on a heap error (`DEBUG_MEMORY_ON_ERROR=abort`, the default)?

@@ -321,6 +321,38 @@ mod tracking {
     }
 
     #[test]
+    fn debug_memory_leaks_flag_switches_leak_tracking_only_on() {
+        let report = temp_path("flag_leaks", "json");
+        let path = report.path().to_str().unwrap().to_owned();
+        let leaks_only = run(
+            &["flag", "--debug-memory=leaks"],
+            &[("DEBUG_MEMORY_REPORT", &path)],
+        );
+        check_report_shape(&leaks_only);
+        expect_site(&leaks_only, "flag", DEFINITELY, 24, 1, "leak_flagged");
+        expect_code(&leaks_only, DEFAULT_LEAK_EXITCODE);
+        expect_memwarden_line_naming(
+            &leaks_only,
+            "DEBUG_MEMORY=leaks tracks leaks only; not checked: overruns",
+        );
+        // A check's own variable still wins.
+        let with_redzones = run(
+            &["flag", "--debug-memory=leaks"],
+            &[
+                ("DEBUG_MEMORY_REPORT", path.as_str()),
+                ("DEBUG_MEMORY_REDZONES", "1"),
+            ],
+        );
+        expect_site(&with_redzones, "flag", DEFINITELY, 24, 1, "leak_flagged");
+        expect_memwarden_line_naming(&with_redzones, "not checked: use after free");
+        assert!(
+            !with_redzones.stderr.contains("not checked: overruns"),
+            "{}",
+            with_redzones.describe()
+        );
+    }
+
+    #[test]
     fn empty_values_count_as_unset_silently() {
         let run = run_tracked(
             &["box_leak"],
