@@ -78,11 +78,25 @@ pub(crate) fn read() -> Config {
     config(getenv, None)
 }
 
-/// The start-up variables as [`read`] reads them, but with `tracking` in
-/// place of what `DEBUG_MEMORY` asks (for `--debug-memory=leaks`: its
-/// defaults, and the variables of each check, which still win).
-pub(crate) fn read_as(tracking: Tracking) -> Config {
-    config(getenv, Some(tracking))
+/// The red zones, poison and quarantine of leak tracking only, for
+/// `--debug-memory=leaks`: off, unless their variables ask for them (read
+/// again, quietly: a malformed one was warned about at start-up, and
+/// counts as unset here).
+pub(crate) fn leaks_only_checks() -> (bool, bool, usize) {
+    let cfg = config(
+        |name| getenv(name).filter(|v| quietly_valid(name, v)),
+        Some(Tracking::Leaks),
+    );
+    (cfg.redzones, cfg.poison, cfg.quarantine)
+}
+
+/// True if `v` is a well-formed value of the check variable `name`.
+fn quietly_valid(name: &CStr, v: &[u8]) -> bool {
+    if name == c"DEBUG_MEMORY_QUARANTINE" {
+        bytes_value(v).is_some()
+    } else {
+        flag_value(v).is_some()
+    }
 }
 
 /// The configuration that the variables `var` gives (`None`: unset or
@@ -141,17 +155,7 @@ pub(crate) fn parse_on_error(v: &[u8]) -> Option<OnError> {
 
 /// A byte count, with an optional K, M or G suffix (powers of 1024).
 pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
-    let t = trim(v);
-    let (digits, shift) = match t.last().map(u8::to_ascii_uppercase) {
-        Some(b'K') => (&t[..t.len() - 1], 10),
-        Some(b'M') => (&t[..t.len() - 1], 20),
-        Some(b'G') => (&t[..t.len() - 1], 30),
-        _ => (t, 0),
-    };
-    match parse_u64(digits)
-        .and_then(|n| usize::try_from(n).ok())
-        .and_then(|n| n.checked_mul(1 << shift))
-    {
+    match bytes_value(v) {
         Some(n) => Some(n),
         None => {
             warn(
@@ -162,6 +166,20 @@ pub(crate) fn parse_bytes(var: &str, v: &[u8]) -> Option<usize> {
             None
         }
     }
+}
+
+/// [`parse_bytes`] without the warning.
+fn bytes_value(v: &[u8]) -> Option<usize> {
+    let t = trim(v);
+    let (digits, shift) = match t.last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&t[..t.len() - 1], 10),
+        Some(b'M') => (&t[..t.len() - 1], 20),
+        Some(b'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    parse_u64(digits)
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| n.checked_mul(1 << shift))
 }
 
 /// An on/off switch for a feature that is `default` when not set: the

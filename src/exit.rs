@@ -68,7 +68,6 @@ extern "C" fn after_fork() {
 extern "C" fn after_fork_in_child() {
     // First: the deferred frees below may report.
     crate::report::symbols::after_fork_in_child();
-    crate::state::after_fork_in_child();
     after_fork();
     // The child's only thread: no other is half-way through a free. (Unless
     // `fork` was called from a signal handler that interrupted one, which
@@ -233,7 +232,9 @@ fn unchecked_note() -> Option<String> {
         // Every check was asked back.
         return None;
     }
-    let mut note = String::from("memwarden: note: DEBUG_MEMORY=leaks tracks leaks only");
+    let mut note = String::from(
+        "memwarden: note: leak tracking only (DEBUG_MEMORY=leaks or --debug-memory=leaks)",
+    );
     if !off.is_empty() {
         note.push_str("; not checked: ");
         note.push_str(&off.join(", "));

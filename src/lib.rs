@@ -225,8 +225,8 @@ pub fn is_enabled() -> bool {
 }
 
 /// Turns tracking on if `args` hold `--debug-memory`, or leak tracking only
-/// ([`enable_leaks_only`]) if they hold `--debug-memory=leaks`; returns
-/// whether tracking is on afterwards.
+/// ([`enable_leaks_only`]) if they hold `--debug-memory=leaks` (with both,
+/// the first decides); returns whether tracking is on afterwards.
 ///
 /// ```no_run
 /// #[global_allocator]
@@ -242,12 +242,20 @@ where
     I: IntoIterator,
     I::Item: AsRef<std::ffi::OsStr>,
 {
-    for a in args {
-        if a.as_ref() == "--debug-memory" {
-            enable();
-        } else if a.as_ref() == "--debug-memory=leaks" {
-            enable_leaks_only();
+    let flag = args.into_iter().find_map(|a| {
+        let a = a.as_ref();
+        if a == "--debug-memory" {
+            Some(false)
+        } else if a == "--debug-memory=leaks" {
+            Some(true)
+        } else {
+            None
         }
+    });
+    match flag {
+        Some(false) => enable(),
+        Some(true) => enable_leaks_only(),
+        None => {}
     }
     is_enabled()
 }

@@ -5,11 +5,16 @@
 //!  UNINIT ───────────────────────────────┬──────────────▶ OFF
 //!    │      (DEBUG_MEMORY unset or 0)    │                 │ enable()
 //!    │                                   ▼                 ▼
-//!    └────────── DEBUG_MEMORY=1 ───────▶ ON ◀──────────── enable()
-//!                                        │  ▲
+//!    └── DEBUG_MEMORY=1 or =leaks ─────▶ ON ◀──────────── enable(),
+//!                                        │  ▲          enable_leaks_only()
 //!                              disable() ▼  │ enable()
 //!                                       PAUSED
 //! ```
+//!
+//! The settings that shape tracked blocks (red zones, poison, quarantine)
+//! are read with the mode at the first allocation, and change after it
+//! only in `enable_leaks_only()`'s step from `OFF` to `ON`: see
+//! [`SWITCHING`].
 //!
 //! * `OFF`: tracking has never been on. `alloc` and `dealloc` forward to the
 //!   inner allocator after one relaxed load of [`MODE`]: this is the whole
@@ -40,7 +45,8 @@ static ABORT_ON_ERROR: AtomicBool = AtomicBool::new(true);
 static QUARANTINE: AtomicUsize = AtomicUsize::new(env::DEFAULT_QUARANTINE);
 static REDZONES: AtomicBool = AtomicBool::new(true);
 static POISON: AtomicBool = AtomicBool::new(true);
-/// Started with `DEBUG_MEMORY=leaks`.
+/// Leak tracking only: started with `DEBUG_MEMORY=leaks`, or switched on
+/// by [`enable_leaks_only`] before tracking was ever on.
 static LEAKS_ONLY: AtomicBool = AtomicBool::new(false);
 /// True once an allocation may have been served untracked by the program
 /// (tracking switched on late, or paused): an unknown pointer is then not
@@ -107,20 +113,34 @@ fn hook_exit() {
     }
 }
 
-/// Held while the program switches tracking on or off, so that
-/// [`enable_leaks_only`] changes the settings of blocks only while no
-/// other switch can turn tracking on under it. (A spin lock: switches are
-/// rare and short, and take no other lock and allocate nothing.)
+/// Held while the program switches tracking on or off (every switch but
+/// the first allocation's, in [`init`], which [`mode`] waits for), so
+/// that [`enable_leaks_only`] changes the settings of blocks only while no
+/// other switch can turn tracking on under it. A spin lock: switches are
+/// rare and short. The holder may call `getenv`, write a warning, and, at
+/// the first switch on, register the exit report (`atexit`,
+/// `pthread_atfork`, which take glibc's locks and may allocate); no
+/// allocation path takes this lock.
 static SWITCHING: AtomicBool = AtomicBool::new(false);
 
-/// In a child just forked: a thread of the parent that was switching is
-/// not in the child, and must not leave [`SWITCHING`] held for ever.
-pub(crate) fn after_fork_in_child() {
-    SWITCHING.store(false, Ordering::Release);
+/// Registers, once, before [`SWITCHING`] is first taken, the fork handler
+/// that releases it in a child: the parent's thread that held it is not
+/// in the child, which would otherwise wait for it for ever at its first
+/// switch.
+fn release_switching_in_children() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        SWITCHING.store(false, Ordering::Release);
+    }
+    REGISTERED.call_once(|| {
+        // SAFETY: a child handler that only stores to an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
 }
 
 /// Runs `f` holding [`SWITCHING`].
 fn switching<R>(f: impl FnOnce() -> R) -> R {
+    release_switching_in_children();
     while SWITCHING.swap(true, Ordering::Acquire) {
         std::hint::spin_loop();
     }
@@ -155,10 +175,10 @@ pub(crate) fn enable_leaks_only() {
             // turns `ON` (no other switch runs meanwhile), whose release
             // store publishes these to every thread that sees it (`mode`
             // loads it with acquire): the layout may change.
-            let cfg = env::read_as(env::Tracking::Leaks);
-            QUARANTINE.store(cfg.quarantine, Ordering::Relaxed);
-            REDZONES.store(cfg.redzones, Ordering::Relaxed);
-            POISON.store(cfg.poison, Ordering::Relaxed);
+            let (redzones, poison, quarantine) = env::leaks_only_checks();
+            QUARANTINE.store(quarantine, Ordering::Relaxed);
+            REDZONES.store(redzones, Ordering::Relaxed);
+            POISON.store(poison, Ordering::Relaxed);
             LEAKS_ONLY.store(true, Ordering::Relaxed);
         }
         enable_now();
@@ -211,8 +231,9 @@ pub(crate) fn poison() -> bool {
     POISON.load(Ordering::Relaxed)
 }
 
-/// True if the process started with `DEBUG_MEMORY=leaks` (leak tracking
-/// only: the checks for heap errors off unless asked for one by one).
+/// True under leak tracking only (`DEBUG_MEMORY=leaks`, or
+/// [`enable_leaks_only`] before tracking was ever on): the checks for heap
+/// errors off unless asked for one by one.
 pub(crate) fn leaks_only() -> bool {
     LEAKS_ONLY.load(Ordering::Relaxed)
 }

@@ -333,7 +333,7 @@ mod tracking {
         expect_code(&leaks_only, DEFAULT_LEAK_EXITCODE);
         expect_memwarden_line_naming(
             &leaks_only,
-            "DEBUG_MEMORY=leaks tracks leaks only; not checked: overruns",
+            "leak tracking only (DEBUG_MEMORY=leaks or --debug-memory=leaks); not checked: overruns",
         );
         // A check's own variable still wins.
         let with_redzones = run(
@@ -350,6 +350,23 @@ mod tracking {
             "{}",
             with_redzones.describe()
         );
+        // A malformed one is warned about once, at start-up, and counts as
+        // unset when the flag is read.
+        let malformed = run(
+            &["flag", "--debug-memory=leaks"],
+            &[
+                ("DEBUG_MEMORY_REPORT", path.as_str()),
+                ("DEBUG_MEMORY_REDZONES", "maybe"),
+            ],
+        );
+        expect_site(&malformed, "flag", DEFINITELY, 24, 1, "leak_flagged");
+        let warnings = malformed
+            .memwarden_lines()
+            .into_iter()
+            .filter(|l| l.contains("DEBUG_MEMORY_REDZONES=\"maybe\""))
+            .count();
+        assert_eq!(warnings, 1, "{}", malformed.describe());
+        expect_memwarden_line_naming(&malformed, "not checked: overruns");
     }
 
     #[test]

@@ -1249,7 +1249,7 @@ fn same_leaks(full: &Run, leaks: &Run) -> Result<(), String> {
     }
     if !leaks
         .stderr
-        .contains("memwarden: note: DEBUG_MEMORY=leaks tracks leaks only; not checked: overruns")
+        .contains("memwarden: note: leak tracking only (DEBUG_MEMORY=leaks or --debug-memory=leaks); not checked: overruns")
         || full.stderr.contains("DEBUG_MEMORY=leaks")
     {
         return Err("the note on what went unchecked".into());
