@@ -247,6 +247,11 @@ pub(crate) fn note_untracked() {
 /// unknown pointer handed to `dealloc` is an invalid free.
 #[inline]
 pub(crate) fn all_tracked() -> bool {
+    // The caller found the mode on (relaxed): read it again with acquire,
+    // so that the flag set before the switch that turned it on is seen (on
+    // a weakly ordered CPU a free racing a late `enable()` could see the
+    // flag stale, and call an untracked block an invalid free).
+    let _ = MODE.load(Ordering::Acquire);
     !UNTRACKED_SEEN.load(Ordering::Relaxed)
 }
 
