@@ -14,7 +14,9 @@
 //! allocated it; it classifies leaks as Valgrind's memcheck does
 //! (definitely, indirectly and possibly lost, still reachable), writes JSON
 //! with `DEBUG_MEMORY_REPORT=path`, and ends the process with status 23 when
-//! anything is definitely lost, so that CI fails.
+//! anything is definitely lost, so that CI fails. `DEBUG_MEMORY=leaks`
+//! tracks leaks only, without the checks for heap errors that cost the
+//! most (red zones, poisoning, the quarantine): up to twice as fast.
 //!
 //! Without `DEBUG_MEMORY`, `Warden` costs one relaxed atomic load per call.
 //! With the `tracking` cargo feature off (`default-features = false`) it is
