@@ -90,12 +90,15 @@ pub(crate) fn leaks_only_checks() -> (bool, bool, usize) {
     (cfg.redzones, cfg.poison, cfg.quarantine)
 }
 
-/// True if `v` is a well-formed value of the check variable `name`.
+/// True if `name` is one of the three check variables and `v` a
+/// well-formed value of it (the other variables are not read again).
 fn quietly_valid(name: &CStr, v: &[u8]) -> bool {
     if name == c"DEBUG_MEMORY_QUARANTINE" {
         bytes_value(v).is_some()
-    } else {
+    } else if name == c"DEBUG_MEMORY_REDZONES" || name == c"DEBUG_MEMORY_POISON" {
         flag_value(v).is_some()
+    } else {
+        false
     }
 }
 
