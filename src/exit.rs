@@ -220,14 +220,14 @@ fn unchecked_note() -> Option<String> {
     if !state::leaks_only() {
         return None;
     }
+    let no_quarantine = state::quarantine() == 0;
     let mut off = Vec::new();
     if !state::redzones() {
         off.push("overruns (DEBUG_MEMORY_REDZONES=1)");
     }
-    if !state::poison() || state::quarantine() == 0 {
+    if !state::poison() || no_quarantine {
         off.push("use after free (DEBUG_MEMORY_POISON=1 DEBUG_MEMORY_QUARANTINE=2M)");
     }
-    let no_quarantine = state::quarantine() == 0;
     if off.is_empty() && !no_quarantine {
         // Every check was asked back.
         return None;

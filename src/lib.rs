@@ -247,20 +247,13 @@ where
     I: IntoIterator,
     I::Item: AsRef<std::ffi::OsStr>,
 {
-    let flag = args.into_iter().find_map(|a| {
-        let a = a.as_ref();
-        if a == "--debug-memory" {
-            Some(false)
-        } else if a == "--debug-memory=leaks" {
-            Some(true)
-        } else {
-            None
-        }
+    let switch_on = args.into_iter().find_map(|a| match a.as_ref().to_str() {
+        Some("--debug-memory") => Some(enable as fn()),
+        Some("--debug-memory=leaks") => Some(enable_leaks_only as fn()),
+        _ => None,
     });
-    match flag {
-        Some(false) => enable(),
-        Some(true) => enable_leaks_only(),
-        None => {}
+    if let Some(switch_on) = switch_on {
+        switch_on();
     }
     is_enabled()
 }

@@ -40,11 +40,7 @@ pub(crate) fn debug_reach(entry_sp: usize, blocks: &[Classified]) {
     // Each mapping's range and line, by address (the file lists them so).
     let lines: Vec<(usize, usize, &str)> = maps
         .lines()
-        .filter_map(|l| {
-            let (lo, hi) = l.split(' ').next()?.split_once('-')?;
-            let parse = |h: &str| usize::from_str_radix(h, 16).ok();
-            Some((parse(lo)?, parse(hi)?, l))
-        })
+        .filter_map(|l| crate::sys::parse_maps_line(l).map(|m| (m.start, m.end, l)))
         .collect();
     // The line of the mapping that holds `addr`.
     let mapping = |addr: usize| {

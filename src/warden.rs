@@ -289,21 +289,8 @@ mod tracked {
             align: usize,
         ) -> Option<*mut u8> {
             let layout = Layout::from_size_align(size, align).ok()?;
-            #[cfg(target_env = "gnu")]
             // SAFETY: a layout of non-zero size.
-            let plain = unsafe {
-                if c {
-                    crate::c_heap::LibcHeap.alloc(layout)
-                } else {
-                    self.inner.alloc(layout)
-                }
-            };
-            #[cfg(not(target_env = "gnu"))]
-            // SAFETY: a layout of non-zero size.
-            let plain = unsafe {
-                let _ = c;
-                self.inner.alloc(layout)
-            };
+            let plain = unsafe { self.alloc_by(c, layout) };
             if plain.is_null() {
                 return None;
             }
@@ -617,6 +604,23 @@ mod tracked {
             unsafe { self.inner.dealloc(inner, il) }
         }
 
+        /// A block of `layout` from the allocator that makes blocks of C's
+        /// `malloc` family (`c`: glibc's, whatever `A` is) or of Rust's
+        /// (see [`Self::free_inner`]).
+        ///
+        /// # Safety
+        /// The contract of `GlobalAlloc::alloc`.
+        unsafe fn alloc_by(&self, c: bool, layout: Layout) -> *mut u8 {
+            #[cfg(target_env = "gnu")]
+            if c {
+                // SAFETY: per the contract.
+                return unsafe { crate::c_heap::LibcHeap.alloc(layout) };
+            }
+            let _ = c;
+            // SAFETY: per the contract.
+            unsafe { self.inner.alloc(layout) }
+        }
+
         /// `realloc` of the inner block `inner` (`il`) of `rec`, by the
         /// allocator that made it (see [`Self::free_inner`]).
         ///
@@ -767,12 +771,7 @@ mod tracked {
                     let rec =
                         Record::new(user as usize, new_size, align, seq, old.stack, old.thread)
                             .marked_c(old.is_c());
-                    let stored = registry::insert(rec);
-                    if !stored {
-                        registry::count_free(new_size, thread);
-                        state::note_untracked();
-                    }
-                    stored
+                    record(rec, thread)
                 };
                 if !recorded {
                     // SAFETY: `user` holds `new_size` (non-zero) bytes.
@@ -905,11 +904,22 @@ mod tracked {
         let stack = here(entry_sp);
         let thread = guard::thread_id();
         let seq = registry::count_alloc(size, thread);
-        if !registry::insert(Record::new(addr, size, align, seq, stack, thread).marked_c(c)) {
-            registry::count_free(size, thread);
+        record(
+            Record::new(addr, size, align, seq, stack, thread).marked_c(c),
+            thread,
+        )
+    }
+
+    /// Inserts `rec`, counted by `thread` already; `false`, with the count
+    /// undone and every block no longer tracked, if the registry's tables
+    /// could not grow for it (see [`track`]).
+    #[inline(always)]
+    fn record(rec: Record, thread: u32) -> bool {
+        let stored = registry::insert(rec);
+        if !stored {
+            registry::count_free(rec.size(), thread);
             state::note_untracked();
-            return false;
         }
-        true
+        stored
     }
 }
