@@ -48,6 +48,12 @@
 //!   64 KiB (doubling `realloc`s).
 //! - `maps`: build and drop a `BTreeMap<u64, u64>` and a `HashMap<u64, u64>`
 //!   of 10,000 random keys each.
+//! - `string_maps`: the same with owned keys and values, as a program's
+//!   maps of names often are: a `BTreeMap<String, String>` and a
+//!   `HashMap<String, String>` of 10,000 entries each (a random key in hex
+//!   and its index in decimal, made with `format!` and `to_string`), built
+//!   and dropped. Here allocation weighs in each insert, as it does in the
+//!   map building whose dhat-rs figure issue 6 quotes (1/15 of System).
 #![allow(missing_docs)] // criterion's macros make undocumented items
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -507,6 +513,28 @@ fn maps(c: &mut Criterion, name: &str) {
     g.finish();
 }
 
+/// Builds and drops a `BTreeMap<String, String>` and a
+/// `HashMap<String, String>` of 10,000 entries each (see the module docs).
+fn build_string_maps() {
+    let mut rng = Rng(0x5eed);
+    let mut btree = BTreeMap::new();
+    let mut hash = HashMap::new();
+    for i in 0..10_000u64 {
+        let k = rng.next();
+        btree.insert(format!("{k:016x}"), i.to_string());
+        hash.insert(format!("{k:016x}"), i.to_string());
+    }
+    black_box((&btree, &hash));
+}
+
+/// (e') Map building with owned keys and values.
+fn string_maps(c: &mut Criterion, name: &str) {
+    let mut g = c.benchmark_group("string_maps");
+    g.throughput(Throughput::Elements(count_allocs(build_string_maps)));
+    g.bench_function(name, |b| b.iter(build_string_maps));
+    g.finish();
+}
+
 // === main ===
 
 /// Short runs by default, so that every variant fits in a few minutes;
@@ -536,6 +564,7 @@ fn main() {
     larson(&mut c, name);
     realloc_growth(&mut c, name);
     maps(&mut c, name);
+    string_maps(&mut c, name);
     c.final_summary();
     drop(profiler);
 }

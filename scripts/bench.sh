@@ -2,7 +2,7 @@
 # Runs the workloads of issue 6 under every allocator, side by side, and
 # prints a Markdown table of throughput ratios to System (docs/performance.md).
 #
-#   scripts/bench.sh                       # everything, 3 rounds: about 7 minutes on 2 cores
+#   scripts/bench.sh                       # everything, 3 rounds: about 9 minutes on 2 cores
 #   ROUNDS=5 scripts/bench.sh              # more rounds (the table shows the median ratio)
 #   scripts/bench.sh --measurement-time 10 --sample-size 30   # longer runs (arguments go to criterion)
 #   SKIP_EXIT=1 scripts/bench.sh           # without the exit-report measurement
@@ -63,7 +63,7 @@ for line in sys.stdin:
   EXE_OFF=$(bench_exe workloads --no-default-features)
   EXE_EXIT=$(bench_exe exit_report "")
 
-  WORKLOADS=${WORKLOADS:-small_pairs producer_consumer larson realloc_growth maps}
+  WORKLOADS=${WORKLOADS:-small_pairs producer_consumer larson realloc_growth maps string_maps}
   # name | binary | environment
   VARIANTS=(
     "system|$EXE_ON|MEMWARDEN_BENCH_ALLOC=system"
@@ -133,7 +133,7 @@ TABLE=$OUT/table.md
 python3 - "$OUT/results.jsonl" >"$TABLE" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-order = ["small_pairs", "producer_consumer", "larson", "realloc_growth", "maps"]
+order = ["small_pairs", "producer_consumer", "larson", "realloc_growth", "maps", "string_maps"]
 # Allocations per second of each (workload, variant, round): the fastest
 # try where there were several (BEST_OF).
 thr = {}
