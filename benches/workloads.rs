@@ -254,6 +254,10 @@ fn allocator_name() -> String {
         WARDEN if !cfg!(feature = "tracking") => "warden-nofeature",
         WARDEN if memwarden::is_enabled() => "warden-on",
         WARDEN => "warden-off",
+        // System from the binary built without the feature: a name of its
+        // own, so that scripts/bench.sh can compare "feature off" with it
+        // (the two binaries' code lies at different places).
+        _ if !cfg!(feature = "tracking") => "system-nofeature",
         _ => "system",
     };
     match std::env::var("MEMWARDEN_BENCH_TAG") {
