@@ -2,7 +2,7 @@
 # Runs the workloads of issue 6 under every allocator, side by side, and
 # prints a Markdown table of throughput ratios to System (docs/performance.md).
 #
-#   scripts/bench.sh                       # everything, 3 rounds: about 9 minutes on 2 cores
+#   scripts/bench.sh                       # everything, 3 rounds: about 7 minutes on 2 cores
 #   ROUNDS=5 scripts/bench.sh              # more rounds (the table shows the median ratio)
 #   scripts/bench.sh --measurement-time 10 --sample-size 30   # longer runs (arguments go to criterion)
 #   SKIP_EXIT=1 scripts/bench.sh           # without the exit-report measurement
