@@ -22,7 +22,8 @@
 //! alive to the end; its JSON goes to the target directory's tmp folder.
 //!
 //! Benchmark ids are `WORKLOAD/ALLOCATOR`: `system`, `mimalloc`, `dhat`,
-//! `warden-nofeature` (the `tracking` feature compiled out),
+//! `system-nofeature` (System, in the binary built without the `tracking`
+//! feature), `warden-nofeature` (the `tracking` feature compiled out),
 //! `warden-off` (compiled in, `DEBUG_MEMORY` unset) and `warden-on`
 //! (`DEBUG_MEMORY=1`), followed by `-TAG` when `MEMWARDEN_BENCH_TAG=TAG`
 //! is set (`scripts/bench.sh` runs `warden-on-leaks` with

@@ -241,7 +241,7 @@ mod tracked {
             // The table slot its record will take, fetched for writing
             // while the stack is captured: once a program's live blocks
             // outgrow the caches, that slot is a miss to memory, which
-            // the insert waited for whole (`string_maps`: 1.25 times as
+            // the insert waited for whole (`string_maps`: 1.29 times as
             // fast with this, under `DEBUG_MEMORY=leaks`).
             registry::prefetch_slot(user as usize);
             if state::redzones() {
