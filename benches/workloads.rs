@@ -497,47 +497,50 @@ fn realloc_growth(c: &mut Criterion, name: &str) {
     g.finish();
 }
 
-/// Builds and drops a `BTreeMap` and a `HashMap` of 10,000 random keys.
-fn build_maps() {
-    let mut rng = Rng(0x3a95);
+/// Builds and drops a `BTreeMap` and a `HashMap` of 10,000 entries each,
+/// for random keys from `seed`: `entry(key, index)` makes an entry, once
+/// for each map.
+fn build_two_maps<K: Ord + std::hash::Hash, V>(seed: u64, entry: impl Fn(u64, u64) -> (K, V)) {
+    let mut rng = Rng(seed);
     let mut btree = BTreeMap::new();
     let mut hash = HashMap::new();
     for i in 0..10_000u64 {
         let k = rng.next();
-        btree.insert(k, i);
-        hash.insert(k, i);
+        let (key, value) = entry(k, i);
+        btree.insert(key, value);
+        let (key, value) = entry(k, i);
+        hash.insert(key, value);
     }
     black_box((&btree, &hash));
+}
+
+/// `BTreeMap<u64, u64>` and `HashMap<u64, u64>`.
+fn build_maps() {
+    build_two_maps(0x3a95, |k, i| (k, i));
+}
+
+/// `BTreeMap<String, String>` and `HashMap<String, String>` (see the
+/// module docs).
+fn build_string_maps() {
+    build_two_maps(0x5eed, |k, i| (format!("{k:016x}"), i.to_string()));
+}
+
+/// The criterion group `group` for `build`, one of the map builders.
+fn map_group(c: &mut Criterion, name: &str, group: &str, build: fn()) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(count_allocs(build)));
+    g.bench_function(name, |b| b.iter(build));
+    g.finish();
 }
 
 /// (e) Map building.
 fn maps(c: &mut Criterion, name: &str) {
-    let mut g = c.benchmark_group("maps");
-    g.throughput(Throughput::Elements(count_allocs(build_maps)));
-    g.bench_function(name, |b| b.iter(build_maps));
-    g.finish();
-}
-
-/// Builds and drops a `BTreeMap<String, String>` and a
-/// `HashMap<String, String>` of 10,000 entries each (see the module docs).
-fn build_string_maps() {
-    let mut rng = Rng(0x5eed);
-    let mut btree = BTreeMap::new();
-    let mut hash = HashMap::new();
-    for i in 0..10_000u64 {
-        let k = rng.next();
-        btree.insert(format!("{k:016x}"), i.to_string());
-        hash.insert(format!("{k:016x}"), i.to_string());
-    }
-    black_box((&btree, &hash));
+    map_group(c, name, "maps", build_maps);
 }
 
 /// (e') Map building with owned keys and values.
 fn string_maps(c: &mut Criterion, name: &str) {
-    let mut g = c.benchmark_group("string_maps");
-    g.throughput(Throughput::Elements(count_allocs(build_string_maps)));
-    g.bench_function(name, |b| b.iter(build_string_maps));
-    g.finish();
+    map_group(c, name, "string_maps", build_string_maps);
 }
 
 // === main ===
