@@ -54,18 +54,19 @@ unsafe impl GlobalAlloc for LibcHeap {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         // SAFETY: glibc's allocator takes any size.
         unsafe {
-            if l.align() <= MALLOC_ALIGN {
-                __libc_malloc(l.size()).cast()
+            fresh(if l.align() <= MALLOC_ALIGN {
+                __libc_malloc(l.size())
             } else {
-                __libc_memalign(l.align(), l.size()).cast()
-            }
+                __libc_memalign(l.align(), l.size())
+            })
+            .cast()
         }
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         if l.align() <= MALLOC_ALIGN {
             // SAFETY: as above.
-            return unsafe { __libc_calloc(1, l.size()).cast() };
+            return unsafe { fresh(__libc_calloc(1, l.size())).cast() };
         }
         // SAFETY: as above.
         let p = unsafe { self.alloc(l) };
@@ -77,14 +78,18 @@ unsafe impl GlobalAlloc for LibcHeap {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _: Layout) {
-        // SAFETY: `ptr` came from this allocator, that is from glibc's.
-        unsafe { __libc_free(ptr.cast()) }
+        // SAFETY: `ptr` came from this allocator, that is from glibc's, and
+        // is a tracked block, freed once, here.
+        unsafe {
+            mark_freed(ptr);
+            __libc_free(ptr.cast())
+        }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
         if l.align() <= MALLOC_ALIGN {
             // SAFETY: `ptr` is glibc's; a moved block keeps MALLOC_ALIGN.
-            return unsafe { __libc_realloc(ptr.cast(), new_size).cast() };
+            return unsafe { fresh(__libc_realloc(ptr.cast(), new_size)).cast() };
         }
         // glibc's `realloc` may move a block to a place aligned only to
         // MALLOC_ALIGN: move it by hand.
@@ -258,6 +263,136 @@ unsafe fn not_glibcs(p: *const u8) -> bool {
     size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > 1 << 47
 }
 
+/// Set once a freed block was marked ([`mark_freed`]): until then no block
+/// has a mark to clear, and an allocation looks for none.
+static MARKED: AtomicBool = AtomicBool::new(false);
+
+/// What [`mark_freed`] writes, XOR the block's address.
+const FREED_MARK: usize = 0x6d77_6672_6565_642e;
+
+/// The last word of glibc's block `p` (the size field right before it
+/// says where: the next chunk's `prev_size`, which a block in use may
+/// use), or `None` for a block `mmap`ed on its own (unmapped when freed) or
+/// a size field glibc would not write.
+///
+/// # Safety
+/// `p` must be readable for the word before it, and, if that holds a size
+/// glibc would write, a block of glibc's of that size (as glibc's own
+/// `free` assumes: it reads the next chunk's header there).
+#[inline]
+unsafe fn last_word(p: *mut u8) -> Option<*mut usize> {
+    const WORD: usize = std::mem::size_of::<usize>();
+    if p as usize % MALLOC_ALIGN != 0 {
+        return None;
+    }
+    // SAFETY: per the contract.
+    let field = unsafe { p.sub(WORD).cast::<usize>().read() };
+    let size = field & !7;
+    if field & 2 != 0 || size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > 1 << 47 {
+        return None;
+    }
+    // SAFETY: the chunk starts 2 words before `p` and is `size` long; its
+    // last word is the one before the next chunk's size field.
+    Some(unsafe { p.add(size - 2 * WORD) }.cast())
+}
+
+/// Marks tracked block `p` of C's, about to go back to glibc, as freed,
+/// when a second `free` of it could not be told from a free of a block
+/// glibc made itself: without red zones (`DEBUG_MEMORY=leaks`), whose
+/// pattern otherwise shows it ([`not_glibcs`]). The mark is its last word
+/// (past the block's own bytes), which glibc leaves alone while the block
+/// waits in a tcache or a fastbin, as it does the block's first words
+/// only; glibc's `free` detects a second free in its tcache, but not one
+/// in a fastbin that is not at its head, which then corrupts its heap.
+///
+/// # Safety
+/// `p` is a live tracked block of glibc's, freed right after.
+#[inline]
+unsafe fn mark_freed(p: *mut u8) {
+    if state::redzones() {
+        return;
+    }
+    // SAFETY: per the contract.
+    if let Some(w) = unsafe { last_word(p) } {
+        if !MARKED.load(Ordering::Relaxed) {
+            MARKED.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: the block's last word, ours until it is freed.
+        unsafe { w.write(FREED_MARK ^ p as usize) };
+    }
+}
+
+/// True if `p`, which the registry does not know, holds the mark of a
+/// block of C's already freed ([`mark_freed`]).
+///
+/// # Safety
+/// As for [`last_word`]: `p` is a block handed to `free` or `realloc`.
+#[inline]
+unsafe fn is_marked(p: *mut u8) -> bool {
+    MARKED.load(Ordering::Relaxed)
+        // SAFETY: per the contract.
+        && unsafe { last_word(p) }.is_some_and(|w| unsafe { w.read() } == FREED_MARK ^ p as usize)
+}
+
+/// `p`, a block glibc has just handed out (or null), with the mark of an
+/// earlier owner cleared: a block given out untracked must not look freed.
+///
+/// # Safety
+/// `p` is null or a new block of glibc's.
+#[inline(always)]
+unsafe fn fresh(p: *mut c_void) -> *mut c_void {
+    if MARKED.load(Ordering::Relaxed) && !p.is_null() {
+        // SAFETY: per the contract.
+        unsafe { clear_mark(p.cast()) };
+    }
+    p
+}
+
+/// `alloc()`, a call of glibc's for a block given out untracked, as
+/// [`fresh`] has it: written so that, while no block was ever marked, the
+/// call stays a tail call (the path of every C allocation while tracking
+/// is off).
+///
+/// # Safety
+/// `alloc` returns null or a new block of glibc's.
+#[inline(always)]
+unsafe fn untracked(alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    if MARKED.load(Ordering::Relaxed) {
+        // SAFETY: per the contract.
+        return unsafe { untracked_marked(alloc) };
+    }
+    alloc()
+}
+
+/// [`untracked`] once blocks were marked: out of line, so that the other
+/// path's call to glibc stays a tail call.
+///
+/// # Safety
+/// As for [`untracked`].
+#[inline(never)]
+unsafe fn untracked_marked(alloc: impl FnOnce() -> *mut c_void) -> *mut c_void {
+    // SAFETY: per the contract.
+    unsafe { fresh(alloc()) }
+}
+
+/// See [`fresh`].
+///
+/// # Safety
+/// As for [`fresh`], `p` not null.
+#[inline(never)]
+unsafe fn clear_mark(p: *mut u8) {
+    // SAFETY: per the contract.
+    if let Some(w) = unsafe { last_word(p) } {
+        // SAFETY: the block's last word, readable; written only if it
+        // holds the mark, which its new owner cannot have put there yet.
+        unsafe {
+            if w.read() == FREED_MARK ^ p as usize {
+                w.write(0);
+            }
+        }
+    }
+}
+
 fn set_errno(e: c_int) {
     // SAFETY: `__errno_location` returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };
@@ -289,7 +424,7 @@ unsafe fn alloc_tracked(l: Layout, zeroed: bool) -> *mut c_void {
 pub unsafe fn malloc(size: usize) -> *mut c_void {
     if !tracking() {
         // SAFETY: glibc's allocator takes any size.
-        return unsafe { __libc_malloc(size) };
+        return unsafe { untracked(|| __libc_malloc(size)) };
     }
     match Layout::from_size_align(size, 1) {
         // SAFETY: a valid layout.
@@ -307,7 +442,7 @@ pub unsafe fn malloc(size: usize) -> *mut c_void {
 pub unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
     if !tracking() {
         // SAFETY: glibc's allocator checks the product itself.
-        return unsafe { __libc_calloc(n, size) };
+        return unsafe { untracked(|| __libc_calloc(n, size)) };
     }
     match n
         .checked_mul(size)
@@ -329,7 +464,7 @@ pub unsafe fn calloc(n: usize, size: usize) -> *mut c_void {
 pub unsafe fn memalign(align: usize, size: usize) -> *mut c_void {
     if !tracking() {
         // SAFETY: glibc's allocator takes any arguments.
-        return unsafe { __libc_memalign(align, size) };
+        return unsafe { untracked(|| __libc_memalign(align, size)) };
     }
     let Some(align) = align.max(1).checked_next_power_of_two() else {
         set_errno(libc::EINVAL);
@@ -439,6 +574,12 @@ pub unsafe fn free(ptr: *mut c_void) {
             // Reported there (a double free, or an invalid one).
             Lookup::Freed(_) => dealloc_tracked(p, ANY),
             Lookup::Unknown if not_glibcs(p) => dealloc_tracked(p, ANY),
+            // A block of C's that a `free` already gave back to glibc,
+            // whose own checks would not always catch this second one (a
+            // block in a fastbin): reported, and not freed again.
+            Lookup::Unknown if is_marked(p) => {
+                crate::warden::report_c_double_free(p as usize, crate::roots::stack_pointer())
+            }
             Lookup::Unknown => __libc_free(ptr),
         }
     }
@@ -489,7 +630,7 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             if guard::forking() {
                 return realloc_in_fork_window(p, size);
             }
-            return __libc_realloc(ptr, size);
+            return untracked(|| __libc_realloc(ptr, size));
         }
         match lookup(p) {
             Lookup::Live(rec) => {
@@ -505,9 +646,15 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
             // Reported there; null.
             Lookup::Freed(_) => realloc_tracked(p, ANY, size).cast(),
             Lookup::Unknown if not_glibcs(p) => realloc_tracked(p, ANY, size).cast(),
+            // A block of C's that a `free` already gave back (see
+            // `is_marked`): reported, and null.
+            Lookup::Unknown if is_marked(p) => {
+                crate::warden::report_c_double_free(p as usize, crate::roots::stack_pointer());
+                std::ptr::null_mut()
+            }
             // glibc's own block, from before tracking or from inside
             // memwarden: it stays glibc's.
-            Lookup::Unknown => __libc_realloc(ptr, size),
+            Lookup::Unknown => fresh(__libc_realloc(ptr, size)),
         }
     }
 }
@@ -525,7 +672,7 @@ unsafe fn realloc_in_fork_window(p: *mut u8, size: usize) -> *mut c_void {
     unsafe {
         match lookup(p) {
             Lookup::Live(rec) => {
-                let new = __libc_malloc(size);
+                let new = fresh(__libc_malloc(size));
                 if new.is_null() {
                     return enomem();
                 }
@@ -535,7 +682,7 @@ unsafe fn realloc_in_fork_window(p: *mut u8, size: usize) -> *mut c_void {
             }
             // A double free, which cannot be reported here.
             Lookup::Freed(_) => std::ptr::null_mut(),
-            Lookup::Unknown => __libc_realloc(p.cast(), size),
+            Lookup::Unknown => fresh(__libc_realloc(p.cast(), size)),
         }
     }
 }

@@ -84,6 +84,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Warden<A> {
 
 #[cfg(all(feature = "tracking", target_os = "linux", target_env = "gnu"))]
 pub(crate) use tracked::may_be_quarantined;
+#[cfg(all(feature = "tracking", target_os = "linux", target_env = "gnu"))]
+pub(crate) use tracked::report_c_double_free;
 
 #[cfg(all(feature = "tracking", target_os = "linux"))]
 mod tracked {
@@ -898,6 +900,20 @@ mod tracked {
             f.overrun = Some(o);
             check::report(f);
         }
+    }
+
+    /// Reports a second `free` (or a `realloc`) of C's block `addr`, which
+    /// the registry no longer knows but whose first `free` left its mark
+    /// (see `c_heap::mark_freed`), at the stack above `entry_sp`. The
+    /// record is gone: the report has no allocating or freeing stack.
+    #[cfg(target_env = "gnu")]
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_c_double_free(addr: usize, entry_sp: usize) {
+        let Some(_busy) = Reentry::enter() else {
+            return;
+        };
+        check::report(Found::new(HeapErrorKind::DoubleFree, addr, here(entry_sp)));
     }
 
     /// Reports a change found in quarantined block `old` at offset `off`.

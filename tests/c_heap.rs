@@ -244,6 +244,44 @@ fn a_double_free_in_c_is_reported_with_both_earlier_stacks() {
     c_error("double_free", "double_free", true, true);
 }
 
+/// Without red zones (`DEBUG_MEMORY=leaks`), a second `free` of C's
+/// cannot be told from a free of glibc's own block by the bytes before it:
+/// the mark the first `free` left is what reports it, rather than glibc's
+/// abort or, in a fastbin, its corrupted heap.
+#[test]
+fn a_double_free_in_c_is_reported_in_leaks_mode_too() {
+    for program in ["double_free", "fastbin_double_free"] {
+        let run = tracked(
+            program,
+            &[
+                ("DEBUG_MEMORY", "leaks"),
+                ("DEBUG_MEMORY_ON_ERROR", "continue"),
+            ],
+        );
+        let e = common::one_error(&run, "double_free");
+        assert_eq!(
+            top_line(&e["frames"]),
+            Some(line("BUG", program)),
+            "{program}"
+        );
+        assert!(
+            run.stdout.contains("heap still sound"),
+            "{program}: the program went on\n{}",
+            run.describe()
+        );
+        assert_eq!(run.code(), 23, "{program}\n{}", run.describe());
+    }
+}
+
+#[test]
+fn a_freed_c_block_handed_out_again_untracked_frees_cleanly() {
+    let run = tracked("freed_then_untracked", &[("DEBUG_MEMORY", "leaks")]);
+    clean(&run);
+    // The case this is about: the untracked block is the one freed.
+    expect_stdout(&run, "same block again: true");
+    clean(&tracked("freed_then_untracked", &[]));
+}
+
 #[test]
 fn an_overrun_of_a_c_block_is_reported_at_its_free() {
     c_error("overrun", "overrun", true, false);

@@ -40,6 +40,8 @@ fn main() {
             "round_trips" => round_trips(),
             "threads" => threads(),
             "double_free" => double_free(),
+            "fastbin_double_free" => fastbin_double_free(),
+            "freed_then_untracked" => freed_then_untracked(),
             "overrun" => overrun(),
             "use_after_free" => use_after_free(),
             "invalid_free" => invalid_free(),
@@ -223,6 +225,53 @@ unsafe fn double_free() {
         let p = libc::malloc(32); // ALLOC: double_free
         libc::free(p); // FREE: double_free
         libc::free(p); // BUG: double_free
+        still_sound();
+    }
+}
+
+/// A second `free` of a block that is no longer at the head of glibc's
+/// fastbin, which glibc's own checks miss (its tcache full of blocks of
+/// the same size, the block goes to a fastbin; another block freed after
+/// it then heads that bin).
+unsafe fn fastbin_double_free() {
+    // SAFETY: C's heap used as C allows, but for the bug a program is named after.
+    unsafe {
+        let fill: Vec<*mut libc::c_void> = (0..7).map(|_| libc::malloc(32)).collect();
+        let a = libc::malloc(32);
+        let b = libc::malloc(32);
+        for p in fill {
+            libc::free(p);
+        }
+        libc::free(a);
+        libc::free(b);
+        libc::free(a); // BUG: fastbin_double_free
+        still_sound();
+    }
+}
+
+/// A block of C's freed while tracked, then handed out again untracked
+/// (tracking paused; glibc's tcache gives the same block back when the
+/// tracked block was glibc's own size, as without red zones), and freed
+/// with tracking on: a free of glibc's own block, no double free.
+unsafe fn freed_then_untracked() {
+    // SAFETY: C's heap used as C allows.
+    unsafe {
+        // Most of the time at the first try; memwarden's own allocations
+        // in between sometimes take the block first.
+        let mut same = false;
+        for _ in 0..16 {
+            let p = libc::malloc(32);
+            libc::free(p);
+            memwarden::disable();
+            let q = libc::malloc(32);
+            memwarden::enable();
+            same = p == q;
+            libc::free(q);
+            if same {
+                break;
+            }
+        }
+        println!("same block again: {same}");
         still_sound();
     }
 }
