@@ -89,7 +89,13 @@ unsafe impl GlobalAlloc for LibcHeap {
     unsafe fn realloc(&self, ptr: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
         if l.align() <= MALLOC_ALIGN {
             // SAFETY: `ptr` is glibc's; a moved block keeps MALLOC_ALIGN.
-            return unsafe { fresh(__libc_realloc(ptr.cast(), new_size)).cast() };
+            // Marked first, as a freed block, in case it moves: a block
+            // that stays (or does not move, glibc out of memory) has the
+            // mark in its slack, which `fresh` or the next free handles.
+            return unsafe {
+                mark_freed(ptr);
+                fresh(__libc_realloc(ptr.cast(), new_size)).cast()
+            };
         }
         // glibc's `realloc` may move a block to a place aligned only to
         // MALLOC_ALIGN: move it by hand.
@@ -101,6 +107,7 @@ unsafe impl GlobalAlloc for LibcHeap {
             // `new_size` bytes; the old one is freed once.
             unsafe {
                 std::ptr::copy_nonoverlapping(ptr, new, l.size().min(new_size));
+                mark_freed(ptr);
                 __libc_free(ptr.cast());
             }
         }
@@ -267,18 +274,34 @@ unsafe fn not_glibcs(p: *const u8) -> bool {
 /// has a mark to clear, and an allocation looks for none.
 static MARKED: AtomicBool = AtomicBool::new(false);
 
+/// Called when tracking is set up without red zones, before any block is
+/// tracked: from then on every block glibc hands out through this module
+/// is checked for a mark ([`fresh`]). (Set only at the first mark
+/// instead, a thread that read it unset just before could be handed a
+/// block marked meanwhile, and keep the mark.)
+pub(crate) fn arm_marks() {
+    if !MARKED.load(Ordering::Relaxed) {
+        MARKED.store(true, Ordering::Relaxed);
+    }
+}
+
 /// What [`mark_freed`] writes, XOR the block's address.
 const FREED_MARK: usize = 0x6d77_6672_6565_642e;
 
+/// The biggest chunk glibc keeps in a thread's cache (a block of up to
+/// 1,032 bytes): bigger ones go to bins, where glibc writes the next
+/// chunk's `prev_size` at once, so a mark there would not last.
+const MARK_MAX_CHUNK: usize = 1040;
+
 /// The last word of glibc's block `p` (the size field right before it
 /// says where: the next chunk's `prev_size`, which a block in use may
-/// use), or `None` for a block `mmap`ed on its own (unmapped when freed) or
-/// a size field glibc would not write.
+/// use), or `None` for a block `mmap`ed on its own (unmapped when freed),
+/// one too big to be marked ([`MARK_MAX_CHUNK`]) or a size field glibc
+/// would not write. At most 1,024 bytes after `p`.
 ///
 /// # Safety
-/// `p` must be readable for the word before it, and, if that holds a size
-/// glibc would write, a block of glibc's of that size (as glibc's own
-/// `free` assumes: it reads the next chunk's header there).
+/// `p` must be readable for the word before it. The word returned is only
+/// an address: it lies in the block if `p` is a block of glibc's.
 #[inline]
 unsafe fn last_word(p: *mut u8) -> Option<*mut usize> {
     const WORD: usize = std::mem::size_of::<usize>();
@@ -288,12 +311,12 @@ unsafe fn last_word(p: *mut u8) -> Option<*mut usize> {
     // SAFETY: per the contract.
     let field = unsafe { p.sub(WORD).cast::<usize>().read() };
     let size = field & !7;
-    if field & 2 != 0 || size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > 1 << 47 {
+    if field & 2 != 0 || size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > MARK_MAX_CHUNK {
         return None;
     }
-    // SAFETY: the chunk starts 2 words before `p` and is `size` long; its
-    // last word is the one before the next chunk's size field.
-    Some(unsafe { p.add(size - 2 * WORD) }.cast())
+    // The chunk starts 2 words before `p` and is `size` long; its last word
+    // is the one before the next chunk's size field.
+    Some(p.wrapping_add(size - 2 * WORD).cast())
 }
 
 /// Marks tracked block `p` of C's, about to go back to glibc, as freed,
@@ -305,8 +328,11 @@ unsafe fn last_word(p: *mut u8) -> Option<*mut usize> {
 /// only; glibc's `free` detects a second free in its tcache, but not one
 /// in a fastbin that is not at its head, which then corrupts its heap.
 ///
+/// (memwarden's own table buffers, which [`LibcHeap`] frees too, are
+/// marked as well: harmless, their last word is past what they hold.)
+///
 /// # Safety
-/// `p` is a live tracked block of glibc's, freed right after.
+/// `p` is a live block of glibc's, about to be freed or reallocated.
 #[inline]
 unsafe fn mark_freed(p: *mut u8) {
     if state::redzones() {
@@ -314,9 +340,6 @@ unsafe fn mark_freed(p: *mut u8) {
     }
     // SAFETY: per the contract.
     if let Some(w) = unsafe { last_word(p) } {
-        if !MARKED.load(Ordering::Relaxed) {
-            MARKED.store(true, Ordering::Relaxed);
-        }
         // SAFETY: the block's last word, ours until it is freed.
         unsafe { w.write(FREED_MARK ^ p as usize) };
     }
@@ -329,9 +352,27 @@ unsafe fn mark_freed(p: *mut u8) {
 /// As for [`last_word`]: `p` is a block handed to `free` or `realloc`.
 #[inline]
 unsafe fn is_marked(p: *mut u8) -> bool {
-    MARKED.load(Ordering::Relaxed)
-        // SAFETY: per the contract.
-        && unsafe { last_word(p) }.is_some_and(|w| unsafe { w.read() } == FREED_MARK ^ p as usize)
+    if !MARKED.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: per the contract.
+    let Some(w) = (unsafe { last_word(p) }) else {
+        return false;
+    };
+    let page = crate::sys::page_size();
+    let word = if (w as usize) / page == (p as usize - 8) / page {
+        // SAFETY: on the page of the word before `p`, which is readable.
+        unsafe { w.read() }
+    } else {
+        // On the next page, which glibc's `free` of a cached block does
+        // not read: read so that an unmapped page (`p` no block at all)
+        // is no crash.
+        match crate::reach::read_word(w as usize, true) {
+            Some(word) => word,
+            None => return false,
+        }
+    };
+    word == FREED_MARK ^ p as usize
 }
 
 /// `p`, a block glibc has just handed out (or null), with the mark of an

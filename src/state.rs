@@ -83,6 +83,10 @@ fn init() -> u8 {
     ABORT_ON_ERROR.store(cfg.on_error == env::OnError::Abort, Ordering::Relaxed);
     QUARANTINE.store(cfg.quarantine, Ordering::Relaxed);
     REDZONES.store(cfg.redzones, Ordering::Relaxed);
+    #[cfg(target_env = "gnu")]
+    if !cfg.redzones {
+        crate::c_heap::arm_marks();
+    }
     POISON.store(cfg.poison, Ordering::Relaxed);
     LEAKS_ONLY.store(cfg.tracking == env::Tracking::Leaks, Ordering::Relaxed);
     let m = if cfg.enabled() {
@@ -178,6 +182,10 @@ pub(crate) fn enable_leaks_only() {
             let (redzones, poison, quarantine) = env::leaks_only_checks();
             QUARANTINE.store(quarantine, Ordering::Relaxed);
             REDZONES.store(redzones, Ordering::Relaxed);
+            #[cfg(target_env = "gnu")]
+            if !redzones {
+                crate::c_heap::arm_marks();
+            }
             POISON.store(poison, Ordering::Relaxed);
             LEAKS_ONLY.store(true, Ordering::Relaxed);
         }

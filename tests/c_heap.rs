@@ -250,7 +250,7 @@ fn a_double_free_in_c_is_reported_with_both_earlier_stacks() {
 /// abort or, in a fastbin, its corrupted heap.
 #[test]
 fn a_double_free_in_c_is_reported_in_leaks_mode_too() {
-    for program in ["double_free", "fastbin_double_free"] {
+    for program in ["double_free", "fastbin_double_free", "free_after_realloc"] {
         let run = tracked(
             program,
             &[

@@ -42,6 +42,7 @@ fn main() {
             "double_free" => double_free(),
             "fastbin_double_free" => fastbin_double_free(),
             "freed_then_untracked" => freed_then_untracked(),
+            "free_after_realloc" => free_after_realloc(),
             "overrun" => overrun(),
             "use_after_free" => use_after_free(),
             "invalid_free" => invalid_free(),
@@ -245,6 +246,21 @@ unsafe fn fastbin_double_free() {
         libc::free(a);
         libc::free(b);
         libc::free(a); // BUG: fastbin_double_free
+        still_sound();
+    }
+}
+
+/// A `free` of the old pointer after `realloc` moved the block.
+unsafe fn free_after_realloc() {
+    // SAFETY: C's heap used as C allows, but for the bug a program is named after.
+    unsafe {
+        let p = libc::malloc(32);
+        let next = libc::malloc(32); // so that `p` cannot grow where it is
+        let q = libc::realloc(p, 4096);
+        assert_ne!(p, q, "the block moved");
+        libc::free(p); // BUG: free_after_realloc
+        libc::free(q);
+        libc::free(next);
         still_sound();
     }
 }
