@@ -288,9 +288,10 @@ pub(crate) fn arm_marks() {
 /// What [`mark_freed`] writes, XOR the block's address.
 const FREED_MARK: usize = 0x6d77_6672_6565_642e;
 
-/// The biggest chunk glibc keeps in a thread's cache (a block of up to
-/// 1,032 bytes): bigger ones go to bins, where glibc writes the next
-/// chunk's `prev_size` at once, so a mark there would not last.
+/// The biggest chunk glibc keeps in a thread's cache (1,032 usable bytes;
+/// a tracked block of up to 1,024, with the 8 bytes memwarden adds without
+/// red zones): bigger ones go to bins, where glibc writes the next chunk's
+/// `prev_size` at once, so a mark there would not last.
 const MARK_MAX_CHUNK: usize = 1040;
 
 /// The last word of glibc's block `p` (the size field right before it
