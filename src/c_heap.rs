@@ -275,12 +275,32 @@ unsafe fn not_glibcs(p: *const u8) -> bool {
 static MARKED: AtomicBool = AtomicBool::new(false);
 
 /// Called when tracking is set up without red zones, before any block is
-/// tracked: from then on every block glibc hands out through this module
-/// is checked for a mark ([`fresh`]). (Set only at the first mark
-/// instead, a thread that read it unset just before could be handed a
-/// block marked meanwhile, and keep the mark.)
+/// tracked: from then on freed blocks are marked ([`mark_freed`]) and
+/// every block glibc hands out through this module is checked for a mark
+/// ([`fresh`]). (Set only at the first mark instead, a thread that read
+/// it unset just before could be handed a block marked meanwhile, and keep
+/// the mark.) Not armed unless `__libc_malloc` is glibc's: a block of 24
+/// bytes from it must have glibc's size word before it (a 32-byte chunk,
+/// not `mmap`ed). An allocator put in its place (some override glibc's
+/// own names too) keeps other data there, and a mark written from it
+/// would land in another block.
 pub(crate) fn arm_marks() {
-    if !MARKED.load(Ordering::Relaxed) {
+    if MARKED.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: a block of `__libc_malloc`'s, freed once. The word before
+    // it is read with `process_vm_readv`: another allocator's block may
+    // start a mapping.
+    let glibcs = unsafe {
+        let p = __libc_malloc(24).cast::<usize>();
+        if p.is_null() {
+            return;
+        }
+        let field = crate::reach::read_word(p as usize - std::mem::size_of::<usize>(), true);
+        __libc_free(p.cast());
+        field.is_some_and(|f| f & !7 == 32 && f & 2 == 0)
+    };
+    if glibcs {
         MARKED.store(true, Ordering::Relaxed);
     }
 }
@@ -336,7 +356,8 @@ unsafe fn last_word(p: *mut u8) -> Option<*mut usize> {
 /// `p` is a live block of glibc's, about to be freed or reallocated.
 #[inline]
 unsafe fn mark_freed(p: *mut u8) {
-    if state::redzones() {
+    // Armed (glibc's allocator, no red zones) or not at all.
+    if !MARKED.load(Ordering::Relaxed) || state::redzones() {
         return;
     }
     // SAFETY: per the contract.
