@@ -257,18 +257,30 @@ const ANY: Layout = Layout::new::<u8>();
 /// # Safety
 /// As for [`lookup`]; glibc's `free` reads the same word.
 unsafe fn not_glibcs(p: *const u8) -> bool {
-    const WORD: usize = std::mem::size_of::<usize>();
-    if !state::all_tracked() {
-        return false;
-    }
-    if p as usize % MALLOC_ALIGN != 0 {
-        return true;
-    }
-    // SAFETY: the word before a block handed to `free`: readable for a
-    // block of glibc's, and read by glibc's `free` in any case.
-    let size = unsafe { p.sub(WORD).cast::<usize>().read() } & !7;
-    size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > 1 << 47
+    // SAFETY: per the contract.
+    state::all_tracked() && unsafe { size_field(p) }.is_none()
 }
+
+/// The size word glibc keeps right before its block `p` (the chunk's size
+/// and flags), or `None` if `p` is not aligned as glibc's blocks are or
+/// that word holds a size glibc would not write.
+///
+/// # Safety
+/// `p` must be readable for the word before it (as glibc's `free` reads
+/// it) if it is aligned.
+#[inline]
+unsafe fn size_field(p: *const u8) -> Option<usize> {
+    if p as usize % MALLOC_ALIGN != 0 {
+        return None;
+    }
+    // SAFETY: per the contract.
+    let field = unsafe { p.sub(WORD).cast::<usize>().read() };
+    let size = field & !7;
+    (size >= 4 * WORD && size % MALLOC_ALIGN == 0 && size <= 1 << 47).then_some(field)
+}
+
+/// A machine word's bytes.
+const WORD: usize = std::mem::size_of::<usize>();
 
 /// Set once a freed block was marked ([`mark_freed`]): until then no block
 /// has a mark to clear, and an allocation looks for none.
@@ -296,7 +308,7 @@ pub(crate) fn arm_marks() {
         if p.is_null() {
             return;
         }
-        let field = crate::reach::read_word(p as usize - std::mem::size_of::<usize>(), true);
+        let field = crate::reach::read_word(p as usize - WORD, true);
         __libc_free(p.cast());
         field.is_some_and(|f| f & !7 == 32 && f & 2 == 0)
     };
@@ -325,14 +337,10 @@ const MARK_MAX_CHUNK: usize = 1040;
 /// an address: it lies in the block if `p` is a block of glibc's.
 #[inline]
 unsafe fn last_word(p: *mut u8) -> Option<*mut usize> {
-    const WORD: usize = std::mem::size_of::<usize>();
-    if p as usize % MALLOC_ALIGN != 0 {
-        return None;
-    }
     // SAFETY: per the contract.
-    let field = unsafe { p.sub(WORD).cast::<usize>().read() };
+    let field = unsafe { size_field(p) }?;
     let size = field & !7;
-    if field & 2 != 0 || size < 4 * WORD || size % MALLOC_ALIGN != 0 || size > MARK_MAX_CHUNK {
+    if field & 2 != 0 || size > MARK_MAX_CHUNK {
         return None;
     }
     // The chunk starts 2 words before `p` and is `size` long; its last word
@@ -382,7 +390,7 @@ unsafe fn is_marked(p: *mut u8) -> bool {
         return false;
     };
     let page = crate::sys::page_size();
-    let word = if (w as usize) / page == (p as usize - 8) / page {
+    let word = if (w as usize) / page == (p as usize - WORD) / page {
         // SAFETY: on the page of the word before `p`, which is readable.
         unsafe { w.read() }
     } else {

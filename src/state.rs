@@ -82,11 +82,7 @@ fn init() -> u8 {
     EXITCODE.store(cfg.exitcode, Ordering::Relaxed);
     ABORT_ON_ERROR.store(cfg.on_error == env::OnError::Abort, Ordering::Relaxed);
     QUARANTINE.store(cfg.quarantine, Ordering::Relaxed);
-    REDZONES.store(cfg.redzones, Ordering::Relaxed);
-    #[cfg(target_env = "gnu")]
-    if !cfg.redzones {
-        crate::c_heap::arm_marks();
-    }
+    set_redzones(cfg.redzones);
     POISON.store(cfg.poison, Ordering::Relaxed);
     LEAKS_ONLY.store(cfg.tracking == env::Tracking::Leaks, Ordering::Relaxed);
     let m = if cfg.enabled() {
@@ -114,6 +110,18 @@ pub(crate) fn exitcode() -> i32 {
 fn hook_exit() {
     if !EXIT_HOOKED.swap(true, Ordering::AcqRel) {
         crate::exit::register();
+    }
+}
+
+/// Sets whether tracked blocks get red zones (before any is tracked).
+/// Without them, a freed block of C's can no longer be told from one of
+/// glibc's by the bytes before it: its free leaves a mark instead
+/// (`c_heap::arm_marks`).
+fn set_redzones(on: bool) {
+    REDZONES.store(on, Ordering::Relaxed);
+    #[cfg(target_env = "gnu")]
+    if !on {
+        crate::c_heap::arm_marks();
     }
 }
 
@@ -181,11 +189,7 @@ pub(crate) fn enable_leaks_only() {
             // loads it with acquire): the layout may change.
             let (redzones, poison, quarantine) = env::leaks_only_checks();
             QUARANTINE.store(quarantine, Ordering::Relaxed);
-            REDZONES.store(redzones, Ordering::Relaxed);
-            #[cfg(target_env = "gnu")]
-            if !redzones {
-                crate::c_heap::arm_marks();
-            }
+            set_redzones(redzones);
             POISON.store(poison, Ordering::Relaxed);
             LEAKS_ONLY.store(true, Ordering::Relaxed);
         }
